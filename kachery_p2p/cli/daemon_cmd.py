@@ -1,0 +1,55 @@
+"""``kachery-p2p-start-daemon``: turn options and environment into a DaemonConfig and run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from ..config import (
+    DEFAULT_UDP_PORT,
+    DaemonConfig,
+    HostPort,
+    api_port_from_environ,
+    bootstrap_from_environ,
+    config_dir_from_environ,
+    parse_port,
+    storage_dir_from_environ,
+)
+from ..errors import ConfigError
+
+
+def start_daemon(
+    *,
+    label: str,
+    udp_port: int | None,
+    api_port: int | None,
+    bootstrap: tuple[str, ...],
+    lan_discovery: bool,
+    relay_mode: bool,
+    public_address: str | None,
+    verbose: int,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if len(label) > 64:
+        raise ConfigError("--label is limited to 64 characters")
+    config = DaemonConfig(
+        config_dir=config_dir_from_environ(),
+        storage_dir=storage_dir_from_environ(),
+        api_port=parse_port(api_port, what="--api-port", allow_zero=False)
+        if api_port is not None
+        else api_port_from_environ(),
+        udp_port=parse_port(udp_port, what="--port") if udp_port is not None else DEFAULT_UDP_PORT,
+        label=label or os.uname().nodename[:64],
+        bootstrap=tuple(HostPort.parse(item) for item in bootstrap) + bootstrap_from_environ(),
+        lan_discovery=lan_discovery,
+        relay_mode=relay_mode,
+        public_address=HostPort.parse(public_address) if public_address else None,
+    )
+    from ..daemon.run import run_daemon
+
+    run_daemon(config)

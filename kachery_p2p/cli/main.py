@@ -1,0 +1,214 @@
+"""The ``kachery-p2p`` command group and the ``kachery-p2p-*`` commands (the same objects)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..config import PROTOCOL_VERSION
+from ..errors import DaemonNotRunningError, NotFoundError
+from .errors import Command, Group
+
+
+@click.group(cls=Group, help="Share kachery files between your computers (peer to peer, over QUIC).")
+@click.version_option(__version__, prog_name="kachery-p2p", message=f"%(prog)s %(version)s [{PROTOCOL_VERSION}]")
+def cli() -> None:
+    pass
+
+
+@cli.command("start-daemon", cls=Command)
+@click.option("--label", default="", help="A short name for this node, shown to peers.")
+@click.option("--port", "udp_port", type=int, default=None, help="UDP port for QUIC (0 picks a free one).")
+@click.option("--api-port", type=int, default=None, help="Control port (default $KACHERY_P2P_API_PORT or 20431).")
+@click.option("--bootstrap", multiple=True, help="Relay or peer to dial: HOST:PORT or NODEID@HOST:PORT (repeatable).")
+@click.option("--lan-discovery/--no-lan-discovery", default=True, help="Find channel peers on the LAN by multicast.")
+@click.option("--relay", "relay_mode", is_flag=True, help="Run as a relay node (on a public server).")
+@click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
+@click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+def start_daemon_cmd(
+    label: str,
+    udp_port: int | None,
+    api_port: int | None,
+    bootstrap: tuple[str, ...],
+    lan_discovery: bool,
+    relay_mode: bool,
+    public_address: str | None,
+    verbose: int,
+) -> None:
+    """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon)."""
+    from .daemon_cmd import start_daemon
+
+    start_daemon(
+        label=label,
+        udp_port=udp_port,
+        api_port=api_port,
+        bootstrap=bootstrap,
+        lan_discovery=lan_discovery,
+        relay_mode=relay_mode,
+        public_address=public_address,
+        verbose=verbose,
+    )
+
+
+@cli.command("stop-daemon", cls=Command)
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="Seconds to wait for it to stop.")
+def stop_daemon_cmd(timeout: float) -> None:
+    """Stop the running daemon and wait until it has stopped."""
+    from ..client.api import probe, stop_daemon
+
+    stop_daemon()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            probe()
+        except DaemonNotRunningError:
+            click.echo("Daemon stopped.", err=True)
+            return
+        time.sleep(0.05)
+    raise click.ClickException(f"the daemon did not stop within {timeout:g} s")
+
+
+@cli.command("node-info", cls=Command)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def node_info_cmd(as_json: bool) -> None:
+    """Show this node's id, label, channels and addresses."""
+    from ..client.api import get_node_info
+
+    info = get_node_info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"Node ID: {info['nodeId']}")
+    click.echo(f"Label: {info.get('label', '')}")
+    click.echo(f"Channels: {', '.join(info.get('channels', [])) or '(none)'}")
+    click.echo(f"Storage: {info.get('storageDir')}")
+    if info.get("udpAddress"):
+        click.echo(f"UDP: {info['udpAddress']}")
+
+
+@cli.command("join-channel", cls=Command)
+@click.argument("name")
+def join_channel_cmd(name: str) -> None:
+    """Join a channel: nodes that share a channel share files."""
+    from ..client.api import join_channel
+
+    click.echo(f"Joined channel: {name}" if join_channel(name) else f"Already in channel: {name}")
+
+
+@cli.command("leave-channel", cls=Command)
+@click.argument("name")
+def leave_channel_cmd(name: str) -> None:
+    """Leave a channel."""
+    from ..client.api import leave_channel
+
+    if leave_channel(name):
+        click.echo(f"Left channel: {name}")
+    else:
+        click.echo(f"Channel not found in joined channels: {name}", err=True)
+
+
+@cli.command("get-channels", cls=Command)
+def get_channels_cmd() -> None:
+    """List the joined channels, one per line."""
+    from ..client.api import get_channels
+
+    for name in get_channels():
+        click.echo(name)
+
+
+@cli.command("store", cls=Command)
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+def store_cmd(path: str) -> None:
+    """Store a file in the local content store and print its sha1:// URI."""
+    from ..client.api import store_file
+
+    click.echo(store_file(path))
+
+
+@cli.command("load", cls=Command)
+@click.argument("uri")
+@click.option("--dest", default=None, help="Also write the file here (atomically).")
+@click.option("--timeout", type=float, default=None, help="Seconds to look for providers before giving up.")
+@click.option("--json", "as_json", is_flag=True, help="Print progress and the result as JSON lines.")
+def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -> None:
+    """Fetch a file (from the store or from peers) and print its local path."""
+    from ..client.api import load_file
+    from .progress import ProgressPrinter
+
+    with ProgressPrinter(as_json=as_json) as printer:
+        path = load_file(uri, dest, timeout_sec=timeout, progress=printer.update)
+    if path is None:
+        raise NotFoundError(f"file not found: {uri}")
+    if as_json:
+        click.echo(json.dumps({"type": "done", "path": path}))
+    else:
+        click.echo(path)
+
+
+@cli.command("cat", cls=Command)
+@click.argument("uri")
+@click.option("--start", type=click.IntRange(min=0), default=None, help="First byte (default 0).")
+@click.option("--end", type=click.IntRange(min=0), default=None, help="End byte, exclusive (default: file size).")
+@click.option("--timeout", type=float, default=None, help="Seconds to look for providers before giving up.")
+def cat_cmd(uri: str, start: int | None, end: int | None, timeout: float | None) -> None:
+    """Write the file's bytes (or a range of them) to stdout."""
+    from ..client.api import iter_bytes
+
+    if start is not None and end is not None and end < start:
+        raise click.BadParameter(f"--end {end} is before --start {start}")
+    out = sys.stdout.buffer
+    for block in iter_bytes(uri, start, end, timeout_sec=timeout):
+        out.write(block)
+    out.flush()
+
+
+@cli.command("find", cls=Command)
+@click.argument("uri")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for answers.")
+def find_cmd(uri: str, timeout: float) -> None:
+    """List the nodes that have a file, one JSON object per line."""
+    from ..client.api import find_file
+
+    found = False
+    for provider in find_file(uri, timeout_sec=timeout):
+        found = True
+        click.echo(json.dumps(provider))
+    if not found:
+        raise NotFoundError(f"no provider found for {uri}")
+
+
+@cli.command("peers", cls=Command)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per peer.")
+def peers_cmd(as_json: bool) -> None:
+    """List connected peers: node id, label, shared channels, path, address, RTT."""
+    from ..client.api import get_peers
+
+    peers = get_peers()
+    if as_json:
+        for peer in peers:
+            click.echo(json.dumps(peer))
+        return
+    if not peers:
+        click.echo("No peers connected.", err=True)
+    for peer in peers:
+        click.echo(_peer_line(peer))
+
+
+def _peer_line(peer: dict[str, Any]) -> str:
+    rtt = peer.get("rttMs")
+    rtt_text = f"{rtt:.1f} ms" if isinstance(rtt, (int, float)) else "-"
+    channels = ",".join(peer.get("channels", []))
+    label, path, address = peer.get("label", ""), peer.get("path", "-"), peer.get("address", "-")
+    return f"{peer['nodeId'][:12]}  {label:<16} {path:<8} {address:<22} {rtt_text:>9}  {channels}"
+
+
+# The seed's command names, each the very same command object.
+cli.add_command(store_cmd, "store-file")
+cli.add_command(load_cmd, "load-file")
+cli.add_command(cat_cmd, "cat-file")
+cli.add_command(find_cmd, "find-file")

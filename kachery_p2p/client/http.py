@@ -1,0 +1,189 @@
+"""HTTP client of the daemon's control endpoint (stdlib only, so ``import kachery_p2p`` stays light).
+
+Every request but ``/probe`` carries ``Authorization: Bearer <token>``, the token being read from the
+0600 file the daemon writes into its config dir. Errors come back as
+``{"error": {"code": ..., "message": ...}}`` and are raised as the matching exception of our tree.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from ..config import ClientConfig
+from ..errors import (
+    DaemonAuthError,
+    DaemonError,
+    DaemonNotRunningError,
+    InvalidUriError,
+    KacheryP2PError,
+    NotFoundError,
+    StoreError,
+    UsageError,
+    VerificationError,
+)
+
+_ERRORS: dict[str, type[KacheryP2PError]] = {
+    "not_found": NotFoundError,
+    "invalid_uri": InvalidUriError,
+    "bad_request": UsageError,
+    "store_error": StoreError,
+    "verification_error": VerificationError,
+    "unauthorized": DaemonAuthError,
+}
+
+
+class ControlClient:
+    """One client per (config dir, port); cheap to create."""
+
+    def __init__(self, config: ClientConfig, timeout: float = 30.0) -> None:
+        self.config = config
+        self.timeout = timeout
+        self._token: str | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _read_token(self) -> str:
+        if self._token is None:
+            path = self.config.token_path
+            try:
+                token = path.read_text(encoding="ascii").strip()
+            except FileNotFoundError:
+                raise DaemonNotRunningError(
+                    f"the kachery-p2p daemon is not running (no {path}): start it with kachery-p2p-start-daemon"
+                ) from None
+            except OSError as exc:
+                raise DaemonAuthError(f"cannot read the daemon token {path}: {exc.strerror}") from None
+            self._token = token
+        return self._token
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: bytes | BinaryIO | None = None,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+        timeout: float | None = None,
+    ) -> http.client.HTTPResponse:
+        all_headers = dict(headers or {})
+        if auth:
+            all_headers["Authorization"] = f"Bearer {self._read_token()}"
+        conn = http.client.HTTPConnection(
+            self.config.api_host, self.config.api_port, timeout=timeout or self.timeout
+        )
+        try:
+            conn.request(method, path, body=body, headers=all_headers)
+            response = conn.getresponse()
+        except (ConnectionRefusedError, socket.gaierror) as exc:
+            conn.close()
+            raise DaemonNotRunningError(
+                "the kachery-p2p daemon is not running (nothing answers on "
+                f"{self.config.api_host}:{self.config.api_port}): start it with kachery-p2p-start-daemon"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise DaemonError(f"lost the connection to the daemon: {exc}") from exc
+        if response.status >= 400:
+            self._raise_for(response)
+        return response
+
+    def _raise_for(self, response: http.client.HTTPResponse) -> None:
+        raw = response.read()
+        response.close()
+        try:
+            error = json.loads(raw)["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", f"the daemon answered HTTP {response.status}"
+        if response.status == 401:
+            raise DaemonAuthError(
+                f"the daemon on port {self.config.api_port} refused our token from {self.config.token_path}"
+                " (is it running with another KACHERY_P2P_CONFIG_DIR?)"
+            )
+        raise _ERRORS.get(code, DaemonError)(message)
+
+    # -- requests ------------------------------------------------------------------------------
+    def probe(self) -> dict[str, Any]:
+        response = self._open("GET", "/probe", auth=False, timeout=5.0)
+        return _json_body(response)
+
+    def get_json(self, path: str) -> dict[str, Any]:
+        return _json_body(self._open("GET", path))
+
+    def post_json(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        body = json.dumps(payload).encode("utf-8")
+        response = self._open(
+            "POST", path, body=body, headers={"Content-Type": "application/json"}, timeout=timeout
+        )
+        return _json_body(response)
+
+    def post_stream(self, path: str, body: BinaryIO, size: int, name: str) -> dict[str, Any]:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "X-Kachery-Name": name.encode("utf-8").hex(),
+        }
+        return _json_body(self._open("POST", path, body=body, headers=headers, timeout=3600.0))
+
+    def post_json_lines(
+        self, path: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        body = json.dumps(payload).encode("utf-8")
+        response = self._open(
+            "POST", path, body=body, headers={"Content-Type": "application/json"}, timeout=timeout
+        )
+        try:
+            for line in response:
+                line = line.strip()
+                if not line:
+                    continue
+                message = json.loads(line)
+                if message.get("type") == "error":
+                    raise _ERRORS.get(str(message.get("code")), DaemonError)(str(message.get("message")))
+                yield message
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonError(f"lost the connection to the daemon: {exc}") from exc
+        finally:
+            response.close()
+
+    def post_for_bytes(
+        self, path: str, payload: dict[str, Any], timeout: float | None = None, block_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        body = json.dumps(payload).encode("utf-8")
+        response = self._open(
+            "POST", path, body=body, headers={"Content-Type": "application/json"}, timeout=timeout
+        )
+        expected = response.getheader("Content-Length")
+        received = 0
+        try:
+            while True:
+                block = response.read(block_size)
+                if not block:
+                    break
+                received += len(block)
+                yield block
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonError(f"lost the connection to the daemon while reading: {exc}") from exc
+        finally:
+            response.close()
+        if expected is not None and received != int(expected):
+            raise DaemonError(f"the daemon sent {received} of {expected} bytes")
+
+
+def _json_body(response: http.client.HTTPResponse) -> dict[str, Any]:
+    try:
+        raw = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise DaemonError(f"lost the connection to the daemon: {exc}") from exc
+    finally:
+        response.close()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise DaemonError("the daemon sent a reply that is not JSON") from exc
+    if not isinstance(data, dict):
+        raise DaemonError("the daemon sent an unexpected reply")
+    return data

@@ -1,0 +1,269 @@
+"""The control endpoint: HTTP on 127.0.0.1 for the node's owner only.
+
+Every route but ``GET /probe`` needs ``Authorization: Bearer <token>``; the token lives in a 0600 file
+in the config dir. It is never read from the query string and never logged (the access log is off).
+Long operations answer with JSON lines (``application/x-ndjson``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from ..errors import (
+    InvalidUriError,
+    KacheryP2PError,
+    NotFoundError,
+    StoreError,
+    UsageError,
+    VerificationError,
+)
+from ..ids import FileUri
+
+log = logging.getLogger("kachery_p2p.control")
+
+MAX_JSON_BODY = 64 * 1024
+
+
+class NodeService(Protocol):
+    """What the control endpoint needs from the node."""
+
+    def probe_info(self) -> dict[str, Any]: ...
+    def node_info(self) -> dict[str, Any]: ...
+    def channel_names(self) -> list[str]: ...
+    def join_channel(self, name: str) -> bool: ...
+    def leave_channel(self, name: str) -> bool: ...
+    def peers_info(self) -> list[dict[str, Any]]: ...
+    async def store_path(self, path: Path, name: str) -> dict[str, Any]: ...
+    async def store_upload(self, chunks: AsyncIterator[bytes], name: str) -> dict[str, Any]: ...
+    async def load(
+        self, uri: FileUri, timeout: float | None, progress: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> Path: ...
+    def find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]: ...
+    async def open_range(
+        self, uri: FileUri, start: int | None, end: int | None, timeout: float | None
+    ) -> tuple[int, AsyncIterator[bytes]]: ...
+    def request_stop(self) -> None: ...
+
+
+def _status_and_code(exc: KacheryP2PError) -> tuple[int, str]:
+    if isinstance(exc, InvalidUriError):
+        return 400, "invalid_uri"
+    if isinstance(exc, UsageError):
+        return 400, "bad_request"
+    if isinstance(exc, NotFoundError):
+        return 404, "not_found"
+    if isinstance(exc, VerificationError):
+        return 502, "verification_error"
+    if isinstance(exc, StoreError):
+        return 500, "store_error"
+    return 500, "error"
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def error_line(exc: BaseException) -> bytes:
+    if isinstance(exc, KacheryP2PError):
+        code = _status_and_code(exc)[1]
+        message = str(exc)
+    else:
+        code, message = "error", f"internal error: {exc}"
+    return json.dumps({"type": "error", "code": code, "message": message}).encode() + b"\n"
+
+
+def make_app(service: NodeService, token: str) -> web.Application:
+    """The aiohttp application; ``token`` is the secret every request but /probe must carry."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path != "/probe":
+            given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(given, expected):
+                return error_response(401, "unauthorized", "missing or wrong control token")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except KacheryP2PError as exc:
+            status, code = _status_and_code(exc)
+            return error_response(status, code, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("control request %s %s failed", request.method, request.path)
+            return error_response(500, "error", f"internal error: {exc}")
+
+    app = web.Application(middlewares=[guard], client_max_size=MAX_JSON_BODY)
+    routes = _Routes(service)
+    app.router.add_get("/probe", routes.probe)
+    app.router.add_get("/node-info", routes.node_info)
+    app.router.add_get("/channels", routes.channels)
+    app.router.add_post("/channels/join", routes.join)
+    app.router.add_post("/channels/leave", routes.leave)
+    app.router.add_get("/peers", routes.peers)
+    app.router.add_post("/store", routes.store)
+    app.router.add_post("/upload", routes.upload)
+    app.router.add_post("/load", routes.load)
+    app.router.add_post("/find", routes.find)
+    app.router.add_post("/read", routes.read)
+    app.router.add_post("/halt", routes.halt)
+    return app
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError("request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise UsageError("request body must be a JSON object")
+    return data
+
+
+def _opt_number(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise UsageError(f"{key} must be a non-negative number")
+    return float(value)
+
+
+def _opt_int(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UsageError(f"{key} must be a non-negative integer")
+    return value
+
+
+def _uri(data: dict[str, Any]) -> FileUri:
+    value = data.get("uri")
+    if not isinstance(value, str):
+        raise UsageError("missing uri")
+    return FileUri.parse(value)
+
+
+class _Routes:
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+
+    async def probe(self, request: web.Request) -> web.Response:
+        return web.json_response(self.service.probe_info())
+
+    async def node_info(self, request: web.Request) -> web.Response:
+        return web.json_response(self.service.node_info())
+
+    async def channels(self, request: web.Request) -> web.Response:
+        return web.json_response({"channels": self.service.channel_names()})
+
+    async def join(self, request: web.Request) -> web.Response:
+        name = (await _json(request)).get("name")
+        if not isinstance(name, str):
+            raise UsageError("missing channel name")
+        return web.json_response({"changed": self.service.join_channel(name)})
+
+    async def leave(self, request: web.Request) -> web.Response:
+        name = (await _json(request)).get("name")
+        if not isinstance(name, str):
+            raise UsageError("missing channel name")
+        return web.json_response({"changed": self.service.leave_channel(name)})
+
+    async def peers(self, request: web.Request) -> web.Response:
+        return web.json_response({"peers": self.service.peers_info()})
+
+    async def store(self, request: web.Request) -> web.Response:
+        data = await _json(request)
+        path, name = data.get("path"), data.get("name")
+        if not isinstance(path, str) or not isinstance(name, str):
+            raise UsageError("store needs a path and a name")
+        return web.json_response(await self.service.store_path(Path(path), name))
+
+    async def upload(self, request: web.Request) -> web.Response:
+        try:
+            name = bytes.fromhex(request.headers.get("X-Kachery-Name", "")).decode("utf-8")
+        except ValueError:
+            raise UsageError("bad X-Kachery-Name header") from None
+        if request.content_length is None:
+            raise UsageError("upload needs a Content-Length")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for block in request.content.iter_chunked(1 << 20):
+                yield block
+
+        return web.json_response(await self.service.store_upload(chunks(), name))
+
+    async def load(self, request: web.Request) -> web.StreamResponse:
+        data = await _json(request)
+        uri = _uri(data)
+        timeout = _opt_number(data, "timeoutSec")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+
+        async def progress(message: dict[str, Any]) -> None:
+            await response.write(json.dumps({"type": "progress", **message}).encode() + b"\n")
+
+        try:
+            path = await self.service.load(uri, timeout, progress)
+            await response.write(json.dumps({"type": "done", "path": str(path)}).encode() + b"\n")
+        except (KacheryP2PError, Exception) as exc:
+            if not isinstance(exc, KacheryP2PError):
+                log.exception("load %s failed", uri)
+            await response.write(error_line(exc))
+        await response.write_eof()
+        return response
+
+    async def find(self, request: web.Request) -> web.StreamResponse:
+        data = await _json(request)
+        uri = _uri(data)
+        timeout = _opt_number(data, "timeoutSec")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            async for provider in self.service.find(uri, 5.0 if timeout is None else timeout):
+                await response.write(json.dumps({"type": "provider", **provider}).encode() + b"\n")
+        except (KacheryP2PError, Exception) as exc:
+            if not isinstance(exc, KacheryP2PError):
+                log.exception("find %s failed", uri)
+            await response.write(error_line(exc))
+        await response.write_eof()
+        return response
+
+    async def read(self, request: web.Request) -> web.StreamResponse:
+        data = await _json(request)
+        uri = _uri(data)
+        size, blocks = await self.service.open_range(
+            uri, _opt_int(data, "start"), _opt_int(data, "end"), _opt_number(data, "timeoutSec")
+        )
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        )
+        await response.prepare(request)
+        try:
+            async for block in blocks:
+                await response.write(block)
+        except (KacheryP2PError, OSError) as exc:
+            # The client sees a short body and reports it; nothing else can be said mid-stream.
+            log.warning("read of %s stopped: %s", uri, exc)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    async def halt(self, request: web.Request) -> web.Response:
+        self.service.request_stop()
+        return web.json_response({"stopping": True})

@@ -1,0 +1,268 @@
+"""The daemon's composition root: identity, store, channels, control endpoint, peer network."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from .. import __version__
+from ..channels.membership import JoinedChannels
+from ..config import CHANNELS_FILENAME, PROTOCOL_VERSION, DaemonConfig
+from ..errors import ConfigError, NotFoundError, StoreError, UsageError
+from ..ids import SHA1_EMPTY, FileUri, format_store_uri
+from ..quic.identity import NodeIdentity
+from ..store import ContentStore
+from .control import make_app
+from .lock import write_secret_file
+
+log = logging.getLogger("kachery_p2p.node")
+
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RemoteFiles(Protocol):
+    """The peer network as the node sees it (built in kachery_p2p.daemon.network)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def info(self) -> dict[str, Any]: ...
+    def peers_info(self) -> list[dict[str, Any]]: ...
+    def channels_changed(self) -> None: ...
+    def find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]: ...
+    async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path: ...
+    async def read_remote_range(
+        self, uri: FileUri, start: int, end: int | None, timeout: float | None
+    ) -> tuple[int, AsyncIterator[bytes]]: ...
+
+
+class Node:
+    """Implements the control endpoint's NodeService on top of the store and the peer network."""
+
+    def __init__(self, config: DaemonConfig, identity: NodeIdentity, store: ContentStore) -> None:
+        self.config = config
+        self.identity = identity
+        self.store = store
+        self.channels = JoinedChannels(config.config_dir / CHANNELS_FILENAME)
+        self.remote: RemoteFiles | None = None
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._loads: dict[str, asyncio.Task[Path]] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        token = secrets.token_urlsafe(32)
+        app = make_app(self, token)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {self.config.api_host}:{self.config.api_port} for the control endpoint "
+                f"({exc.strerror}); is another daemon using it? Set KACHERY_P2P_API_PORT to choose another port"
+            ) from None
+        write_secret_file(self.config.token_path, token)
+        if self.remote is not None:
+            await self.remote.start()
+        log.info(
+            "kachery-p2p daemon %s: node %s, label %r, store %s, control 127.0.0.1:%d",
+            __version__, self.identity.node_id, self.config.label, self.store.root, self.config.api_port,
+        )
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        for task in list(self._loads.values()):
+            task.cancel()
+        if self.remote is not None:
+            with contextlib.suppress(Exception):
+                await self.remote.stop()
+        with contextlib.suppress(OSError):
+            self.config.token_path.unlink()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("daemon stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- information ---------------------------------------------------------------------------
+    def probe_info(self) -> dict[str, Any]:
+        return {
+            "service": "kachery-p2p",
+            "protocolVersion": PROTOCOL_VERSION,
+            "daemonVersion": __version__,
+            "nodeId": self.identity.node_id,
+        }
+
+    def node_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            **self.probe_info(),
+            "label": self.config.label,
+            "channels": self.channels.names(),
+            "storageDir": str(self.store.root),
+            "configDir": str(self.config.config_dir),
+            "apiPort": self.config.api_port,
+            "pid": os.getpid(),
+            "uptimeSec": round(time.time() - self.started_at, 3),
+        }
+        if self.remote is not None:
+            info.update(self.remote.info())
+        return info
+
+    def channel_names(self) -> list[str]:
+        return self.channels.names()
+
+    def join_channel(self, name: str) -> bool:
+        changed = self.channels.join(name)
+        if changed and self.remote is not None:
+            self.remote.channels_changed()
+        return changed
+
+    def leave_channel(self, name: str) -> bool:
+        changed = self.channels.leave(name)
+        if changed and self.remote is not None:
+            self.remote.channels_changed()
+        return changed
+
+    def peers_info(self) -> list[dict[str, Any]]:
+        return [] if self.remote is None else self.remote.peers_info()
+
+    # -- storing -------------------------------------------------------------------------------
+    async def store_path(self, path: Path, name: str) -> dict[str, Any]:
+        if not path.is_absolute():
+            raise UsageError(f"store needs an absolute path, not {path}")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except PermissionError:
+            return {"needUpload": True}
+        except FileNotFoundError:
+            raise UsageError(f"cannot read {path}: no such file") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        os.close(fd)
+        stored = await asyncio.to_thread(self.store.store_file, path)
+        return self._stored_reply(stored.sha1, stored.size, stored.manifest_sha1, name)
+
+    async def store_upload(self, chunks: AsyncIterator[bytes], name: str) -> dict[str, Any]:
+        temp = self.store.temp_dir / f"upload-{secrets.token_hex(8)}"
+        try:
+            handle = await asyncio.to_thread(open, temp, "wb")
+            try:
+                async for block in chunks:
+                    await asyncio.to_thread(handle.write, block)
+            finally:
+                handle.close()
+            stored = await asyncio.to_thread(self.store.store_file, temp)
+        except OSError as exc:
+            raise StoreError(f"cannot store the upload: {exc.strerror or exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        return self._stored_reply(stored.sha1, stored.size, stored.manifest_sha1, name)
+
+    def _stored_reply(self, sha1: str, size: int, manifest_sha1: str | None, name: str) -> dict[str, Any]:
+        return {
+            "uri": format_store_uri(sha1, name, manifest_sha1),
+            "sha1": sha1,
+            "size": size,
+            "manifestSha1": manifest_sha1,
+        }
+
+    # -- loading -------------------------------------------------------------------------------
+    def local_path(self, uri: FileUri) -> Path | None:
+        if uri.algorithm == "sha1" and uri.hash == SHA1_EMPTY and not self.store.has(SHA1_EMPTY):
+            self.store.store_bytes(b"")
+        return self.store.find_local(uri)
+
+    async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path:
+        if uri.is_dir:
+            raise UsageError("directory URIs (sha1dir://) are not supported yet")
+        path = await asyncio.to_thread(self.local_path, uri)
+        if path is not None:
+            return path
+        if uri.chunk_of is not None:
+            parent = self.store.find_local(FileUri(algorithm="sha1", hash=uri.chunk_of.sha1))
+            if parent is not None:
+                return await asyncio.to_thread(self._extract_chunk, uri, parent)
+        if self.remote is None or uri.algorithm != "sha1":
+            raise NotFoundError(f"{uri.hash} is not in the local store and no peer network is running")
+        # Two loads of one file share one download.
+        task = self._loads.get(uri.hash)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self.remote.load(uri, timeout, progress))
+            self._loads[uri.hash] = task
+            task.add_done_callback(functools.partial(self._forget_load, uri.hash))
+        return await asyncio.shield(task)
+
+    def _forget_load(self, key: str, _task: asyncio.Task[Path]) -> None:
+        self._loads.pop(key, None)
+
+    def _extract_chunk(self, uri: FileUri, parent: Path) -> Path:
+        assert uri.chunk_of is not None
+        with self.store.open_blob_writer(uri.hash, uri.chunk_of.end - uri.chunk_of.start) as writer:
+            for block in self.store.read_range(uri.chunk_of.sha1, uri.chunk_of.start, uri.chunk_of.end):
+                writer.write(block)
+            return writer.commit()
+
+    def find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]:
+        return self._find(uri, timeout)
+
+    async def _find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]:
+        path = await asyncio.to_thread(self.local_path, uri)
+        if path is not None:
+            yield {
+                "node_id": self.identity.node_id,
+                "label": self.config.label,
+                "size": path.stat().st_size,
+                "local": True,
+                "nodeId": self.identity.node_id,
+                "fileSize": path.stat().st_size,
+                "fileKey": {"sha1": uri.hash},
+            }
+        if self.remote is not None and uri.algorithm == "sha1":
+            async for provider in self.remote.find(uri, timeout):
+                yield provider
+
+    async def open_range(
+        self, uri: FileUri, start: int | None, end: int | None, timeout: float | None
+    ) -> tuple[int, AsyncIterator[bytes]]:
+        first = start or 0
+        path = await asyncio.to_thread(self.local_path, uri)
+        if path is None and self.remote is not None and uri.algorithm == "sha1":
+            return await self.remote.read_remote_range(uri, first, end, timeout)
+        if path is None:
+            raise NotFoundError(f"{uri.hash} is not in the local store")
+        size = path.stat().st_size
+        last = size if end is None else min(end, size)
+        if first > last:
+            raise UsageError(f"bad range: start {first} is after end {last} (file size {size})")
+        return last - first, _read_file_range(path, first, last)
+
+
+async def _read_file_range(path: Path, start: int, end: int, block: int = 1 << 20) -> AsyncIterator[bytes]:
+    handle = await asyncio.to_thread(open, path, "rb")
+    try:
+        position = start
+        while position < end:
+            data = await asyncio.to_thread(os.pread, handle.fileno(), min(block, end - position), position)
+            if not data:
+                raise StoreError(f"{path} is shorter than expected")
+            position += len(data)
+            yield data
+    finally:
+        handle.close()

@@ -1,0 +1,68 @@
+"""Run a daemon in the foreground until SIGINT, SIGTERM or ``kachery-p2p-stop-daemon``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from ..config import LOCK_FILENAME, DaemonConfig
+from ..quic.identity import NodeIdentity
+from ..store import ContentStore
+from .lock import DaemonLock
+from .node import Node
+
+log = logging.getLogger("kachery_p2p.daemon")
+
+
+def install_event_loop_policy() -> None:
+    """uvloop where the platform has it."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def prepare(config: DaemonConfig) -> tuple[DaemonLock, NodeIdentity, ContentStore]:
+    """Everything that can fail before the event loop starts, with user-facing errors."""
+    config.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = DaemonLock(config.config_dir / LOCK_FILENAME)
+    lock.acquire()
+    try:
+        identity = NodeIdentity.load_or_create(config.config_dir)
+        store = ContentStore(config.storage_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, identity, store
+
+
+async def serve(config: DaemonConfig, identity: NodeIdentity, store: ContentStore) -> None:
+    node = Node(config, identity, store)
+    from .network import build_network
+
+    node.remote = build_network(node)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, node.request_stop)
+    await node.start()
+    print(f"kachery-p2p daemon running: node {identity.node_id}", file=sys.stderr, flush=True)
+    try:
+        await node.wait_stopped()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+        await node.stop()
+
+
+def run_daemon(config: DaemonConfig) -> None:
+    lock, identity, store = prepare(config)
+    try:
+        install_event_loop_policy()
+        asyncio.run(serve(config, identity, store))
+    finally:
+        lock.release()

@@ -1,0 +1,167 @@
+"""The peer protocol's messages (version ``kachery-p2p/1``), validated on arrival.
+
+Authentication (see ``quic.auth``):
+    server -> client, on the server's first unidirectional stream:
+        {"op": "challenge", "nonce": hex32}
+    client -> server, on the client's first bidirectional stream:
+        {"op": "auth", "nodeId", "nonce", "signature", "label", "channelProofs": [hex64, ...]}
+    server -> client:  {"ok": true, "label", "channelProofs": [...]}   (or an error, then close)
+
+Requests, each on a new bidirectional stream opened by either side once authenticated:
+    {"op": "has", "sha1"}                     -> {"ok": true, "size", "manifestSha1"?}
+    {"op": "manifest", "sha1"}                -> {"ok": true, "length"} + manifest JSON bytes
+    {"op": "get", "sha1", "start", "end"}     -> {"ok": true, "length"} + bytes [start, end)
+    {"op": "channels", "nonce", "channelProofs"} -> {"ok": true, "channelProofs"}
+
+Errors: {"ok": false, "code": one of ERROR_CODES, "message": text}.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RemoteProtocolError
+
+ERROR_CODES = (
+    "not_found",
+    "not_authorized",
+    "unauthenticated",
+    "bad_request",
+    "busy",
+    "internal",
+)
+MAX_PROOFS = 256
+MAX_LABEL = 64
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX128 = re.compile(r"^[0-9a-f]{128}$")
+
+
+def _bad(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, code="bad_request")
+
+
+def _sha1(value: Any) -> str:
+    if not isinstance(value, str) or not _HEX40.match(value):
+        raise _bad("sha1 must be 40 lower-case hex digits")
+    return value
+
+
+def _uint(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _bad(f"{name} must be a non-negative integer")
+    return value
+
+
+def _hex(value: Any, pattern: re.Pattern[str], name: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise _bad(f"bad {name}")
+    return value
+
+
+def _proofs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_PROOFS:
+        raise _bad("channelProofs must be a list of at most 256 hashes")
+    return tuple(_hex(item, _HEX64, "channel proof") for item in value)
+
+
+def _label(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _bad("label must be a string")
+    return value[:MAX_LABEL]
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: str
+
+
+@dataclass(frozen=True)
+class Auth:
+    node_id: str
+    nonce: str
+    signature: str
+    label: str
+    channel_proofs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Has:
+    sha1: str
+
+
+@dataclass(frozen=True)
+class GetManifest:
+    sha1: str
+
+
+@dataclass(frozen=True)
+class GetRange:
+    sha1: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ChannelsUpdate:
+    nonce: str
+    channel_proofs: tuple[str, ...]
+
+
+Request = Has | GetManifest | GetRange | ChannelsUpdate
+
+
+def parse_challenge(header: dict[str, Any]) -> Challenge:
+    if header.get("op") != "challenge":
+        raise _bad("expected a challenge")
+    return Challenge(nonce=_hex(header.get("nonce"), _HEX32, "nonce"))
+
+
+def parse_auth(header: dict[str, Any]) -> Auth:
+    if header.get("op") != "auth":
+        raise RemoteProtocolError("the first request must authenticate", code="unauthenticated")
+    return Auth(
+        node_id=_hex(header.get("nodeId"), _HEX64, "nodeId"),
+        nonce=_hex(header.get("nonce"), _HEX32, "nonce"),
+        signature=_hex(header.get("signature"), _HEX128, "signature"),
+        label=_label(header.get("label", "")),
+        channel_proofs=_proofs(header.get("channelProofs", [])),
+    )
+
+
+def parse_request(header: dict[str, Any]) -> Request:
+    op = header.get("op")
+    if op == "has":
+        return Has(sha1=_sha1(header.get("sha1")))
+    if op == "manifest":
+        return GetManifest(sha1=_sha1(header.get("sha1")))
+    if op == "get":
+        start, end = _uint(header.get("start"), "start"), _uint(header.get("end"), "end")
+        if end < start:
+            raise _bad("end must not be before start")
+        return GetRange(sha1=_sha1(header.get("sha1")), start=start, end=end)
+    if op == "channels":
+        return ChannelsUpdate(
+            nonce=_hex(header.get("nonce"), _HEX32, "nonce"),
+            channel_proofs=_proofs(header.get("channelProofs")),
+        )
+    raise _bad(f"unknown op {str(op)[:40]!r}")
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "code": code, "message": message[:500]}
+
+
+def check_ok(header: dict[str, Any]) -> dict[str, Any]:
+    """Raise RemoteProtocolError carrying the peer's code for an error response."""
+    if header.get("ok") is True:
+        return header
+    code = header.get("code")
+    message = header.get("message")
+    raise RemoteProtocolError(
+        str(message)[:500] if isinstance(message, str) else "peer refused the request",
+        code=code if isinstance(code, str) and code in ERROR_CODES else "internal",
+    )

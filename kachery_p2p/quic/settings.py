@@ -1,0 +1,101 @@
+"""QUIC settings shared by every kachery-p2p connection, and the one read of aioquic's private state.
+
+aioquic has no certificate-verification callback, so peers run with ``verify_mode=CERT_NONE`` and
+check the peer certificate after ``HandshakeCompleted`` (``identity.check_peer_certificate``).
+aioquic still checks the TLS CertificateVerify signature against the certificate's key, so the
+certificate we read has been proven by the peer's private key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ssl
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+
+from .identity import NodeIdentity
+
+ALPN = "kachery-p2p/1"
+CLIENT_SERVER_NAME = "kachery-p2p"
+MAX_DATA = 16 * 1024 * 1024
+MAX_STREAM_DATA = 8 * 1024 * 1024
+# aioquic breaks on packets above this ("Unknown frame type"); see reference/nat-lab.md.
+MAX_DATAGRAM_SIZE_LIMIT = 16383
+PREFERRED_CONGESTION_CONTROL = "cubic"
+
+
+@functools.lru_cache(maxsize=1)
+def _congestion_control_algorithm() -> str | None:
+    """Return "cubic" if this aioquic has a congestion-control setting and knows cubic, else None."""
+    if "congestion_control_algorithm" not in {f.name for f in dataclasses.fields(QuicConfiguration)}:
+        return None
+    try:
+        import aioquic.quic.recovery  # noqa: F401  (registers the built-in algorithms)
+        from aioquic.quic.congestion.base import create_congestion_control
+
+        create_congestion_control(PREFERRED_CONGESTION_CONTROL, max_datagram_size=1200)
+    except Exception:
+        return None
+    return PREFERRED_CONGESTION_CONTROL
+
+
+def quic_configuration(
+    identity: NodeIdentity,
+    *,
+    is_client: bool,
+    max_datagram_size: int = 1350,
+    idle_timeout: float = 30.0,
+) -> QuicConfiguration:
+    """A QuicConfiguration presenting ``identity``'s certificate, with kachery-p2p's ALPN and windows.
+
+    Both sides carry the certificate and key (a client presents it if a server ever asks).
+    Certificate checks are off in TLS: call ``identity.check_peer_certificate`` after the handshake.
+    """
+    if not 1200 <= max_datagram_size <= MAX_DATAGRAM_SIZE_LIMIT:
+        raise ValueError(f"max_datagram_size must be within 1200..{MAX_DATAGRAM_SIZE_LIMIT}")
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        max_datagram_size=max_datagram_size,
+        idle_timeout=idle_timeout,
+        max_data=MAX_DATA,
+        max_stream_data=MAX_STREAM_DATA,
+        verify_mode=ssl.CERT_NONE,
+        server_name=CLIENT_SERVER_NAME if is_client else None,
+    )
+    config.certificate = identity.certificate()
+    config.private_key = identity.private_key
+    algorithm = _congestion_control_algorithm()
+    if algorithm is not None:
+        config.congestion_control_algorithm = algorithm
+    return config
+
+
+def peer_certificate(conn: QuicConnection) -> x509.Certificate | None:
+    """The certificate the peer presented in the handshake, or None.
+
+    This is the ONE place kachery-p2p reads aioquic's private state (``conn.tls._peer_certificate``):
+    aioquic has no public accessor. pyproject.toml pins ``aioquic<2`` and
+    tests/unit/test_quic_certificates.py runs a real handshake, so a change there fails a test
+    instead of silently disabling the peer check (None is always treated as "no certificate").
+    """
+    tls = getattr(conn, "tls", None)
+    cert = getattr(tls, "_peer_certificate", None)
+    return cert if isinstance(cert, x509.Certificate) else None
+
+
+def stream_send_buffered(conn: QuicConnection, stream_id: int) -> int:
+    """Bytes written to a stream and not yet acknowledged (private aioquic state, read here only)."""
+    stream = conn._streams.get(stream_id)
+    if stream is None:
+        return 0
+    return len(stream.sender._buffer)
+
+
+def smoothed_rtt(conn: QuicConnection) -> float | None:
+    """The smoothed RTT in seconds, or None before the first sample (private aioquic state)."""
+    rtt = float(getattr(conn._loss, "_rtt_smoothed", 0.0))
+    return rtt if rtt > 0 else None
