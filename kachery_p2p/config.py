@@ -91,6 +91,7 @@ class DaemonConfig:
     public_address: HostPort | None = None
     multicast_group: str = "239.255.73.117"
     multicast_port: int = 21011
+    lan_interfaces: tuple[str, ...] = ("127.0.0.1",)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

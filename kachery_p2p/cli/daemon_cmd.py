@@ -26,6 +26,7 @@ def start_daemon(
     api_port: int | None,
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
+    lan_interfaces: tuple[str, ...],
     relay_mode: bool,
     public_address: str | None,
     verbose: int,
@@ -47,9 +48,25 @@ def start_daemon(
         label=label or os.uname().nodename[:64],
         bootstrap=tuple(HostPort.parse(item) for item in bootstrap) + bootstrap_from_environ(),
         lan_discovery=lan_discovery,
+        lan_interfaces=_lan_interfaces(lan_interfaces) if lan_discovery else (),
         relay_mode=relay_mode,
         public_address=HostPort.parse(public_address) if public_address else None,
     )
     from ..daemon.run import run_daemon
 
     run_daemon(config)
+
+
+def _lan_interfaces(given: tuple[str, ...]) -> tuple[str, ...]:
+    import ipaddress
+
+    for address in given:
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise ConfigError(f"--lan-interface needs an IPv4 address, not {address!r}") from None
+    if given:
+        return given
+    from ..daemon.lan import default_lan_interfaces
+
+    return tuple(default_lan_interfaces())

@@ -27,6 +27,9 @@ def cli() -> None:
 @click.option("--api-port", type=int, default=None, help="Control port (default $KACHERY_P2P_API_PORT or 20431).")
 @click.option("--bootstrap", multiple=True, help="Relay or peer to dial: HOST:PORT or NODEID@HOST:PORT (repeatable).")
 @click.option("--lan-discovery/--no-lan-discovery", default=True, help="Find channel peers on the LAN by multicast.")
+@click.option(
+    "--lan-interface", "lan_interfaces", multiple=True, help="IPv4 address to announce on (repeatable; default: all)."
+)
 @click.option("--relay", "relay_mode", is_flag=True, help="Run as a relay node (on a public server).")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
@@ -36,6 +39,7 @@ def start_daemon_cmd(
     api_port: int | None,
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
+    lan_interfaces: tuple[str, ...],
     relay_mode: bool,
     public_address: str | None,
     verbose: int,
@@ -49,6 +53,7 @@ def start_daemon_cmd(
         api_port=api_port,
         bootstrap=bootstrap,
         lan_discovery=lan_discovery,
+        lan_interfaces=lan_interfaces,
         relay_mode=relay_mode,
         public_address=public_address,
         verbose=verbose,

@@ -1,13 +1,323 @@
-"""Builds the peer network for a node (QUIC endpoint, discovery, transfers)."""
+"""The peer network of a node: the QUIC endpoint, sessions, discovery (bootstrap, LAN) and transfers."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..channels.announcements import Announcement
+from ..channels.membership import rendezvous_id
+from ..config import HostPort
+from ..errors import NotFoundError, RemoteProtocolError
+from ..ids import FileUri
+from ..quic import messages
+from ..quic.identity import short_node_id
+from .download import Download, Provider
+from .endpoint import Link, LinkClosed, QuicEndpoint
+from .files import read_file_range
+from .lan import LanDiscovery
+from .serve import FileServer
+from .session import PeerSession
 
 if TYPE_CHECKING:
-    from .node import Node, RemoteFiles
+    from .node import Node
+
+log = logging.getLogger("kachery_p2p.network")
+
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+KEEPALIVE_INTERVAL = 15.0
+FIND_TIMEOUT = 5.0
+EXTRA_PROVIDER_WAIT = 0.3
+DIAL_TIMEOUT = 10.0
 
 
-def build_network(node: Node) -> RemoteFiles | None:
-    """None until the peer network exists; the node then serves its local store only."""
-    return None
+def build_network(node: Node) -> PeerNetwork:
+    return PeerNetwork(node)
+
+
+class PeerNetwork:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config = node.config
+        self.identity = node.identity
+        self.endpoint = QuicEndpoint(node.identity, on_incoming=self._on_incoming)
+        self.server = FileServer(node.store)
+        self.sessions: dict[str, list[PeerSession]] = {}
+        self.local_address: tuple[str, int] | None = None
+        self.lan: LanDiscovery | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._dialing: set[str] = set()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.local_address = await self.endpoint.open(self.config.udp_host, self.config.udp_port)
+        log.info("QUIC on udp %s:%d", *self.local_address)
+        for address in self.config.bootstrap:
+            self._spawn(self._keep_dialing(address))
+        if self.config.lan_discovery:
+            self.lan = LanDiscovery(
+                self.identity,
+                label=self.config.label,
+                quic_port=lambda: self.local_address[1] if self.local_address else 0,
+                rendezvous_ids=self._rendezvous_ids,
+                on_announcement=self._on_announcement,
+                group=self.config.multicast_group,
+                port=self.config.multicast_port,
+                interfaces=self.config.lan_interfaces,
+            )
+            await self.lan.start()
+        self._spawn(self._keepalive())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.lan is not None:
+            await self.lan.stop()
+        for sessions in self.sessions.values():
+            for session in sessions:
+                session.close("node shutting down")
+        # Let the CONNECTION_CLOSE frames leave before the socket goes.
+        await asyncio.sleep(0)
+        self.endpoint.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- sessions ---------------------------------------------------------------------------------
+    def _new_session(self, link: Link, expected: str | None = None) -> PeerSession:
+        return PeerSession(
+            link,
+            self.identity,
+            self.config.label,
+            self.node.channels.names,
+            self.server.handle,
+            expected_node_id=expected,
+        )
+
+    def _on_incoming(self, link: Link) -> None:
+        session = self._new_session(link)
+        self._spawn(self._admit(session))
+
+    async def _admit(self, session: PeerSession) -> None:
+        try:
+            await session.authenticate()
+        except (RemoteProtocolError, LinkClosed) as exc:
+            log.info("refused a connection from %s:%d: %s", *session.link.addr, exc)
+            return
+        self._register(session)
+
+    async def dial(self, host: str, port: int, expected_node_id: str | None = None) -> PeerSession:
+        link = self.endpoint.connect((host, port))
+        session = self._new_session(link, expected_node_id)
+        await session.authenticate(DIAL_TIMEOUT)
+        self._register(session)
+        return session
+
+    def _register(self, session: PeerSession) -> None:
+        assert session.node_id is not None
+        self.sessions.setdefault(session.node_id, []).append(session)
+        log.info(
+            "connected to %s (%s) at %s:%d, shared channels: %s",
+            short_node_id(session.node_id), session.label, *session.link.addr, session.shared_channels,
+        )
+        self._spawn(self._watch(session))
+
+    async def _watch(self, session: PeerSession) -> None:
+        reason = await session.link.closed
+        assert session.node_id is not None
+        sessions = self.sessions.get(session.node_id, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            self.sessions.pop(session.node_id, None)
+        log.info("disconnected from %s: %s", short_node_id(session.node_id), reason)
+
+    def session_for(self, node_id: str) -> PeerSession | None:
+        live = [s for s in self.sessions.get(node_id, []) if not s.link.is_closed]
+        if not live:
+            return None
+        # Both sides prefer the connection dialed by the smaller node id, so they agree.
+        live.sort(key=lambda s: (s.link.is_client != (self.identity.node_id < node_id)))
+        return live[0]
+
+    def channel_peers(self) -> list[PeerSession]:
+        found = []
+        for node_id in list(self.sessions):
+            session = self.session_for(node_id)
+            if session is not None and session.shared_channels:
+                found.append(session)
+        return found
+
+    async def _keep_dialing(self, address: HostPort) -> None:
+        delay = 1.0
+        while True:
+            try:
+                session = await self.dial(address.host, address.port, address.node_id)
+                delay = 1.0
+                await session.link.closed
+            except (RemoteProtocolError, LinkClosed, OSError) as exc:
+                log.info("could not connect to %s: %s", address, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_INTERVAL / 3)
+            now = time.monotonic()
+            for sessions in list(self.sessions.values()):
+                for session in sessions:
+                    if now - session.link.last_activity > KEEPALIVE_INTERVAL and not session.link.is_closed:
+                        self._spawn(_quiet(session.link.ping()))
+
+    # -- channels and LAN discovery ------------------------------------------------------------
+    def _rendezvous_ids(self) -> list[str]:
+        return [rendezvous_id(name) for name in self.node.channels.names()]
+
+    def _on_announcement(self, announcement: Announcement, ip: str) -> None:
+        node_id = announcement.node_id
+        if node_id in self._dialing or self.session_for(node_id) is not None:
+            return
+        if not set(announcement.rendezvous_ids) & set(self._rendezvous_ids()):
+            return
+        self._spawn(self._dial_discovered(node_id, ip, announcement.quic_port))
+
+    async def _dial_discovered(self, node_id: str, ip: str, port: int) -> None:
+        self._dialing.add(node_id)
+        try:
+            if self.identity.node_id > node_id:
+                # The smaller id dials; we step in only if it has not connected to us shortly.
+                await asyncio.sleep(2.0)
+                if self.session_for(node_id) is not None:
+                    return
+            await self.dial(ip, port, node_id)
+        except (RemoteProtocolError, LinkClosed, OSError) as exc:
+            log.info("could not connect to LAN peer %s at %s:%d: %s", short_node_id(node_id), ip, port, exc)
+        finally:
+            self._dialing.discard(node_id)
+
+    def channels_changed(self) -> None:
+        for sessions in self.sessions.values():
+            for session in sessions:
+                session.refresh_shared()
+                if session.authenticated and not session.link.is_closed:
+                    self._spawn(_quiet(session.exchange_channels()))
+        if self.lan is not None:
+            self.lan.announce_now()
+
+    # -- information ------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        host, port = self.local_address or ("", 0)
+        return {"udpAddress": f"{host}:{port}", "udpPort": port}
+
+    def peers_info(self) -> list[dict[str, Any]]:
+        result = []
+        for node_id in sorted(self.sessions):
+            session = self.session_for(node_id)
+            if session is not None:
+                result.append(session.info())
+        return result
+
+    # -- files --------------------------------------------------------------------------------------
+    async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
+        try:
+            reply, _ = await session.request({"op": "has", "sha1": sha1}, timeout=timeout)
+            size = messages.check_ok(reply)["size"]
+        except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, KeyError):
+            return None
+        if not isinstance(size, int) or size < 0:
+            return None
+        return Provider(session, size)
+
+    async def find_providers(self, sha1: str, timeout: float) -> AsyncIterator[Provider]:
+        peers = self.channel_peers()
+        if not peers:
+            return
+        pending = {asyncio.ensure_future(self._ask(s, sha1, timeout)) for s in peers}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    provider = task.result()
+                    if provider is not None:
+                        yield provider
+        finally:
+            for task in pending:
+                task.cancel()
+
+    def find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]:
+        return self._find(uri, timeout)
+
+    async def _find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]:
+        async for provider in self.find_providers(uri.sha1, timeout):
+            session = provider.session
+            yield {
+                "node_id": provider.node_id,
+                "label": session.label,
+                "size": provider.size,
+                "local": False,
+                "nodeId": provider.node_id,
+                "fileSize": provider.size,
+                "fileKey": {"sha1": uri.sha1},
+            }
+
+    async def _collect(self, sha1: str, timeout: float) -> list[Provider]:
+        providers: list[Provider] = []
+        deadline = time.monotonic() + timeout
+        first_at: float | None = None
+        iterator = self.find_providers(sha1, timeout).__aiter__()
+        try:
+            while True:
+                limit = deadline if first_at is None else min(deadline, first_at + EXTRA_PROVIDER_WAIT)
+                remaining = limit - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    provider = await asyncio.wait_for(iterator.__anext__(), remaining)
+                except (StopAsyncIteration, asyncio.TimeoutError):
+                    break
+                providers.append(provider)
+                if first_at is None:
+                    first_at = time.monotonic()
+        finally:
+            with contextlib.suppress(Exception):
+                await iterator.aclose()  # type: ignore[attr-defined]
+        return providers
+
+    async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path:
+        wait = FIND_TIMEOUT if timeout is None else timeout
+        providers = await self._collect(uri.sha1, wait)
+        if not providers:
+            peers = len(self.channel_peers())
+            raise NotFoundError(
+                f"file not found: no peer has {uri.sha1} (asked {peers} channel peer{'s' if peers != 1 else ''}"
+                f" for {wait:g} s)"
+            )
+        await progress({"bytesLoaded": 0, "bytesTotal": providers[0].size, "providers": len(providers)})
+        return await Download(self.node.store, uri, providers, progress).run()
+
+    async def read_remote_range(
+        self, uri: FileUri, start: int, end: int | None, timeout: float | None
+    ) -> tuple[int, AsyncIterator[bytes]]:
+        async def no_progress(message: dict[str, Any]) -> None:
+            return None
+
+        path = await self.load(uri, timeout, no_progress)
+        size = path.stat().st_size
+        last = size if end is None else min(end, size)
+        if start > last:
+            from ..errors import UsageError
+
+            raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
+        return last - start, read_file_range(path, start, last)
+
+
+async def _quiet(awaitable: Awaitable[Any]) -> None:
+    with contextlib.suppress(Exception):
+        await awaitable

@@ -23,6 +23,7 @@ from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
 from .control import make_app
+from .files import read_file_range
 from .lock import write_secret_file
 
 log = logging.getLogger("kachery_p2p.node")
@@ -251,18 +252,5 @@ class Node:
         last = size if end is None else min(end, size)
         if first > last:
             raise UsageError(f"bad range: start {first} is after end {last} (file size {size})")
-        return last - first, _read_file_range(path, first, last)
+        return last - first, read_file_range(path, first, last)
 
-
-async def _read_file_range(path: Path, start: int, end: int, block: int = 1 << 20) -> AsyncIterator[bytes]:
-    handle = await asyncio.to_thread(open, path, "rb")
-    try:
-        position = start
-        while position < end:
-            data = await asyncio.to_thread(os.pread, handle.fileno(), min(block, end - position), position)
-            if not data:
-                raise StoreError(f"{path} is shorter than expected")
-            position += len(data)
-            yield data
-    finally:
-        handle.close()

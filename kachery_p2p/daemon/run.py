@@ -42,9 +42,9 @@ def prepare(config: DaemonConfig) -> tuple[DaemonLock, NodeIdentity, ContentStor
 
 async def serve(config: DaemonConfig, identity: NodeIdentity, store: ContentStore) -> None:
     node = Node(config, identity, store)
-    from .network import build_network
+    from .network import PeerNetwork
 
-    node.remote = build_network(node)
+    node.remote = PeerNetwork(node)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, node.request_stop)

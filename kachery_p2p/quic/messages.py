@@ -62,7 +62,7 @@ def _hex(value: Any, pattern: re.Pattern[str], name: str) -> str:
     return value
 
 
-def _proofs(value: Any) -> tuple[str, ...]:
+def parse_proofs(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_PROOFS:
         raise _bad("channelProofs must be a list of at most 256 hashes")
     return tuple(_hex(item, _HEX64, "channel proof") for item in value)
@@ -128,7 +128,7 @@ def parse_auth(header: dict[str, Any]) -> Auth:
         nonce=_hex(header.get("nonce"), _HEX32, "nonce"),
         signature=_hex(header.get("signature"), _HEX128, "signature"),
         label=_label(header.get("label", "")),
-        channel_proofs=_proofs(header.get("channelProofs", [])),
+        channel_proofs=parse_proofs(header.get("channelProofs", [])),
     )
 
 
@@ -146,7 +146,7 @@ def parse_request(header: dict[str, Any]) -> Request:
     if op == "channels":
         return ChannelsUpdate(
             nonce=_hex(header.get("nonce"), _HEX32, "nonce"),
-            channel_proofs=_proofs(header.get("channelProofs")),
+            channel_proofs=parse_proofs(header.get("channelProofs")),
         )
     raise _bad(f"unknown op {str(op)[:40]!r}")
 

@@ -1,0 +1,198 @@
+"""One download: providers x pieces over parallel QUIC streams, verified chunk by chunk.
+
+Pieces go to the store's resumable partial file; a chunk is verified against its manifest hash when
+its last piece lands, and the whole sha1 is checked before the file is renamed into the store.
+Nothing unverified ever reaches the store's content paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import NotFoundError, RemoteProtocolError, VerificationError
+from ..ids import SHA1_EMPTY, FileUri
+from ..quic import messages
+from ..quic.identity import short_node_id
+from ..store import ContentStore, Manifest, PartialFile
+from ..transfer.plan import DownloadPlan, Piece
+from .endpoint import LinkClosed
+from .session import PeerSession
+
+log = logging.getLogger("kachery_p2p.download")
+
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+STREAMS_PER_PROVIDER = 4
+PIECE_TIMEOUT = 60.0
+PROGRESS_INTERVAL = 0.25
+MAX_ROUNDS = 5
+
+
+@dataclass
+class Provider:
+    session: PeerSession
+    size: int
+
+    @property
+    def node_id(self) -> str:
+        assert self.session.node_id is not None
+        return self.session.node_id
+
+
+class Download:
+    def __init__(
+        self, store: ContentStore, uri: FileUri, providers: list[Provider], progress: Progress
+    ) -> None:
+        self.store = store
+        self.uri = uri
+        self.sha1 = uri.sha1
+        self.providers = providers
+        self.progress = progress
+        self.bad_providers: list[str] = []
+        self._last_progress = 0.0
+
+    async def run(self) -> Path:
+        size = _agreed_size(self.providers)
+        self.providers = [p for p in self.providers if p.size == size]
+        if size == 0:
+            if self.sha1 != SHA1_EMPTY:
+                raise VerificationError(f"providers say {self.sha1} is empty, which cannot be")
+            return (await asyncio.to_thread(self.store.store_bytes, b"")).path
+        manifest = await self._manifest(size)
+        partial = await asyncio.to_thread(self.store.open_partial, self.sha1, size, manifest)
+        try:
+            chunks = [(c.start, c.end) for c in manifest.chunks] if manifest else [(0, size)]
+            plan = DownloadPlan(chunks, partial.verified_chunks())
+            await self._fetch(plan, partial)
+            path = await asyncio.to_thread(partial.finish)
+        finally:
+            await asyncio.to_thread(partial.close)
+        await self._report(plan, force=True)
+        return path
+
+    async def _manifest(self, size: int) -> Manifest | None:
+        if self.uri.manifest is None and size <= 20_000_000:
+            return None
+        errors = []
+        for provider in self.providers:
+            try:
+                if self.uri.manifest is not None:
+                    header = {"op": "get", "sha1": self.uri.manifest, "start": 0, "end": 0}
+                    has, _ = await provider.session.request({"op": "has", "sha1": self.uri.manifest}, timeout=30)
+                    header["end"] = int(messages.check_ok(has)["size"])
+                    reply, data = await provider.session.request(header, timeout=PIECE_TIMEOUT)
+                else:
+                    reply, data = await provider.session.request(
+                        {"op": "manifest", "sha1": self.sha1}, timeout=PIECE_TIMEOUT
+                    )
+                messages.check_ok(reply)
+                manifest = Manifest.parse(data, expected_sha1=self.sha1, expected_manifest_sha1=self.uri.manifest)
+                if manifest.sha1 != self.sha1 or manifest.size != size:
+                    raise VerificationError("the manifest describes another file")
+                return manifest
+            except (RemoteProtocolError, VerificationError, LinkClosed, asyncio.TimeoutError, ValueError) as exc:
+                errors.append(f"{short_node_id(provider.node_id)}: {exc}")
+        if self.uri.manifest is not None:
+            raise NotFoundError(f"no provider could give the manifest {self.uri.manifest}: {'; '.join(errors)}")
+        return None
+
+    async def _fetch(self, plan: DownloadPlan, partial: PartialFile) -> None:
+        wake = asyncio.Event()
+        in_flight = 0
+        verifying: set[asyncio.Task[None]] = set()
+
+        async def verify(index: int) -> None:
+            if await asyncio.to_thread(partial.verify_chunk, index):
+                plan.chunk_verified(index)
+            else:
+                for node_id in plan.chunk_failed(index):
+                    log.warning("provider %s sent bad bytes for %s; dropping it", short_node_id(node_id), self.sha1)
+                    self.bad_providers.append(node_id)
+            wake.set()
+
+        async def worker(provider: Provider) -> None:
+            nonlocal in_flight
+            while not plan.finished and provider.node_id not in plan.banned:
+                piece = plan.next_piece()
+                if piece is None:
+                    if in_flight == 0 and not verifying:
+                        return
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                in_flight += 1
+                try:
+                    await self._fetch_piece(provider, piece, partial)
+                except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, OSError) as exc:
+                    plan.piece_failed(piece)
+                    log.info("piece %d-%d from %s failed: %s", piece.start, piece.end,
+                             short_node_id(provider.node_id), exc)
+                    return
+                finally:
+                    in_flight -= 1
+                    wake.set()
+                index = plan.piece_received(piece, provider.node_id)
+                if index is not None:
+                    task = asyncio.ensure_future(verify(index))
+                    verifying.add(task)
+                    task.add_done_callback(verifying.discard)
+                await self._report(plan)
+
+        for _round in range(MAX_ROUNDS):
+            live = [p for p in self.providers if p.node_id not in plan.banned and not p.session.link.is_closed]
+            if plan.finished or not live:
+                break
+            workers = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
+            try:
+                await asyncio.gather(*workers)
+                while verifying:
+                    await asyncio.gather(*list(verifying))
+            finally:
+                for task in workers:
+                    task.cancel()
+        if not plan.finished:
+            bad = ", ".join(short_node_id(n) for n in self.bad_providers)
+            raise NotFoundError(
+                f"could not download {self.sha1}: every provider failed" + (f" (bad data from {bad})" if bad else "")
+            )
+
+    async def _fetch_piece(self, provider: Provider, piece: Piece, partial: PartialFile) -> None:
+        offset = piece.start
+
+        def sink(data: bytes) -> None:
+            nonlocal offset
+            if offset + len(data) > piece.end:
+                raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
+            partial.write_at(offset, data)
+            offset += len(data)
+
+        header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
+        reply, _ = await provider.session.request(header, sink=sink, timeout=PIECE_TIMEOUT)
+        messages.check_ok(reply)
+        if offset != piece.end:
+            raise RemoteProtocolError(f"provider sent {offset - piece.start} of {piece.size} bytes")
+
+    async def _report(self, plan: DownloadPlan, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL:
+            return
+        self._last_progress = now
+        await self.progress(
+            {
+                "bytesLoaded": plan.total_bytes if plan.finished else min(plan.bytes_loaded, plan.total_bytes),
+                "bytesTotal": plan.total_bytes,
+                "providers": len([p for p in self.providers if p.node_id not in plan.banned]),
+            }
+        )
+
+
+def _agreed_size(providers: list[Provider]) -> int:
+    counts: dict[int, int] = {}
+    for provider in providers:
+        counts[provider.size] = counts.get(provider.size, 0) + 1
+    return max(counts, key=lambda size: counts[size])

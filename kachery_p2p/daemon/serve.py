@@ -1,0 +1,100 @@
+"""Answering peers' file requests from the local store, for channel peers only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RemoteProtocolError
+from ..ids import FileUri
+from ..quic import messages
+from ..store import CHUNK_SIZE, ContentStore, ManifestBuilder
+from .files import read_file_range
+
+if TYPE_CHECKING:
+    from .session import PeerSession
+
+log = logging.getLogger("kachery_p2p.serve")
+
+Reply = tuple[dict[str, Any], AsyncIterator[bytes] | None]
+
+
+class FileServer:
+    """The request handler of every peer session."""
+
+    def __init__(self, store: ContentStore, manifest_cache_size: int = 64) -> None:
+        self.store = store
+        self._manifests: OrderedDict[str, bytes] = OrderedDict()
+        self._manifest_cache_size = manifest_cache_size
+        self._manifest_locks: dict[str, asyncio.Lock] = {}
+        self.bytes_served = 0
+
+    async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
+        # Checked where the request is served: a peer that shares no channel gets nothing.
+        if not session.shared_channels:
+            raise RemoteProtocolError("we share no channel", code="not_authorized")
+        if isinstance(request, messages.Has):
+            path = await self._path(request.sha1)
+            return {"ok": True, "size": path.stat().st_size}, None
+        if isinstance(request, messages.GetManifest):
+            data = await self._manifest(request.sha1)
+            return {"ok": True, "length": len(data)}, _once(data)
+        if isinstance(request, messages.GetRange):
+            path = await self._path(request.sha1)
+            size = path.stat().st_size
+            if request.end > size:
+                raise RemoteProtocolError(f"range ends at {request.end}, after the file's end {size}")
+            self.bytes_served += request.end - request.start
+            return {"ok": True, "length": request.end - request.start}, read_file_range(
+                path, request.start, request.end
+            )
+        raise RemoteProtocolError("unsupported request")
+
+    async def _path(self, sha1: str) -> Path:
+        path = await asyncio.to_thread(self.store.find_local, FileUri(algorithm="sha1", hash=sha1))
+        if path is None:
+            raise RemoteProtocolError("not here", code="not_found")
+        return path
+
+    async def _manifest(self, sha1: str) -> bytes:
+        cached = self._manifests.get(sha1)
+        if cached is not None:
+            self._manifests.move_to_end(sha1)
+            return cached
+        lock = self._manifest_locks.setdefault(sha1, asyncio.Lock())
+        async with lock:
+            cached = self._manifests.get(sha1)
+            if cached is not None:
+                return cached
+            path = await self._path(sha1)
+            if path.stat().st_size <= CHUNK_SIZE:
+                raise RemoteProtocolError("the file is a single chunk and has no manifest", code="not_found")
+            data = await asyncio.to_thread(_compute_manifest, path, sha1)
+            if data is None:
+                raise RemoteProtocolError("our copy does not match its hash", code="not_found")
+            await asyncio.to_thread(self.store.store_bytes, data)
+            self._manifests[sha1] = data
+            while len(self._manifests) > self._manifest_cache_size:
+                self._manifests.popitem(last=False)
+        self._manifest_locks.pop(sha1, None)
+        return data
+
+
+def _compute_manifest(path: Path, sha1: str) -> bytes | None:
+    builder = ManifestBuilder()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            builder.update(block)
+    whole, manifest = builder.finish()
+    if whole != sha1 or manifest is None:
+        log.warning("stored file %s does not hash to its name; not serving a manifest", path)
+        return None
+    return manifest.to_json_bytes()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
