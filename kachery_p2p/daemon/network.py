@@ -163,7 +163,8 @@ class PeerNetwork:
                 delay = 1.0
                 await session.link.closed
             except (RemoteProtocolError, LinkClosed, OSError) as exc:
-                log.info("could not connect to %s: %s", address, exc)
+                # Said loudly once, then quietly while retrying.
+                log.log(logging.WARNING if delay == 1.0 else logging.INFO, "could not connect to %s: %s", address, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 

@@ -29,6 +29,8 @@ from .lock import write_secret_file
 log = logging.getLogger("kachery_p2p.node")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
+# Interrupted downloads are kept this long for resuming, then removed at the next start.
+TEMP_MAX_AGE_SEC = 7 * 24 * 3600.0
 
 
 class RemoteFiles(Protocol):
@@ -62,6 +64,9 @@ class Node:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        # The UDP port first: if it is taken we fail before anything else is set up.
+        if self.remote is not None:
+            await self.remote.start()
         token = secrets.token_urlsafe(32)
         app = make_app(self, token)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -70,14 +75,14 @@ class Node:
         try:
             await site.start()
         except OSError as exc:
-            await self._runner.cleanup()
             raise ConfigError(
                 f"cannot listen on {self.config.api_host}:{self.config.api_port} for the control endpoint "
                 f"({exc.strerror}); is another daemon using it? Set KACHERY_P2P_API_PORT to choose another port"
             ) from None
         write_secret_file(self.config.token_path, token)
-        if self.remote is not None:
-            await self.remote.start()
+        removed = await asyncio.to_thread(self.store.cleanup_temp, TEMP_MAX_AGE_SEC)
+        if removed:
+            log.info("removed %d stale temp files from %s", removed, self.store.temp_dir)
         log.info(
             "kachery-p2p daemon %s: node %s, label %r, store %s, control 127.0.0.1:%d",
             __version__, self.identity.node_id, self.config.label, self.store.root, self.config.api_port,

@@ -48,9 +48,9 @@ async def serve(config: DaemonConfig, identity: NodeIdentity, store: ContentStor
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, node.request_stop)
-    await node.start()
-    print(f"kachery-p2p daemon running: node {identity.node_id}", file=sys.stderr, flush=True)
     try:
+        await node.start()
+        print(f"kachery-p2p daemon running: node {identity.node_id}", file=sys.stderr, flush=True)
         await node.wait_stopped()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
