@@ -31,6 +31,7 @@ STREAMS_PER_PROVIDER = 4
 PIECE_TIMEOUT = 60.0
 PROGRESS_INTERVAL = 0.25
 MAX_ROUNDS = 5
+WRITE_BLOCK = 1 << 20
 
 
 @dataclass
@@ -162,20 +163,30 @@ class Download:
             )
 
     async def _fetch_piece(self, provider: Provider, piece: Piece, partial: PartialFile) -> None:
-        offset = piece.start
+        # Packets carry ~1.3 kB each: gather them and write in large blocks (one pwrite per MiB).
+        buffer = bytearray()
+        written = piece.start
+
+        def flush() -> None:
+            nonlocal written
+            if buffer:
+                partial.write_at(written, buffer)
+                written += len(buffer)
+                buffer.clear()
 
         def sink(data: bytes) -> None:
-            nonlocal offset
-            if offset + len(data) > piece.end:
+            if written + len(buffer) + len(data) > piece.end:
                 raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
-            partial.write_at(offset, data)
-            offset += len(data)
+            buffer.extend(data)
+            if len(buffer) >= WRITE_BLOCK:
+                flush()
 
         header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
         reply, _ = await provider.session.request(header, sink=sink, timeout=PIECE_TIMEOUT)
         messages.check_ok(reply)
-        if offset != piece.end:
-            raise RemoteProtocolError(f"provider sent {offset - piece.start} of {piece.size} bytes")
+        flush()
+        if written != piece.end:
+            raise RemoteProtocolError(f"provider sent {written - piece.start} of {piece.size} bytes")
 
     async def _report(self, plan: DownloadPlan, force: bool = False) -> None:
         now = time.monotonic()

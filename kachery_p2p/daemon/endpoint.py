@@ -87,7 +87,8 @@ class Link:
         self.addr = addr
         self.conn.receive_datagram(data, addr, now=time.monotonic())
         self._process_events()
-        self.transmit()
+        # Datagrams that arrive together are answered together: one ACK for a burst, not one each.
+        self.transmit_soon()
 
     def transmit(self) -> None:
         self._transmit_pending = False
