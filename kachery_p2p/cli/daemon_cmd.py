@@ -23,6 +23,7 @@ def start_daemon(
     *,
     label: str,
     udp_port: int | None,
+    udp_host: str,
     api_port: int | None,
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
@@ -45,6 +46,7 @@ def start_daemon(
         if api_port is not None
         else api_port_from_environ(),
         udp_port=parse_port(udp_port, what="--port") if udp_port is not None else DEFAULT_UDP_PORT,
+        udp_host=_ipv4(udp_host, "--bind"),
         label=label or os.uname().nodename[:64],
         bootstrap=tuple(HostPort.parse(item) for item in bootstrap) + bootstrap_from_environ(),
         lan_discovery=lan_discovery,
@@ -57,14 +59,19 @@ def start_daemon(
     run_daemon(config)
 
 
-def _lan_interfaces(given: tuple[str, ...]) -> tuple[str, ...]:
+def _ipv4(address: str, option: str) -> str:
     import ipaddress
 
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise ConfigError(f"{option} needs an IPv4 address, not {address!r}") from None
+    return address
+
+
+def _lan_interfaces(given: tuple[str, ...]) -> tuple[str, ...]:
     for address in given:
-        try:
-            ipaddress.IPv4Address(address)
-        except ValueError:
-            raise ConfigError(f"--lan-interface needs an IPv4 address, not {address!r}") from None
+        _ipv4(address, "--lan-interface")
     if given:
         return given
     from ..daemon.lan import default_lan_interfaces

@@ -24,6 +24,7 @@ def cli() -> None:
 @cli.command("start-daemon", cls=Command)
 @click.option("--label", default="", help="A short name for this node, shown to peers.")
 @click.option("--port", "udp_port", type=int, default=None, help="UDP port for QUIC (0 picks a free one).")
+@click.option("--bind", "udp_host", default="0.0.0.0", show_default=True, help="Local IPv4 address for the UDP socket.")
 @click.option("--api-port", type=int, default=None, help="Control port (default $KACHERY_P2P_API_PORT or 20431).")
 @click.option("--bootstrap", multiple=True, help="Relay or peer to dial: HOST:PORT or NODEID@HOST:PORT (repeatable).")
 @click.option("--lan-discovery/--no-lan-discovery", default=True, help="Find channel peers on the LAN by multicast.")
@@ -36,6 +37,7 @@ def cli() -> None:
 def start_daemon_cmd(
     label: str,
     udp_port: int | None,
+    udp_host: str,
     api_port: int | None,
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
@@ -50,6 +52,7 @@ def start_daemon_cmd(
     start_daemon(
         label=label,
         udp_port=udp_port,
+        udp_host=udp_host,
         api_port=api_port,
         bootstrap=bootstrap,
         lan_discovery=lan_discovery,

@@ -60,7 +60,10 @@ def _copy_atomically(client: ControlClient, uri: str, source: Path, dest: Path) 
     parent = dest.parent if str(dest.parent) else Path(".")
     if dest.is_dir():
         raise UsageError(f"--dest {dest} is a directory; give a file path")
-    fd, temp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
+    except OSError as exc:
+        raise StoreError(f"cannot write {dest}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as out:
             try:

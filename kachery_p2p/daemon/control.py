@@ -264,6 +264,10 @@ class _Routes:
         await response.write_eof()
         return response
 
-    async def halt(self, request: web.Request) -> web.Response:
+    async def halt(self, request: web.Request) -> web.StreamResponse:
+        # Answer first, then stop: the client must get its reply before the endpoint goes away.
+        response = web.json_response({"stopping": True})
+        await response.prepare(request)
+        await response.write_eof()
         self.service.request_stop()
-        return web.json_response({"stopping": True})
+        return response

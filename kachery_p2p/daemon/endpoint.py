@@ -32,11 +32,52 @@ Address = tuple[str, int]
 CID_LENGTH = 8
 SEND_HIGH_WATER = 1 << 20
 SEND_LOW_WATER = 256 * 1024
+RELAY_TO = b"\x20"
+RELAY_FROM = b"\x21"
 
 
 class StreamHandler(Protocol):
     def on_data(self, data: bytes, end: bool) -> None: ...
     def on_reset(self, error: Exception) -> None: ...
+
+
+class Path:
+    """Where a link's datagrams go: straight to a UDP address, or wrapped for a relay."""
+
+    kind = "direct"
+
+    def __init__(self, addr: Address) -> None:
+        self.addr = addr
+
+    def send(self, transport: asyncio.DatagramTransport, data: bytes) -> None:
+        transport.sendto(data, self.addr)
+
+    def describe(self) -> str:
+        host, port = self.addr
+        return f"{host}:{port}"
+
+
+class RelayPath(Path):
+    """Through a relay: the relay copies our end-to-end encrypted QUIC packets to the peer."""
+
+    kind = "relayed"
+
+    def __init__(self, relay_addr: Address, peer_node_id: str) -> None:
+        super().__init__(relay_addr)
+        self.peer_node_id = peer_node_id
+        self._prefix = RELAY_TO + bytes.fromhex(peer_node_id)
+
+    def send(self, transport: asyncio.DatagramTransport, data: bytes) -> None:
+        transport.sendto(self._prefix + data, self.addr)
+
+    def describe(self) -> str:
+        host, port = self.addr
+        return f"relay {host}:{port}"
+
+
+def relay_stable_address(relay_addr: Address, peer_node_id: str) -> Address:
+    """The fixed address aioquic sees for a relayed peer (never a real socket address)."""
+    return (f"relay-{relay_addr[0]}-{relay_addr[1]}-{peer_node_id[:16]}", 0)
 
 
 class LinkClosed(ConnectionError):
@@ -58,10 +99,14 @@ def describe_close(event: events.ConnectionTerminated) -> str:
 class Link:
     """One QUIC connection on the shared socket."""
 
-    def __init__(self, endpoint: QuicEndpoint, conn: QuicConnection, addr: Address, is_client: bool) -> None:
+    def __init__(
+        self, endpoint: QuicEndpoint, conn: QuicConnection, addr: Address, is_client: bool, path: Path | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.conn = conn
+        # The address aioquic sees never changes; ``path`` decides where datagrams really go.
         self.addr = addr
+        self.path = path or Path(addr)
         self.is_client = is_client
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -81,11 +126,10 @@ class Link:
         self.last_activity = time.monotonic()
 
     # -- io from the endpoint -------------------------------------------------------------------
-    def datagram_received(self, data: bytes, addr: Address) -> None:
+    def datagram_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
         self.last_activity = time.monotonic()
-        self.addr = addr
-        self.conn.receive_datagram(data, addr, now=time.monotonic())
+        self.conn.receive_datagram(data, self.addr, now=time.monotonic())
         self._process_events()
         # Datagrams that arrive together are answered together: one ACK for a burst, not one each.
         self.transmit_soon()
@@ -95,9 +139,10 @@ class Link:
         transport = self.endpoint.transport
         if transport is None:
             return
-        for data, addr in self.conn.datagrams_to_send(now=time.monotonic()):
+        path = self.path
+        for data, _addr in self.conn.datagrams_to_send(now=time.monotonic()):
             self.bytes_sent += len(data)
-            transport.sendto(data, addr)
+            path.send(transport, data)
         self._arm_timer()
         self._wake_writers()
 
@@ -266,6 +311,10 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.on_other_datagram = on_other_datagram or (lambda data, addr: None)
         self.server_config = quic_configuration(identity, is_client=False, max_datagram_size=max_datagram_size)
         self.client_config = quic_configuration(identity, is_client=True, max_datagram_size=max_datagram_size)
+        # Relayed packets carry a 33-byte frame header: keep them inside a 1500-byte MTU.
+        self.relayed_config = quic_configuration(identity, is_client=True, max_datagram_size=1200)
+        self.relayed_server_config = quic_configuration(identity, is_client=False, max_datagram_size=1200)
+        self.relays: set[Address] = set()
         self.transport: asyncio.DatagramTransport | None = None
         self.links: set[Link] = set()
         self._by_cid: dict[bytes, Link] = {}
@@ -326,25 +375,31 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         try:
             if not data:
                 return
-            if not data[0] & 0x40:
+            if data[0] & 0x40:
+                self._deliver(data, addr, None)
+            elif data[:1] == RELAY_FROM and addr in self.relays and len(data) > 33:
+                source = data[1:33].hex()
+                self._deliver(data[33:], relay_stable_address(addr, source), RelayPath(addr, source))
+            else:
                 self.on_other_datagram(data, addr)
-                return
-            try:
-                header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
-            except ValueError:
-                self.stats["malformed"] += 1
-                return
-            link = self._by_cid.get(header.destination_cid)
-            if link is None:
-                link = self._accept(data, header, addr)
-                if link is None:
-                    return
-            link.datagram_received(data, addr)
         except Exception:  # a bad datagram must never take the socket down
             self.stats["malformed"] += 1
             log.exception("dropped a datagram from %s", addr)
 
-    def _accept(self, data: bytes, header: Any, addr: Address) -> Link | None:
+    def _deliver(self, data: bytes, addr: Address, path: Path | None) -> None:
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
+        except ValueError:
+            self.stats["malformed"] += 1
+            return
+        link = self._by_cid.get(header.destination_cid)
+        if link is None:
+            link = self._accept(data, header, addr, path)
+            if link is None:
+                return
+        link.datagram_received(data)
+
+    def _accept(self, data: bytes, header: Any, addr: Address, path: Path | None) -> Link | None:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
             self.stats["unroutable"] += 1
             return None
@@ -355,18 +410,20 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self.stats["refused"] += 1
             return None
         conn = QuicConnection(
-            configuration=self.server_config, original_destination_connection_id=header.destination_cid
+            configuration=self.server_config if path is None else self.relayed_server_config,
+            original_destination_connection_id=header.destination_cid,
         )
-        link = Link(self, conn, addr, is_client=False)
+        link = Link(self, conn, addr, is_client=False, path=path)
         self.links.add(link)
         self.register_cid(header.destination_cid, link)
         self.register_cid(conn.host_cid, link)
         self.on_incoming(link)
         return link
 
-    def connect(self, addr: Address) -> Link:
-        conn = QuicConnection(configuration=self.client_config)
-        link = Link(self, conn, addr, is_client=True)
+    def connect(self, addr: Address, path: Path | None = None) -> Link:
+        """Dial ``addr`` (a real address, or a stable relay address with its RelayPath)."""
+        conn = QuicConnection(configuration=self.client_config if path is None else self.relayed_config)
+        link = Link(self, conn, addr, is_client=True, path=path)
         self.links.add(link)
         self.register_cid(conn.host_cid, link)
         conn.connect(addr, now=time.monotonic())

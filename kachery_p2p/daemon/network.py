@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,10 +18,15 @@ from ..errors import NotFoundError, RemoteProtocolError
 from ..ids import FileUri
 from ..quic import messages
 from ..quic.identity import short_node_id
+from ..relay.frames import classify
+from ..relay.limits import RelayLimits
 from .download import Download, Provider
 from .endpoint import Link, LinkClosed, QuicEndpoint
 from .files import read_file_range
-from .lan import LanDiscovery
+from .lan import LanDiscovery, default_lan_interfaces
+from .punch import PunchManager
+from .relay_server import RelayService, format_address
+from .rendezvous import RETRY_DIRECT_SEC, RelayClient
 from .serve import FileServer
 from .session import PeerSession
 
@@ -45,8 +51,15 @@ class PeerNetwork:
         self.node = node
         self.config = node.config
         self.identity = node.identity
-        self.endpoint = QuicEndpoint(node.identity, on_incoming=self._on_incoming)
+        self.endpoint = QuicEndpoint(
+            node.identity, on_incoming=self._on_incoming, on_other_datagram=self._on_other_datagram
+        )
         self.server = FileServer(node.store)
+        self.punch = PunchManager(self.endpoint, node.identity.node_id)
+        self.relay: RelayService | None = RelayService(self, RelayLimits()) if self.config.relay_mode else None
+        self.relay_clients: dict[str, RelayClient] = {}
+        self._connecting: set[str] = set()
+        self._last_punch: dict[str, float] = {}
         self.sessions: dict[str, list[PeerSession]] = {}
         self.local_address: tuple[str, int] | None = None
         self.lan: LanDiscovery | None = None
@@ -58,20 +71,20 @@ class PeerNetwork:
         self.local_address = await self.endpoint.open(self.config.udp_host, self.config.udp_port)
         log.info("QUIC on udp %s:%d", *self.local_address)
         for address in self.config.bootstrap:
-            self._spawn(self._keep_dialing(address))
-        if self.config.lan_discovery:
+            self.spawn(self._keep_dialing(address))
+        if self.config.lan_discovery and not self.config.relay_mode:
             self.lan = LanDiscovery(
                 self.identity,
                 label=self.config.label,
                 quic_port=lambda: self.local_address[1] if self.local_address else 0,
-                rendezvous_ids=self._rendezvous_ids,
+                rendezvous_ids=self.rendezvous_ids,
                 on_announcement=self._on_announcement,
                 group=self.config.multicast_group,
                 port=self.config.multicast_port,
                 interfaces=self.config.lan_interfaces,
             )
             await self.lan.start()
-        self._spawn(self._keepalive())
+        self.spawn(self._keepalive())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -85,53 +98,89 @@ class PeerNetwork:
         await asyncio.sleep(0)
         self.endpoint.close()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # -- sessions ---------------------------------------------------------------------------------
-    def _new_session(self, link: Link, expected: str | None = None) -> PeerSession:
+    def new_session(self, link: Link, expected: str | None = None) -> PeerSession:
         return PeerSession(
             link,
             self.identity,
             self.config.label,
             self.node.channels.names,
-            self.server.handle,
+            self._handle,
             expected_node_id=expected,
+            roles=("relay",) if self.config.relay_mode else (),
         )
 
+    async def _handle(
+        self, session: PeerSession, request: messages.Request
+    ) -> tuple[dict[str, Any], AsyncIterator[bytes] | None]:
+        if isinstance(request, (messages.Publish, messages.Lookup, messages.Connect)):
+            if self.relay is None:
+                raise RemoteProtocolError("this node is not a relay", code="bad_request")
+            return await self.relay.handle(session, request)
+        if isinstance(request, messages.Punch):
+            client = self.relay_clients.get(session.node_id or "")
+            if client is None or client.session is not session:
+                raise RemoteProtocolError("punch requests come from our relays only", code="not_authorized")
+            return await client.answer_punch(request), None
+        return await self.server.handle(session, request)
+
+    def _on_other_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        kind = classify(data)
+        if kind == "probe":
+            self.punch.datagram_received(data, addr)
+        elif self.relay is not None:
+            self.relay.datagram_received(data, addr)
+
     def _on_incoming(self, link: Link) -> None:
-        session = self._new_session(link)
-        self._spawn(self._admit(session))
+        session = self.new_session(link)
+        self.spawn(self._admit(session))
 
     async def _admit(self, session: PeerSession) -> None:
         try:
             await session.authenticate()
         except (RemoteProtocolError, LinkClosed) as exc:
-            log.info("refused a connection from %s:%d: %s", *session.link.addr, exc)
+            log.info("refused a connection from %s: %s", session.link.path.describe(), exc)
             return
-        self._register(session)
+        self.register(session)
 
     async def dial(self, host: str, port: int, expected_node_id: str | None = None) -> PeerSession:
-        link = self.endpoint.connect((host, port))
-        session = self._new_session(link, expected_node_id)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+        address = str(infos[0][4][0]), port
+        link = self.endpoint.connect(address)
+        session = self.new_session(link, expected_node_id)
         await session.authenticate(DIAL_TIMEOUT)
-        self._register(session)
+        self.register(session)
         return session
 
-    def _register(self, session: PeerSession) -> None:
+    def register(self, session: PeerSession) -> None:
         assert session.node_id is not None
         self.sessions.setdefault(session.node_id, []).append(session)
         log.info(
-            "connected to %s (%s) at %s:%d, shared channels: %s",
-            short_node_id(session.node_id), session.label, *session.link.addr, session.shared_channels,
+            "connected to %s (%s) at %s, shared channels: %s",
+            short_node_id(session.node_id), session.label, session.link.path.describe(), session.shared_channels,
         )
-        self._spawn(self._watch(session))
+        self.spawn(self._watch(session))
+        if self.relay is not None:
+            self.relay.session_registered(session)
+        if "relay" in session.peer_roles and self.relay is None and session.link.path.kind == "direct":
+            client = RelayClient(self, session)
+            self.relay_clients[session.node_id] = client
+            self.endpoint.relays.add(session.link.path.addr)
+            self.spawn(client.run())
 
     async def _watch(self, session: PeerSession) -> None:
         reason = await session.link.closed
         assert session.node_id is not None
+        client = self.relay_clients.get(session.node_id)
+        if client is not None and client.session is session:
+            del self.relay_clients[session.node_id]
+        if self.relay is not None:
+            self.relay.session_closed(session)
         sessions = self.sessions.get(session.node_id, [])
         if session in sessions:
             sessions.remove(session)
@@ -143,8 +192,8 @@ class PeerNetwork:
         live = [s for s in self.sessions.get(node_id, []) if not s.link.is_closed]
         if not live:
             return None
-        # Both sides prefer the connection dialed by the smaller node id, so they agree.
-        live.sort(key=lambda s: (s.link.is_client != (self.identity.node_id < node_id)))
+        # Direct before relayed; then both sides prefer the connection dialed by the smaller node id.
+        live.sort(key=lambda s: (s.link.path.kind != "direct", s.link.is_client != (self.identity.node_id < node_id)))
         return live[0]
 
     def channel_peers(self) -> list[PeerSession]:
@@ -175,19 +224,63 @@ class PeerNetwork:
             for sessions in list(self.sessions.values()):
                 for session in sessions:
                     if now - session.link.last_activity > KEEPALIVE_INTERVAL and not session.link.is_closed:
-                        self._spawn(_quiet(session.link.ping()))
+                        self.spawn(_quiet(session.link.ping()))
 
     # -- channels and LAN discovery ------------------------------------------------------------
-    def _rendezvous_ids(self) -> list[str]:
+    def rendezvous_ids(self) -> list[str]:
         return [rendezvous_id(name) for name in self.node.channels.names()]
+
+    def candidates(self) -> list[str]:
+        """Addresses a peer may reach us at: reflexive ones seen by relays, then local interfaces."""
+        found: list[str] = []
+        for client in self.relay_clients.values():
+            if client.observed and client.observed not in found:
+                found.append(client.observed)
+        if self.local_address is not None:
+            host, port = self.local_address
+            hosts = [host] if host not in ("0.0.0.0", "") else [h for h in default_lan_interfaces() if h != "127.0.0.1"]
+            for item in hosts:
+                text = format_address((item, port))
+                if text not in found:
+                    found.append(text)
+        return found
+
+    def consider_relay_peer(self, client: RelayClient, node_id: str) -> None:
+        """A channel peer seen through a relay: connect, or try again to go direct."""
+        if node_id in self._connecting or self.identity.node_id > node_id:
+            return  # the smaller node id connects; the other side waits for it
+        current = self.session_for(node_id)
+        if current is not None:
+            if current.link.path.kind == "direct":
+                return
+            if time.monotonic() - self._last_punch.get(node_id, 0.0) < RETRY_DIRECT_SEC:
+                return
+        self.spawn(self._connect_via_relay(client, node_id, need_relayed=current is None))
+
+    async def _connect_via_relay(self, client: RelayClient, node_id: str, need_relayed: bool) -> None:
+        self._connecting.add(node_id)
+        self._last_punch[node_id] = time.monotonic()
+        relayed = asyncio.ensure_future(client.dial_relayed(node_id)) if need_relayed else None
+        try:
+            try:
+                await client.punch_and_dial(node_id)
+            except (RemoteProtocolError, LinkClosed, OSError, asyncio.TimeoutError) as exc:
+                log.info("direct connection to %s failed: %s", short_node_id(node_id), exc)
+            if relayed is not None:
+                try:
+                    await relayed
+                except (RemoteProtocolError, LinkClosed, OSError, asyncio.TimeoutError) as exc:
+                    log.info("relayed connection to %s failed: %s", short_node_id(node_id), exc)
+        finally:
+            self._connecting.discard(node_id)
 
     def _on_announcement(self, announcement: Announcement, ip: str) -> None:
         node_id = announcement.node_id
         if node_id in self._dialing or self.session_for(node_id) is not None:
             return
-        if not set(announcement.rendezvous_ids) & set(self._rendezvous_ids()):
+        if not set(announcement.rendezvous_ids) & set(self.rendezvous_ids()):
             return
-        self._spawn(self._dial_discovered(node_id, ip, announcement.quic_port))
+        self.spawn(self._dial_discovered(node_id, ip, announcement.quic_port))
 
     async def _dial_discovered(self, node_id: str, ip: str, port: int) -> None:
         self._dialing.add(node_id)
@@ -208,14 +301,26 @@ class PeerNetwork:
             for session in sessions:
                 session.refresh_shared()
                 if session.authenticated and not session.link.is_closed:
-                    self._spawn(_quiet(session.exchange_channels()))
+                    self.spawn(_quiet(session.exchange_channels()))
         if self.lan is not None:
             self.lan.announce_now()
+        for client in self.relay_clients.values():
+            client.trigger()
 
     # -- information ------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         host, port = self.local_address or ("", 0)
-        return {"udpAddress": f"{host}:{port}", "udpPort": port}
+        info: dict[str, Any] = {
+            "udpAddress": f"{host}:{port}",
+            "udpPort": port,
+            "relayMode": self.relay is not None,
+            "relays": {node_id: c.observed for node_id, c in self.relay_clients.items()},
+            "candidates": self.candidates(),
+            "punch": dict(self.punch.stats),
+        }
+        if self.relay is not None:
+            info.update(self.relay.info())
+        return info
 
     def peers_info(self) -> list[dict[str, Any]]:
         result = []

@@ -90,8 +90,11 @@ class PeerSession:
         channels: Callable[[], list[str]],
         handler: Handler,
         expected_node_id: str | None = None,
+        roles: tuple[str, ...] = (),
     ) -> None:
         self.link = link
+        self.my_roles = roles
+        self.peer_roles: tuple[str, ...] = ()
         self.identity = identity
         self.my_label = label
         self.my_channels = channels
@@ -147,6 +150,8 @@ class PeerSession:
         self._server_nonce, self._client_nonce = challenge.nonce, str(auth["nonce"])
         self._base_binding = channel_binding(self._server_nonce, self._client_nonce)
         self.label = str(reply.get("label", ""))[: messages.MAX_LABEL]
+        roles = reply.get("roles", [])
+        self.peer_roles = tuple(str(r)[:32] for r in roles[:8]) if isinstance(roles, list) else ()
         self._set_peer_proofs(messages.parse_proofs(reply.get("channelProofs", [])), self._base_binding)
 
     def _send_challenge(self) -> None:
@@ -166,6 +171,7 @@ class PeerSession:
         return {
             "ok": True,
             "label": self.my_label,
+            "roles": list(self.my_roles),
             "channelProofs": my_channel_proofs(self.identity, self.my_channels(), self._base_binding),
         }
 
@@ -295,15 +301,15 @@ class PeerSession:
     # -- information ---------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         rtt = smoothed_rtt(self.link.conn)
-        host, port = self.link.addr
         return {
             "nodeId": self.node_id,
             "label": self.label,
             "channels": list(self.shared_channels),
-            "path": "direct",
-            "address": f"{host}:{port}",
+            "path": self.link.path.kind,
+            "address": self.link.path.describe(),
             "rttMs": None if rtt is None else round(rtt * 1000, 3),
             "initiator": "us" if self.link.is_client else "peer",
+            "roles": list(self.peer_roles),
             "bytesSent": self.link.bytes_sent,
             "bytesReceived": self.link.bytes_received,
         }

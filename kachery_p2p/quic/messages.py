@@ -13,6 +13,12 @@ Requests, each on a new bidirectional stream opened by either side once authenti
     {"op": "get", "sha1", "start", "end"}     -> {"ok": true, "length"} + bytes [start, end)
     {"op": "channels", "nonce", "channelProofs"} -> {"ok": true, "channelProofs"}
 
+Relay requests (a node to a relay, or a relay to a node for "punch"):
+    {"op": "publish", "record": {signed rendezvous record}}  -> {"ok": true, "observed": "ip:port"}
+    {"op": "lookup", "rendezvousIds": [hex64, ...]}          -> {"ok": true, "peers": [{"record", "observed"}]}
+    {"op": "connect", "target", "token", "candidates"}       -> {"ok": true, "candidates": [...]}
+    {"op": "punch", "source", "token", "candidates"}         -> {"ok": true, "candidates": [...]}
+
 Errors: {"ok": false, "code": one of ERROR_CODES, "message": text}.
 """
 
@@ -111,7 +117,42 @@ class ChannelsUpdate:
     channel_proofs: tuple[str, ...]
 
 
-Request = Has | GetManifest | GetRange | ChannelsUpdate
+@dataclass(frozen=True)
+class Publish:
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Lookup:
+    rendezvous_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Connect:
+    target: str
+    token: str
+    candidates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Punch:
+    source: str
+    token: str
+    candidates: tuple[str, ...]
+
+
+Request = Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
+MAX_CANDIDATES = 16
+_CANDIDATE = re.compile(r"^[0-9a-fA-F.:\[\]]{3,60}:[0-9]{1,5}$")
+
+
+def parse_candidates(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
+        raise _bad("candidates must be a list of at most 16 addresses")
+    for item in value:
+        if not isinstance(item, str) or not _CANDIDATE.match(item):
+            raise _bad("bad candidate address")
+    return tuple(value)
 
 
 def parse_challenge(header: dict[str, Any]) -> Challenge:
@@ -148,6 +189,21 @@ def parse_request(header: dict[str, Any]) -> Request:
             nonce=_hex(header.get("nonce"), _HEX32, "nonce"),
             channel_proofs=parse_proofs(header.get("channelProofs")),
         )
+    if op == "publish":
+        record = header.get("record")
+        if not isinstance(record, dict):
+            raise _bad("record must be an object")
+        return Publish(record=record)
+    if op == "lookup":
+        ids = header.get("rendezvousIds")
+        if not isinstance(ids, list) or len(ids) > MAX_PROOFS:
+            raise _bad("rendezvousIds must be a list")
+        return Lookup(tuple(_hex(item, _HEX64, "rendezvous id") for item in ids))
+    if op in ("connect", "punch"):
+        node_id = _hex(header.get("target" if op == "connect" else "source"), _HEX64, "node id")
+        token = _hex(header.get("token"), _HEX32, "token")
+        candidates = parse_candidates(header.get("candidates", []))
+        return Connect(node_id, token, candidates) if op == "connect" else Punch(node_id, token, candidates)
     raise _bad(f"unknown op {str(op)[:40]!r}")
 
 
