@@ -66,9 +66,6 @@ def make_config(is_client: bool, max_datagram_size: int | None) -> QuicConfigura
     return cfg
 
 
-# ----------------------------------------------------------------------------------------- receiver
-
-
 class _ReceiverProtocol(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, stream_handler: Any = None, *, state: _RxState) -> None:
         super().__init__(quic, stream_handler)
@@ -135,9 +132,6 @@ async def run_receiver(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-# ------------------------------------------------------------------------------------------- sender
-
-
 class _SenderProtocol(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
         super().__init__(quic, stream_handler)
@@ -194,9 +188,6 @@ async def run_sender(args: argparse.Namespace) -> dict[str, Any]:
         end = Usage()
     ok = reply["bytes"] == total and reply["sha1"] == want
     return {"role": "sender", "bytes": total, "sha1": want, "sha1_ok": ok, **end.since(start)}
-
-
-# ------------------------------------------------------------------------------------------- parent
 
 
 def _child_argv(args: argparse.Namespace, role: str, extra: list[str]) -> list[str]:
@@ -267,12 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_loop(coro: Coroutine[Any, Any, dict[str, Any]], use_uvloop: bool) -> dict[str, Any]:
+def _run_loop(coro: Coroutine[Any, Any, dict[str, Any]], use_uvloop: bool, timeout: float) -> dict[str, Any]:
+    bounded = asyncio.wait_for(coro, timeout)  # a dead connection must not hang the child
     if use_uvloop:
         import uvloop
 
-        return uvloop.run(coro)
-    return asyncio.run(coro)
+        return uvloop.run(bounded)
+    return asyncio.run(bounded)
 
 
 def run(argv: list[str]) -> list[dict[str, Any]]:
@@ -289,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "sender" and not args.connect:
         args.connect = "127.0.0.1"
     coro = run_receiver(args) if args.role == "receiver" else run_sender(args)
-    result = _run_loop(coro, args.uvloop)
+    result = _run_loop(coro, args.uvloop, args.timeout + 15)
     result["hwm_bytes"] = measure_rss(os.getpid()).get("VmHWM")
     print(json.dumps(result), flush=True)
     return 0

@@ -88,6 +88,7 @@ class DaemonConfig:
     bootstrap: tuple[HostPort, ...] = ()
     lan_discovery: bool = True
     relay_mode: bool = False
+    hole_punching: bool = True
     public_address: HostPort | None = None
     multicast_group: str = "239.255.73.117"
     multicast_port: int = 21011

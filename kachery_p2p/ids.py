@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from .errors import InvalidChannelNameError, InvalidUriError, UsageError
 
 _HEX_LENGTH = {"sha1": 40, "md5": 32}
-_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
-_NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX_RE = re.compile(r"^[0-9a-fA-F]+\Z")
+_NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
 # Printable ASCII without spaces: covers plain names and the original's channel config URLs.
-_CHANNEL_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+_CHANNEL_RE = re.compile(r"^[\x21-\x7e]{1,200}\Z")
 SHA1_EMPTY = "da39a3ee5e6b4b0d3255bfef95601890afd80709"
 
 

@@ -56,10 +56,10 @@ SIGNATURE_SIZE = 64
 
 _MAX_PROTOCOL_CHARS = 32
 _LIFETIME_TOLERANCE = 1e-3  # float rounding in t + lifetime
-_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
-_HEX64_ANY_CASE_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-_B64_ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_PROTOCOL_RE = re.compile(r"^[\x21-\x7e]{1,32}$")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX64_ANY_CASE_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
+_B64_ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
+_PROTOCOL_RE = re.compile(r"^[\x21-\x7e]{1,32}\Z")
 _REPLACEMENT = "\ufffd"
 
 

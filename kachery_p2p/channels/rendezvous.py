@@ -12,20 +12,16 @@ node's authenticated QUIC session with the relay::
      "rendezvous_ids": ["<64 hex>", ...],         at most 64; NOT signed directly (see below)
      "signature": "<128 hex>"}                    Ed25519 over SIGN_CONTEXT || canonical JSON
 
-The signature covers every key except "signature" and "rendezvous_ids" (unknown keys too: a later
-version may add some, older readers ignore them). Canonical JSON is ``json.dumps(sort_keys=True,
-separators=(",", ":"), ensure_ascii=False)`` of the parsed object, so numbers and strings keep
-the spelling Python's json gives them.
+The signature covers every key except "signature" and "rendezvous_ids", unknown keys too (a later
+version may add some; older readers ignore them). Canonical JSON: ``json.dumps(sort_keys=True,
+separators=(",", ":"), ensure_ascii=False)`` of the parsed object.
 
 Why the ids are committed to by a digest instead of being signed: the relay needs them to index the
 node, but a channel peer that looks the node up must not learn the node's OTHER rendezvous ids (it
 could then look those up and enumerate members and addresses of channels it is not in). The relay
 checks the ids against the digest when the node publishes, and hands peers the "shared" form
 (``RendezvousRecord.shared_dict()``: no "rendezvous_ids" key), whose signature still verifies.
-
-Candidates are IP literals only (no host names, so reading a record never triggers DNS), never the
-unspecified address, multicast or broadcast, and in one canonical spelling ("1.2.3.4:5",
-"[2001:db8::1]:5", IPv4-mapped IPv6 written as IPv4).
+Candidates are unicast IP literals (no DNS), spelled canonically: "1.2.3.4:5", "[2001:db8::1]:5".
 """
 
 from __future__ import annotations
@@ -54,10 +50,10 @@ MAX_SIGNED_BYTES = 4096
 MAX_CANDIDATE_CHARS = 64
 
 _LIFETIME_TOLERANCE = 1e-3
-_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
-_HEX64_ANY_CASE_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-_HEX128_RE = re.compile(r"^[0-9a-f]{128}$")
-_PORT_RE = re.compile(r"^[1-9][0-9]{0,4}$")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_HEX64_ANY_CASE_RE = re.compile(r"[0-9a-fA-F]{64}")
+_HEX128_RE = re.compile(r"[0-9a-f]{128}")
+_PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
 _UNSIGNED_KEYS = ("signature", "rendezvous_ids")
 
 
@@ -118,7 +114,7 @@ def parse_candidate(text: str) -> tuple[str, int]:
         if not sep:
             raise ValueError(f"not an address candidate: {text!r}")
         address = ipaddress.IPv4Address(host)
-    if not _PORT_RE.match(port) or int(port) > 65535:
+    if not _PORT_RE.fullmatch(port) or int(port) > 65535:
         raise ValueError(f"bad port in address candidate {text!r}")
     if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
         raise ValueError(f"address candidate {text!r} is not a unicast address")
@@ -179,7 +175,7 @@ def encode_record(
         raise LocalProtocolError("record label must be a string")
     ids: list[str] = []
     for rid in rendezvous_ids:
-        if not isinstance(rid, str) or not _HEX64_ANY_CASE_RE.match(rid):
+        if not isinstance(rid, str) or not _HEX64_ANY_CASE_RE.fullmatch(rid):
             raise LocalProtocolError(f"not a rendezvous id: {rid!r}")
         if rid.lower() not in ids:
             ids.append(rid.lower())
@@ -207,9 +203,7 @@ def encode_record(
     signature = identity.sign(_signed_bytes(obj))
     if len(signature) != 64:
         raise LocalProtocolError("node signature is not 64 bytes: not an Ed25519 identity")
-    obj["rendezvous_ids"] = ids
-    obj["signature"] = signature.hex()
-    return obj
+    return {**obj, "rendezvous_ids": ids, "signature": signature.hex()}
 
 
 def _bad(message: str) -> RemoteProtocolError:
@@ -234,7 +228,7 @@ def _check_candidates(value: Any) -> tuple[str, ...]:
 def _check_ids(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_RENDEZVOUS_IDS:
         raise _bad(f"record 'rendezvous_ids' is not a list of at most {MAX_RENDEZVOUS_IDS} ids")
-    if not all(isinstance(rid, str) and _HEX64_RE.match(rid) for rid in value):
+    if not all(isinstance(rid, str) and _HEX64_RE.fullmatch(rid) for rid in value):
         raise _bad("record holds a rendezvous id that is not 64 lower-case hex digits")
     if len(set(value)) != len(value):
         raise _bad("record lists a rendezvous id twice")
@@ -253,14 +247,14 @@ def decode_record(obj: Mapping[str, Any], now: float, max_clock_skew: float = 12
     if obj.get("version") != VERSION:
         raise _bad(f"record version is not {VERSION!r}")
     node_id = obj.get("node_id")
-    if not isinstance(node_id, str) or not _HEX64_RE.match(node_id):
+    if not isinstance(node_id, str) or not _HEX64_RE.fullmatch(node_id):
         raise _bad("record 'node_id' is not 64 lower-case hex digits")
     label = obj.get("label")
     if not isinstance(label, str) or clean_label(label) != label:
         raise _bad("record 'label' is not text of at most 64 printable characters")
     candidates = _check_candidates(obj.get("candidates"))
     digest = obj.get("rendezvous_digest")
-    if not isinstance(digest, str) or not _HEX64_RE.match(digest):
+    if not isinstance(digest, str) or not _HEX64_RE.fullmatch(digest):
         raise _bad("record 'rendezvous_digest' is not 64 lower-case hex digits")
     ids: tuple[str, ...] = ()
     if "rendezvous_ids" in obj:
@@ -268,7 +262,7 @@ def decode_record(obj: Mapping[str, Any], now: float, max_clock_skew: float = 12
         if rendezvous_digest(ids) != digest:
             raise _bad("record 'rendezvous_ids' do not match its signed digest")
     signature = obj.get("signature")
-    if not isinstance(signature, str) or not _HEX128_RE.match(signature):
+    if not isinstance(signature, str) or not _HEX128_RE.fullmatch(signature):
         raise _bad("record 'signature' is not 128 lower-case hex digits")
     timestamp, expires = _finite(obj.get("timestamp")), _finite(obj.get("expires"))
     if timestamp is None or expires is None:

@@ -28,6 +28,7 @@ def start_daemon(
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
     lan_interfaces: tuple[str, ...],
+    hole_punching: bool,
     relay_mode: bool,
     public_address: str | None,
     verbose: int,
@@ -51,6 +52,7 @@ def start_daemon(
         bootstrap=tuple(HostPort.parse(item) for item in bootstrap) + bootstrap_from_environ(),
         lan_discovery=lan_discovery,
         lan_interfaces=_lan_interfaces(lan_interfaces) if lan_discovery else (),
+        hole_punching=hole_punching,
         relay_mode=relay_mode,
         public_address=HostPort.parse(public_address) if public_address else None,
     )

@@ -11,7 +11,7 @@ import click
 
 from .. import __version__
 from ..config import PROTOCOL_VERSION
-from ..errors import DaemonNotRunningError, NotFoundError
+from ..errors import DaemonNotRunningError, KacheryP2PError, NotFoundError
 from .errors import Command, Group
 
 
@@ -31,6 +31,7 @@ def cli() -> None:
 @click.option(
     "--lan-interface", "lan_interfaces", multiple=True, help="IPv4 address to announce on (repeatable; default: all)."
 )
+@click.option("--hole-punching/--no-hole-punching", default=True, help="Try direct paths to relayed peers.")
 @click.option("--relay", "relay_mode", is_flag=True, help="Run as a relay node (on a public server).")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
@@ -42,6 +43,7 @@ def start_daemon_cmd(
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
     lan_interfaces: tuple[str, ...],
+    hole_punching: bool,
     relay_mode: bool,
     public_address: str | None,
     verbose: int,
@@ -57,6 +59,7 @@ def start_daemon_cmd(
         bootstrap=bootstrap,
         lan_discovery=lan_discovery,
         lan_interfaces=lan_interfaces,
+        hole_punching=hole_punching,
         relay_mode=relay_mode,
         public_address=public_address,
         verbose=verbose,
@@ -220,3 +223,28 @@ cli.add_command(store_cmd, "store-file")
 cli.add_command(load_cmd, "load-file")
 cli.add_command(cat_cmd, "cat-file")
 cli.add_command(find_cmd, "find-file")
+
+
+@cli.command("nat-check", cls=Command)
+@click.option("--server", "servers", multiple=True, help="STUN server HOST:PORT (a relay; repeatable). "
+              "Default: $KACHERY_P2P_BOOTSTRAP.")
+@click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds to wait for answers.")
+@click.option("--no-rfc3489", is_flag=True, help="Skip the classic pystun3 (RFC 3489) classification.")
+def nat_check_cmd(servers: tuple[str, ...], timeout: float, no_rfc3489: bool) -> None:
+    """Report this machine's NAT situation: reflexive address, mapping behaviour, whether UDP works."""
+    from ..config import HostPort, bootstrap_from_environ
+    from ..errors import ConfigError
+    from .nat_check import run_nat_check
+
+    addresses = [HostPort.parse(s) for s in servers] or list(bootstrap_from_environ())
+    if not addresses:
+        raise ConfigError("give a STUN server with --server HOST:PORT (any kachery-p2p relay answers STUN)")
+    report = run_nat_check([(a.host, a.port) for a in addresses], timeout=timeout, use_pystun=not no_rfc3489)
+    try:
+        from ..client.api import get_node_info
+
+        info = get_node_info()
+        report["daemon"] = {"candidates": info.get("candidates"), "relays": info.get("relays")}
+    except KacheryP2PError:
+        report["daemon"] = None
+    click.echo(json.dumps(report, indent=2))

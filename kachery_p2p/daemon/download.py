@@ -119,7 +119,7 @@ class Download:
         async def worker(provider: Provider) -> None:
             nonlocal in_flight
             while not plan.finished and provider.node_id not in plan.banned:
-                piece = plan.next_piece()
+                piece = plan.next_piece(provider.node_id)
                 if piece is None:
                     if in_flight == 0 and not verifying:
                         return

@@ -251,7 +251,7 @@ class PeerNetwork:
             return  # the smaller node id connects; the other side waits for it
         current = self.session_for(node_id)
         if current is not None:
-            if current.link.path.kind == "direct":
+            if current.link.path.kind == "direct" or not self.config.hole_punching:
                 return
             if time.monotonic() - self._last_punch.get(node_id, 0.0) < RETRY_DIRECT_SEC:
                 return
@@ -263,7 +263,8 @@ class PeerNetwork:
         relayed = asyncio.ensure_future(client.dial_relayed(node_id)) if need_relayed else None
         try:
             try:
-                await client.punch_and_dial(node_id)
+                if self.config.hole_punching:
+                    await client.punch_and_dial(node_id)
             except (RemoteProtocolError, LinkClosed, OSError, asyncio.TimeoutError) as exc:
                 log.info("direct connection to %s failed: %s", short_node_id(node_id), exc)
             if relayed is not None:
@@ -317,6 +318,7 @@ class PeerNetwork:
             "relays": {node_id: c.observed for node_id, c in self.relay_clients.items()},
             "candidates": self.candidates(),
             "punch": dict(self.punch.stats),
+            "connecting": sorted(self._connecting),
         }
         if self.relay is not None:
             info.update(self.relay.info())

@@ -62,6 +62,7 @@ class RelayService:
         if addr is not None:
             self._node_by_addr.pop(addr, None)
         self.registry.remove(session.node_id)
+        self.policy.end_session(session.node_id)
 
     # -- requests over sessions --------------------------------------------------------------------
     async def handle(self, session: PeerSession, request: messages.Request) -> tuple[dict[str, Any], None]:
@@ -122,9 +123,11 @@ class RelayService:
         if frame.kind != "to_relay" or target_addr is None:
             self.stats["dropped"] += 1
             return
-        allowed, _reason = self.policy.decide(source, frame.node_id, len(frame.payload), time.monotonic())
+        allowed, reason = self.policy.decide(source, frame.node_id, len(frame.payload), time.monotonic())
         if not allowed:
             self.stats["dropped"] += 1
+            key = f"refused: {reason}"
+            self.stats[key] = self.stats.get(key, 0) + 1
             return
         transport.sendto(encode_from_relay(source, frame.payload), target_addr)
         self.stats["forwarded"] += 1

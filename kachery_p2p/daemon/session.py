@@ -284,6 +284,7 @@ class PeerSession:
             code = exc.code if exc.code in messages.ERROR_CODES else "bad_request"
             self._reply(stream_id, messages.error(code, str(exc)))
             if exc.code == "unauthenticated":
+                self.link.transmit()  # the coded reply leaves before the CONNECTION_CLOSE
                 self.link.close(str(exc), code=1)
         except LinkClosed:
             return

@@ -147,9 +147,9 @@ class NatReport:
 
 def _punching_hint(mapping: MappingBehaviour, udp_works: bool) -> str:
     if not udp_works:
-        return "UDP to the STUN servers failed: only a relay reachable over another path can help"
+        return "no STUN server answered: UDP may be blocked here (or the servers are down)"
     return {
-        MappingBehaviour.NO_NAT: "not needed: this address is public (a firewall may still filter)",
+        MappingBehaviour.NO_NAT: "not needed: no address translation seen (a firewall may still filter)",
         MappingBehaviour.ENDPOINT_INDEPENDENT: "should work (endpoint-independent mapping)",
         MappingBehaviour.ENDPOINT_DEPENDENT: "unlikely against another NAT: expect relayed connections",
         MappingBehaviour.UNKNOWN: "unknown: ask at least two STUN servers on different IPs",

@@ -31,7 +31,7 @@ SAN_DNS_SUFFIX = "kachery-p2p.invalid"
 CERT_NOT_BEFORE = datetime.datetime(2020, 1, 1, 0, 0, 0, tzinfo=datetime.timezone.utc)
 CERT_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
 
-_NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
 def _raw_public_key(key: Ed25519PublicKey) -> bytes:

@@ -40,10 +40,10 @@ ERROR_CODES = (
 )
 MAX_PROOFS = 256
 MAX_LABEL = 64
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_HEX128 = re.compile(r"^[0-9a-f]{128}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
+_HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 
 
 def _bad(message: str) -> RemoteProtocolError:
@@ -143,7 +143,7 @@ class Punch:
 
 Request = Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
 MAX_CANDIDATES = 16
-_CANDIDATE = re.compile(r"^[0-9a-fA-F.:\[\]]{3,60}:[0-9]{1,5}$")
+_CANDIDATE = re.compile(r"^[0-9a-fA-F.:\[\]]{3,60}:[0-9]{1,5}\Z")
 
 
 def parse_candidates(value: Any) -> tuple[str, ...]:

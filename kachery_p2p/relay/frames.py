@@ -38,10 +38,11 @@ PROBE_SIZE = 1 + TOKEN_SIZE + NODE_ID_SIZE + 1
 STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
 STUN_HEADER_SIZE = 20
 
+Buffer = bytes | bytearray | memoryview
 FrameKind = Literal["to_relay", "from_relay"]
 DatagramKind = Literal["quic", "stun", "relay", "probe", "unknown"]
 
-_NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_NODE_ID_RE = re.compile(r"[0-9a-fA-F]{64}")
 _KIND_BYTES: dict[int, FrameKind] = {TO_RELAY: "to_relay", FROM_RELAY: "from_relay"}
 
 
@@ -65,12 +66,12 @@ class Probe:
 
 
 def _node_id_bytes(node_id: str) -> bytes:
-    if not isinstance(node_id, str) or not _NODE_ID_RE.match(node_id):
+    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
         raise ValueError(f"not a node id (64 hex digits): {node_id!r}")
     return bytes.fromhex(node_id)
 
 
-def _check_payload(payload: bytes) -> bytes:
+def _check_payload(payload: Buffer) -> bytes:
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise ValueError("relay payload must be bytes")
     payload = bytes(payload)
@@ -79,7 +80,7 @@ def _check_payload(payload: bytes) -> bytes:
     return payload
 
 
-def encode_to_relay(target_node_id: str, payload: bytes) -> bytes:
+def encode_to_relay(target_node_id: str, payload: Buffer) -> bytes:
     """A frame a node sends to its relay, asking it to forward ``payload`` to ``target_node_id``.
 
     ValueError for a malformed node id or an empty or too large payload.
@@ -87,12 +88,12 @@ def encode_to_relay(target_node_id: str, payload: bytes) -> bytes:
     return bytes([TO_RELAY]) + _node_id_bytes(target_node_id) + _check_payload(payload)
 
 
-def encode_from_relay(source_node_id: str, payload: bytes) -> bytes:
+def encode_from_relay(source_node_id: str, payload: Buffer) -> bytes:
     """A frame the relay sends to a target node: ``payload`` came from ``source_node_id``."""
     return bytes([FROM_RELAY]) + _node_id_bytes(source_node_id) + _check_payload(payload)
 
 
-def decode_relay_frame(data: bytes) -> RelayFrame:
+def decode_relay_frame(data: Buffer) -> RelayFrame:
     """Parse a relay frame of either direction; ValueError if it is not a well-formed one."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError("a relay frame must be bytes")
@@ -109,15 +110,15 @@ def decode_relay_frame(data: bytes) -> RelayFrame:
     return RelayFrame(kind=kind, node_id=data[1:HEADER_SIZE].hex(), payload=data[HEADER_SIZE:])
 
 
-def encode_probe(token: bytes, sender: str, ack: bool) -> bytes:
+def encode_probe(token: Buffer, sender: str, ack: bool) -> bytes:
     """A hole-punch probe (or, with ``ack``, the answer to one). ``token`` is the 16-byte secret the
     two nodes exchanged through the relay for this punch attempt."""
-    if not isinstance(token, (bytes, bytearray)) or len(token) != TOKEN_SIZE:
+    if not isinstance(token, (bytes, bytearray, memoryview)) or len(token) != TOKEN_SIZE:
         raise ValueError(f"a probe token is exactly {TOKEN_SIZE} bytes")
     return bytes([PROBE]) + bytes(token) + _node_id_bytes(sender) + bytes([1 if ack else 0])
 
 
-def decode_probe(data: bytes) -> Probe:
+def decode_probe(data: Buffer) -> Probe:
     """Parse a probe; ValueError if it is not exactly a well-formed one."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError("a probe must be bytes")
@@ -134,7 +135,7 @@ def decode_probe(data: bytes) -> Probe:
     return Probe(token=token, sender=sender, ack=flags == 1)
 
 
-def classify(data: bytes) -> DatagramKind:
+def classify(data: Buffer) -> DatagramKind:
     """Which protocol a datagram on the shared socket belongs to, from its first byte(s).
 
     "relay" and "probe" also require the minimum size of their kind, and "stun" the magic cookie,

@@ -38,7 +38,7 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 
 Address = tuple[str, int]
 
-_HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX64_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass
@@ -137,7 +137,8 @@ class Registry:
             self._by_id.setdefault(rid, set()).add(node_id)
         self._marks[node_id] = record.timestamp
         self._counts["published"] += 1
-        self._trim_marks(now)
+        if len(self._marks) > 2 * self.max_nodes:  # else ``expire`` (timer) trims them
+            self._trim_marks(now)
 
     def _unlink(self, node_id: str) -> _Entry | None:
         entry = self._entries.pop(node_id, None)
@@ -173,7 +174,7 @@ class Registry:
         RemoteProtocolError("bad_request") for malformed ids or more than ``max_ids_per_node``."""
         asked: list[str] = []
         for rid in rendezvous_ids:
-            if not isinstance(rid, str) or not _HEX64_RE.match(rid):
+            if not isinstance(rid, str) or not _HEX64_RE.fullmatch(rid):
                 raise self._refuse("bad_request", "lookup holds a malformed rendezvous id")
             if rid.lower() not in asked:
                 asked.append(rid.lower())

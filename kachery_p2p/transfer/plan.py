@@ -31,6 +31,11 @@ class _ChunkState:
     end: int
     waiting: int = 0
     providers: set[str] = field(default_factory=set)
+    # After a failed check of a chunk that came from several providers, the chunk is fetched
+    # again from one provider only ("pinned" to whoever takes its first piece), so that the next
+    # failure points at a single culprit.
+    pinned: bool = False
+    owner: str | None = None
 
 
 class DownloadPlan:
@@ -95,11 +100,21 @@ class DownloadPlan:
     def pending(self) -> int:
         return len(self._queue)
 
-    def next_piece(self) -> Piece | None:
-        return self._queue.popleft() if self._queue else None
+    def next_piece(self, provider: str | None = None) -> Piece | None:
+        for position, piece in enumerate(self._queue):
+            chunk = self._chunks[piece.chunk]
+            if chunk.pinned:
+                if chunk.owner is None:
+                    chunk.owner = provider
+                elif chunk.owner != provider:
+                    continue
+            del self._queue[position]
+            return piece
+        return None
 
     def piece_failed(self, piece: Piece) -> None:
         """The piece did not arrive (stream error, timeout): ask again, maybe elsewhere."""
+        self._chunks[piece.chunk].owner = None
         self._queue.appendleft(piece)
 
     def piece_received(self, piece: Piece, provider: str) -> int | None:
@@ -114,12 +129,19 @@ class DownloadPlan:
         self._mark_verified(index)
 
     def chunk_failed(self, index: int) -> list[str]:
-        """Queue the chunk again; return the providers banned because of it."""
+        """Queue the chunk again; return the providers banned because of it.
+
+        Only a provider that sent the whole failed chunk is charged: when several providers sent
+        pieces of it we cannot tell who lied, so the chunk is fetched again from one of them only.
+        """
+        chunk = self._chunks[index]
         newly_banned = []
-        for provider in self._chunks[index].providers:
+        if len(chunk.providers) == 1:
+            (provider,) = chunk.providers
             self.strikes[provider] = self.strikes.get(provider, 0) + 1
             if self.strikes[provider] >= self.max_strikes and provider not in self.banned:
                 self.banned.add(provider)
                 newly_banned.append(provider)
         self._enqueue_chunk(index)
+        chunk.pinned, chunk.owner = True, None
         return newly_banned
