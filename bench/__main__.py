@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import daemon_transfer, local_store, raw_aioquic
+from bench import daemon_transfer, local_store, nat_transfer, raw_aioquic
 from bench.common import print_table
 
 BenchFn = Callable[[list[str]], list[dict[str, Any]]]
@@ -23,6 +23,7 @@ REGISTRY: dict[str, BenchFn] = {
     raw_aioquic.NAME: raw_aioquic.run,
     local_store.NAME: local_store.run,
     daemon_transfer.NAME: daemon_transfer.run,
+    nat_transfer.NAME: nat_transfer.run,
 }
 
 

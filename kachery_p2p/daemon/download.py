@@ -56,6 +56,8 @@ class Download:
         self.progress = progress
         self.bad_providers: list[str] = []
         self._last_progress = 0.0
+        self.started = time.monotonic()
+        self.first_byte_at: float | None = None
 
     async def run(self) -> Path:
         size = _agreed_size(self.providers)
@@ -175,6 +177,8 @@ class Download:
                 buffer.clear()
 
         def sink(data: bytes) -> None:
+            if self.first_byte_at is None:
+                self.first_byte_at = time.monotonic()
             if written + len(buffer) + len(data) > piece.end:
                 raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
             buffer.extend(data)
@@ -193,13 +197,15 @@ class Download:
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        await self.progress(
-            {
-                "bytesLoaded": plan.total_bytes if plan.finished else min(plan.bytes_loaded, plan.total_bytes),
-                "bytesTotal": plan.total_bytes,
-                "providers": len([p for p in self.providers if p.node_id not in plan.banned]),
-            }
-        )
+        message: dict[str, Any] = {
+            "bytesLoaded": plan.total_bytes if plan.finished else min(plan.bytes_loaded, plan.total_bytes),
+            "bytesTotal": plan.total_bytes,
+            "providers": len([p for p in self.providers if p.node_id not in plan.banned]),
+            "paths": sorted({p.session.link.path.kind for p in self.providers}),
+        }
+        if self.first_byte_at is not None:
+            message["firstByteSec"] = round(self.first_byte_at - self.started, 4)
+        await self.progress(message)
 
 
 def _agreed_size(providers: list[Provider]) -> int:

@@ -38,7 +38,7 @@ log = logging.getLogger("kachery_p2p.network")
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 KEEPALIVE_INTERVAL = 15.0
 FIND_TIMEOUT = 5.0
-EXTRA_PROVIDER_WAIT = 0.3
+EXTRA_PROVIDER_WAIT = 0.15
 DIAL_TIMEOUT = 10.0
 
 
