@@ -108,7 +108,8 @@ class FileUri:
         if self.label:
             text += f".{self.label}"
         if self.name:
-            text += "/" + self.name.replace("?", "%3F")
+            # Only what would break the URI is escaped: '?' (query) and line breaks (one URI per line).
+            text += "/" + self.name.replace("?", "%3F").replace("\n", "%0A").replace("\r", "%0D")
         query = []
         if self.manifest:
             query.append(f"manifest={self.manifest}")

@@ -133,6 +133,8 @@ def store_file(path: str | os.PathLike[str], basename: str | None = None) -> str
         raise UsageError(f"cannot read {path}: no such file")
     if not source.is_file():
         raise UsageError(f"cannot store {path}: not a regular file")
+    if str(path).endswith("/"):
+        raise UsageError(f"cannot read {path}: not a directory")
     name = basename if basename is not None else source.name
     client = _client()
     try:
