@@ -86,6 +86,8 @@ def stop_daemon_cmd(timeout: float) -> None:
         except DaemonNotRunningError:
             click.echo("Daemon stopped.", err=True)
             return
+        except DaemonError:
+            pass  # reset while it shuts down: keep asking until nothing answers
         time.sleep(0.05)
     raise click.ClickException(f"the daemon did not stop within {timeout:g} s")
 
