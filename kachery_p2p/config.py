@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .relay.limits import RelayLimits
 
 DEFAULT_API_PORT = 20431
 DEFAULT_UDP_PORT = 14507
@@ -89,6 +90,7 @@ class DaemonConfig:
     lan_discovery: bool = True
     relay_mode: bool = False
     hole_punching: bool = True
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
     public_address: HostPort | None = None
     multicast_group: str = "239.255.73.117"
     multicast_port: int = 21011

@@ -17,6 +17,7 @@ from ..config import (
     storage_dir_from_environ,
 )
 from ..errors import ConfigError
+from ..relay.limits import RelayLimits
 
 
 def start_daemon(
@@ -30,6 +31,7 @@ def start_daemon(
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
     relay_mode: bool,
+    relay_limits: RelayLimits,
     public_address: str | None,
     verbose: int,
 ) -> None:
@@ -54,6 +56,7 @@ def start_daemon(
         lan_interfaces=_lan_interfaces(lan_interfaces) if lan_discovery else (),
         hole_punching=hole_punching,
         relay_mode=relay_mode,
+        relay_limits=relay_limits,
         public_address=HostPort.parse(public_address) if public_address else None,
     )
     from ..daemon.run import run_daemon

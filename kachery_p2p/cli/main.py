@@ -33,6 +33,14 @@ def cli() -> None:
 )
 @click.option("--hole-punching/--no-hole-punching", default=True, help="Try direct paths to relayed peers.")
 @click.option("--relay", "relay_mode", is_flag=True, help="Run as a relay node (on a public server).")
+@click.option("--relay-rate", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
+              help="Relay mode: MB/s each node may relay.")
+@click.option("--relay-quota", type=click.FloatRange(min=0.001), default=50.0, show_default=True,
+              help="Relay mode: GiB each node may relay per session.")
+@click.option("--relay-max-peers", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Relay mode: peers each node may relay to at once.")
+@click.option("--relay-max-nodes", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Relay mode: most nodes registered at once.")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 def start_daemon_cmd(
@@ -45,10 +53,15 @@ def start_daemon_cmd(
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
     relay_mode: bool,
+    relay_rate: float,
+    relay_quota: float,
+    relay_max_peers: int,
+    relay_max_nodes: int,
     public_address: str | None,
     verbose: int,
 ) -> None:
     """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon)."""
+    from ..relay.limits import RelayLimits
     from .daemon_cmd import start_daemon
 
     start_daemon(
@@ -61,6 +74,13 @@ def start_daemon_cmd(
         lan_interfaces=lan_interfaces,
         hole_punching=hole_punching,
         relay_mode=relay_mode,
+        relay_limits=RelayLimits(
+            max_registrations=relay_max_nodes,
+            bytes_per_sec_per_node=relay_rate * 1e6,
+            burst_bytes=max(4e6, relay_rate * 1e6 / 2),
+            max_bytes_per_node=int(relay_quota * 2**30),
+            max_peers_per_node=relay_max_peers,
+        ),
         public_address=public_address,
         verbose=verbose,
     )

@@ -19,7 +19,6 @@ from ..ids import FileUri
 from ..quic import messages
 from ..quic.identity import short_node_id
 from ..relay.frames import classify
-from ..relay.limits import RelayLimits
 from .download import Download, Provider
 from .endpoint import Link, LinkClosed, QuicEndpoint
 from .files import read_file_range
@@ -29,6 +28,7 @@ from .relay_server import RelayService, format_address
 from .rendezvous import RETRY_DIRECT_SEC, RelayClient
 from .serve import FileServer
 from .session import PeerSession
+from .stun_client import StunClient
 
 if TYPE_CHECKING:
     from .node import Node
@@ -56,7 +56,8 @@ class PeerNetwork:
         )
         self.server = FileServer(node.store)
         self.punch = PunchManager(self.endpoint, node.identity.node_id)
-        self.relay: RelayService | None = RelayService(self, RelayLimits()) if self.config.relay_mode else None
+        self.stun = StunClient(self.endpoint)
+        self.relay = RelayService(self, self.config.relay_limits) if self.config.relay_mode else None
         self.relay_clients: dict[str, RelayClient] = {}
         self._connecting: set[str] = set()
         self._last_punch: dict[str, float] = {}
@@ -135,6 +136,8 @@ class PeerNetwork:
             self.punch.datagram_received(data, addr)
         elif self.relay is not None:
             self.relay.datagram_received(data, addr)
+        elif kind == "stun":
+            self.stun.datagram_received(data, addr)
 
     def _on_incoming(self, link: Link) -> None:
         session = self.new_session(link)
@@ -233,9 +236,10 @@ class PeerNetwork:
     def candidates(self) -> list[str]:
         """Addresses a peer may reach us at: reflexive ones seen by relays, then local interfaces."""
         found: list[str] = []
-        for client in self.relay_clients.values():
-            if client.observed and client.observed not in found:
-                found.append(client.observed)
+        reflexive = [format_address(a) for a in self.stun.reflexive.values()]
+        for text in [*(c.observed for c in self.relay_clients.values() if c.observed), *reflexive]:
+            if text not in found:
+                found.append(text)
         if self.local_address is not None:
             host, port = self.local_address
             hosts = [host] if host not in ("0.0.0.0", "") else [h for h in default_lan_interfaces() if h != "127.0.0.1"]
@@ -318,6 +322,7 @@ class PeerNetwork:
             "relays": {node_id: c.observed for node_id, c in self.relay_clients.items()},
             "candidates": self.candidates(),
             "punch": dict(self.punch.stats),
+            "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self._connecting),
         }
         if self.relay is not None:

@@ -48,6 +48,8 @@ class RelayClient:
         self._wake.set()
 
     async def run(self) -> None:
+        reflexive = await self.network.stun.query(self.relay_addr)
+        log.info("relay %s sees us at %s (STUN)", self.session.link.path.describe(), reflexive)
         last_publish = 0.0
         while not self.session.link.is_closed:
             try:
