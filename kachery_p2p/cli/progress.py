@@ -28,7 +28,11 @@ class ProgressPrinter:
             sys.stdout.write(json.dumps(message) + "\n")
             sys.stdout.flush()
             return
-        if not self._interactive:
+        bad = message.get("badProviders")
+        if bad:
+            ids = ", ".join(str(node_id)[:12] for node_id in bad)
+            sys.stderr.write(f"warning: dropped provider(s) {ids}: they sent bytes that failed verification\n")
+        if not self._interactive or "bytesLoaded" not in message:
             return
         total = message.get("bytesTotal")
         loaded = message.get("bytesLoaded", 0)

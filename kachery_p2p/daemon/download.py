@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,13 +37,26 @@ WRITE_BLOCK = 1 << 20
 
 @dataclass
 class Provider:
-    session: PeerSession
+    """A peer that has the file. Its session is looked up at each use, so a provider reached through
+    a relay moves to the direct path as soon as one opens."""
+
+    first_session: PeerSession
     size: int
+    resolve: Callable[[str], PeerSession | None] | None = None
 
     @property
     def node_id(self) -> str:
-        assert self.session.node_id is not None
-        return self.session.node_id
+        assert self.first_session.node_id is not None
+        return self.first_session.node_id
+
+    @property
+    def session(self) -> PeerSession:
+        best = self.resolve(self.node_id) if self.resolve is not None else None
+        return best or self.first_session
+
+    @property
+    def alive(self) -> bool:
+        return not self.session.link.is_closed
 
 
 class Download:
@@ -57,6 +71,7 @@ class Download:
         self.bad_providers: list[str] = []
         self._last_progress = 0.0
         self.started = time.monotonic()
+        self.bytes_fetched = 0
         self.first_byte_at: float | None = None
 
     async def run(self) -> Path:
@@ -77,6 +92,28 @@ class Download:
             await asyncio.to_thread(partial.close)
         await self._report(plan, force=True)
         return path
+
+    async def fetch_range(self, start: int, end: int) -> tuple[int, int]:
+        """Fetch only the chunks covering [start, end). Returns an open file descriptor holding the
+        bytes at their file offsets, and the file size. The caller reads and closes it."""
+        size = _agreed_size(self.providers)
+        self.providers = [p for p in self.providers if p.size == size]
+        manifest = await self._manifest(size) if size else None
+        wanted = set(manifest.chunks_covering(start, min(end, size))) if manifest else set()
+        if manifest is None or len(wanted) == len(manifest.chunks):
+            path = await self.run()
+            return os.open(path, os.O_RDONLY), size
+        partial = await asyncio.to_thread(self.store.open_partial, self.sha1, size, manifest)
+        try:
+            skip = set(range(len(manifest.chunks))) - wanted
+            plan = DownloadPlan([(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip)
+            await self._fetch(plan, partial)
+            # Opened before the partial is released, so a full download finishing now cannot pull
+            # the file away from under us.
+            fd = os.open(partial.data_path, os.O_RDONLY)
+        finally:
+            await asyncio.to_thread(partial.close)
+        return fd, size
 
     async def _manifest(self, size: int) -> Manifest | None:
         if self.uri.manifest is None and size <= 20_000_000:
@@ -106,7 +143,6 @@ class Download:
 
     async def _fetch(self, plan: DownloadPlan, partial: PartialFile) -> None:
         wake = asyncio.Event()
-        in_flight = 0
         verifying: set[asyncio.Task[None]] = set()
 
         async def verify(index: int) -> None:
@@ -119,35 +155,37 @@ class Download:
             wake.set()
 
         async def worker(provider: Provider) -> None:
-            nonlocal in_flight
             while not plan.finished and provider.node_id not in plan.banned:
                 piece = plan.next_piece(provider.node_id)
+                endgame = False
                 if piece is None:
-                    if in_flight == 0 and not verifying:
+                    piece = plan.endgame_piece(provider.node_id)
+                    endgame = piece is not None
+                if piece is None:
+                    if plan.in_flight == 0 and not verifying:
                         return
                     wake.clear()
                     await wake.wait()
                     continue
-                in_flight += 1
                 try:
-                    await self._fetch_piece(provider, piece, partial)
+                    got = await self._fetch_piece(provider, piece, partial, plan, buffered=endgame)
                 except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, OSError) as exc:
-                    plan.piece_failed(piece)
+                    plan.piece_failed(piece, provider.node_id)
+                    wake.set()
                     log.info("piece %d-%d from %s failed: %s", piece.start, piece.end,
                              short_node_id(provider.node_id), exc)
                     return
-                finally:
-                    in_flight -= 1
-                    wake.set()
-                index = plan.piece_received(piece, provider.node_id)
-                if index is not None:
-                    task = asyncio.ensure_future(verify(index))
-                    verifying.add(task)
-                    task.add_done_callback(verifying.discard)
+                if got:
+                    index = plan.piece_received(piece, provider.node_id)
+                    if index is not None:
+                        task = asyncio.ensure_future(verify(index))
+                        verifying.add(task)
+                        task.add_done_callback(verifying.discard)
+                wake.set()
                 await self._report(plan)
 
         for _round in range(MAX_ROUNDS):
-            live = [p for p in self.providers if p.node_id not in plan.banned and not p.session.link.is_closed]
+            live = [p for p in self.providers if p.node_id not in plan.banned and p.alive]
             if plan.finished or not live:
                 break
             workers = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
@@ -164,17 +202,25 @@ class Download:
                 f"could not download {self.sha1}: every provider failed" + (f" (bad data from {bad})" if bad else "")
             )
 
-    async def _fetch_piece(self, provider: Provider, piece: Piece, partial: PartialFile) -> None:
-        # Packets carry ~1.3 kB each: gather them and write in large blocks (one pwrite per MiB).
+    async def _fetch_piece(
+        self, provider: Provider, piece: Piece, partial: PartialFile, plan: DownloadPlan, buffered: bool
+    ) -> bool:
+        """Fetch one piece into the partial file. False when another copy got there first.
+
+        Packets carry ~1.3 kB each: they are gathered and written in large blocks. A second copy
+        requested in the endgame is held in memory and written only if it arrives first; a copy that
+        arrives second writes nothing, so it cannot touch bytes already verified.
+        """
         buffer = bytearray()
         written = piece.start
+        limit = piece.size if buffered else WRITE_BLOCK
 
         def flush() -> None:
             nonlocal written
-            if buffer:
+            if buffer and plan.is_open(piece):
                 partial.write_at(written, buffer)
-                written += len(buffer)
-                buffer.clear()
+            written += len(buffer)
+            buffer.clear()
 
         def sink(data: bytes) -> None:
             if self.first_byte_at is None:
@@ -182,15 +228,20 @@ class Download:
             if written + len(buffer) + len(data) > piece.end:
                 raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
             buffer.extend(data)
-            if len(buffer) >= WRITE_BLOCK:
+            if len(buffer) >= limit:
                 flush()
 
+        session = provider.session
         header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
-        reply, _ = await provider.session.request(header, sink=sink, timeout=PIECE_TIMEOUT)
+        reply, _ = await session.request(header, sink=sink, timeout=PIECE_TIMEOUT)
         messages.check_ok(reply)
+        if written + len(buffer) != piece.end:
+            raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")
+        self.bytes_fetched += piece.size
+        if not plan.is_open(piece):
+            return False
         flush()
-        if written != piece.end:
-            raise RemoteProtocolError(f"provider sent {written - piece.start} of {piece.size} bytes")
+        return True
 
     async def _report(self, plan: DownloadPlan, force: bool = False) -> None:
         now = time.monotonic()

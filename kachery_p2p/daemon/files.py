@@ -25,3 +25,17 @@ async def read_file_range(path: Path, start: int, end: int, block: int = READ_BL
             yield data
     finally:
         os.close(fd)
+
+
+async def read_fd_range(fd: int, start: int, end: int, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
+    """Like read_file_range on an already open descriptor, which it closes at the end."""
+    try:
+        position = start
+        while position < end:
+            data = await asyncio.to_thread(os.pread, fd, min(block, end - position), position)
+            if not data:
+                raise StoreError("file is shorter than expected")
+            position += len(data)
+            yield data
+    finally:
+        os.close(fd)

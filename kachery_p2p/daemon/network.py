@@ -21,7 +21,7 @@ from ..quic.identity import short_node_id
 from ..relay.frames import classify
 from .download import Download, Provider
 from .endpoint import Link, LinkClosed, QuicEndpoint
-from .files import read_file_range
+from .files import read_fd_range, read_file_range
 from .lan import LanDiscovery, default_lan_interfaces
 from .punch import PunchManager
 from .relay_server import RelayService, format_address
@@ -40,6 +40,7 @@ KEEPALIVE_INTERVAL = 15.0
 FIND_TIMEOUT = 5.0
 EXTRA_PROVIDER_WAIT = 0.15
 DIAL_TIMEOUT = 10.0
+MAX_DOWNLOADS = 4
 
 
 def build_network(node: Node) -> PeerNetwork:
@@ -60,6 +61,10 @@ class PeerNetwork:
         self.relay = RelayService(self, self.config.relay_limits) if self.config.relay_mode else None
         self.relay_clients: dict[str, RelayClient] = {}
         self._connecting: set[str] = set()
+        # Downloads at once (more wait their turn, first come first served), and one per file.
+        self._slots = asyncio.Semaphore(MAX_DOWNLOADS)
+        self.bytes_downloaded = 0
+        self._file_locks: dict[str, asyncio.Lock] = {}
         self._last_punch: dict[str, float] = {}
         self.sessions: dict[str, list[PeerSession]] = {}
         self.local_address: tuple[str, int] | None = None
@@ -324,6 +329,8 @@ class PeerNetwork:
             "punch": dict(self.punch.stats),
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self._connecting),
+            "bytesServed": self.server.bytes_served,
+            "bytesDownloaded": self.bytes_downloaded,
         }
         if self.relay is not None:
             info.update(self.relay.info())
@@ -346,7 +353,7 @@ class PeerNetwork:
             return None
         if not isinstance(size, int) or size < 0:
             return None
-        return Provider(session, size)
+        return Provider(session, size, self.session_for)
 
     async def find_providers(self, sha1: str, timeout: float) -> AsyncIterator[Provider]:
         peers = self.channel_peers()
@@ -403,7 +410,7 @@ class PeerNetwork:
                 await iterator.aclose()  # type: ignore[attr-defined]
         return providers
 
-    async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path:
+    async def _providers(self, uri: FileUri, timeout: float | None) -> list[Provider]:
         wait = FIND_TIMEOUT if timeout is None else timeout
         providers = await self._collect(uri.sha1, wait)
         if not providers:
@@ -412,23 +419,58 @@ class PeerNetwork:
                 f"file not found: no peer has {uri.sha1} (asked {peers} channel peer{'s' if peers != 1 else ''}"
                 f" for {wait:g} s)"
             )
+        return providers
+
+    async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path:
+        providers = await self._providers(uri, timeout)
         await progress({"bytesLoaded": 0, "bytesTotal": providers[0].size, "providers": len(providers)})
-        return await Download(self.node.store, uri, providers, progress).run()
+        download = Download(self.node.store, uri, providers, progress)
+        async with self._slots, self._file_lock(uri.sha1):
+            path = await asyncio.to_thread(self.node.store.find_local, uri)
+            if path is None:
+                try:
+                    path = await download.run()
+                finally:
+                    self.bytes_downloaded += download.bytes_fetched
+        if download.bad_providers:
+            await progress({"badProviders": download.bad_providers})
+        return path
+
+    @contextlib.asynccontextmanager
+    async def _file_lock(self, sha1: str) -> AsyncIterator[None]:
+        lock = self._file_locks.setdefault(sha1, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked():
+                self._file_locks.pop(sha1, None)
 
     async def read_remote_range(
         self, uri: FileUri, start: int, end: int | None, timeout: float | None
     ) -> tuple[int, AsyncIterator[bytes]]:
-        async def no_progress(message: dict[str, Any]) -> None:
-            return None
-
-        path = await self.load(uri, timeout, no_progress)
-        size = path.stat().st_size
+        """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them."""
+        providers = await self._providers(uri, timeout)
+        size = providers[0].size
         last = size if end is None else min(end, size)
         if start > last:
             from ..errors import UsageError
 
             raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
-        return last - start, read_file_range(path, start, last)
+
+        async def no_progress(message: dict[str, Any]) -> None:
+            return None
+
+        download = Download(self.node.store, uri, providers, no_progress)
+        async with self._slots, self._file_lock(uri.sha1):
+            path = await asyncio.to_thread(self.node.store.find_local, uri)
+            if path is not None:
+                return last - start, read_file_range(path, start, last)
+            try:
+                fd, _size = await download.fetch_range(start, last)
+            finally:
+                self.bytes_downloaded += download.bytes_fetched
+        return last - start, read_fd_range(fd, start, last)
 
 
 async def _quiet(awaitable: Awaitable[Any]) -> None:

@@ -60,6 +60,8 @@ class DownloadPlan:
         self.bytes_received = 0
         self.strikes: dict[str, int] = {}
         self.banned: set[str] = set()
+        # Pieces handed out and not yet received, with the providers fetching them.
+        self._in_flight: dict[Piece, set[str]] = {}
         for index in range(len(chunks)):
             if index in verified:
                 self._mark_verified(index)
@@ -100,25 +102,62 @@ class DownloadPlan:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
     def next_piece(self, provider: str | None = None) -> Piece | None:
         for position, piece in enumerate(self._queue):
             chunk = self._chunks[piece.chunk]
             if chunk.pinned:
+                if chunk.owner in self.banned:
+                    chunk.owner = None  # its owner was dropped for another chunk: free it
                 if chunk.owner is None:
                     chunk.owner = provider
                 elif chunk.owner != provider:
                     continue
             del self._queue[position]
+            self._in_flight[piece] = {provider or ""}
             return piece
         return None
 
-    def piece_failed(self, piece: Piece) -> None:
+    def endgame_piece(self, provider: str) -> Piece | None:
+        """With nothing left to hand out, ask for a piece another provider is still fetching, so that
+        one slow provider cannot hold up the end. The first copy to arrive is used."""
+        if self._queue:
+            return None
+        candidates = [
+            (len(fetchers), piece)
+            for piece, fetchers in self._in_flight.items()
+            if provider not in fetchers and not self._chunks[piece.chunk].pinned
+        ]
+        if not candidates:
+            return None
+        _, piece = min(candidates, key=lambda item: (item[0], item[1].start))
+        self._in_flight[piece].add(provider)
+        return piece
+
+    def is_open(self, piece: Piece) -> bool:
+        """Still wanted: handed out and not received yet."""
+        return piece in self._in_flight
+
+    def piece_failed(self, piece: Piece, provider: str | None = None) -> None:
         """The piece did not arrive (stream error, timeout): ask again, maybe elsewhere."""
+        fetchers = self._in_flight.get(piece)
+        if fetchers is None:
+            return
+        fetchers.discard(provider or "")
+        if provider is not None and fetchers:
+            return  # another provider is still fetching it
+        del self._in_flight[piece]
         self._chunks[piece.chunk].owner = None
         self._queue.appendleft(piece)
 
     def piece_received(self, piece: Piece, provider: str) -> int | None:
         """Returns the chunk index when the chunk is complete and must now be verified."""
+        if piece not in self._in_flight:
+            return None  # a second copy (endgame): the first one counted
+        del self._in_flight[piece]
         chunk = self._chunks[piece.chunk]
         chunk.providers.add(provider)
         chunk.waiting -= 1
