@@ -1,21 +1,31 @@
 """Small helpers shared by the benchmarks: reporting, child processes, memory, ports.
 
 Every result is printed twice: a human line, then one JSON line that starts with ``{"bench":``
-so CI logs can be grepped (``grep '^{"bench":'``).
+so CI logs can be grepped (``grep '^{"bench":'``). A result may carry a target from the performance
+issue (``target="ratio>=2.5"`` or ``target="value<=20"``): the table then says whether it is met.
+This is information only: no benchmark asserts timing.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import hashlib
 import json
 import os
+import re
 import resource
 import select
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +37,67 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 JSON_PREFIX = '{"bench":'
 
 
+_TARGET_RE = re.compile(r"^(value|ratio)(<=|>=)([0-9.]+)$")
+
+
+def target_met(result: dict[str, Any]) -> bool | None:
+    """Whether ``result`` meets its target ("value<=20", "ratio>=2.5"); None without target or figure."""
+    target = result.get("target")
+    if not target:
+        return None
+    match = _TARGET_RE.match(str(target).replace(" ", ""))
+    if match is None:
+        raise ValueError(f"bad target {target!r}: use value<=N, value>=N, ratio<=N or ratio>=N")
+    what, op, threshold = match.group(1), match.group(2), float(match.group(3))
+    figure = result.get(what)
+    if figure is None:
+        return None
+    return bool(figure <= threshold if op == "<=" else figure >= threshold)
+
+
 def make_result(
-    name: str, value: float, unit: str, baseline: float | None = None, **extra: Any
+    name: str,
+    value: float,
+    unit: str,
+    baseline: float | None = None,
+    *,
+    target: str | None = None,
+    baseline_is: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Build a result dict; ``ratio`` is value/baseline when a baseline is given."""
+    """Build a result dict; ``ratio`` is value/baseline when a baseline is given; ``met`` says whether
+    ``target`` (e.g. "ratio>=2.5", "value<=20") holds; ``baseline_is`` names what the baseline is."""
     ratio = value / baseline if baseline else None
-    return {"bench": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio, **extra}
+    result: dict[str, Any] = {"bench": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio}
+    if baseline_is is not None:
+        result["baseline_is"] = baseline_is
+    if target is not None:
+        result["target"] = target
+    result.update(extra)
+    if target is not None:
+        result["met"] = target_met(result)
+    return result
 
 
-def report(name: str, value: float, unit: str, baseline: float | None = None, **extra: Any) -> dict[str, Any]:
+def report(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: float | None = None,
+    *,
+    target: str | None = None,
+    baseline_is: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """Print a human line and a greppable JSON line for one result, and return the result dict."""
-    result = make_result(name, value, unit, baseline, **extra)
+    result = make_result(name, value, unit, baseline, target=target, baseline_is=baseline_is, **extra)
     human = f"[bench] {name}: {value:.2f} {unit}"
     if baseline:
-        human += f" (baseline {baseline:.2f}, ratio {result['ratio']:.2f}x)"
+        human += f" (baseline {baseline:.2f}"
+        human += f" = {baseline_is}" if baseline_is else ""
+        human += f", ratio {result['ratio']:.2f}x)"
+    if target:
+        human += f" [target {target}: {'met' if result['met'] else 'NOT met'}]"
     if extra:
         human += "  " + " ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
     print(human, flush=True)
@@ -48,23 +105,44 @@ def report(name: str, value: float, unit: str, baseline: float | None = None, **
     return result
 
 
+def skip(name: str, reason: str) -> dict[str, Any]:
+    """Print (and return, for the table) that benchmark ``name`` was skipped, and why."""
+    result = {"bench": name, "skipped": reason}
+    print(f"[bench] {name}: skipped ({reason})", flush=True)
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _num(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
 def print_table(results: Sequence[dict[str, Any]]) -> None:
-    """Print a fixed-width summary table of result dicts."""
-    rows = [("bench", "value", "unit", "baseline", "ratio", "cpu% rx", "note")]
+    """Print a fixed-width summary table of result dicts: each figure next to its same-run baseline,
+    the ratio, the issue's target and whether it is met (information only)."""
+    rows = [("bench", "figure", "unit", "baseline", "ratio", "target", "met", "baseline is / config")]
     for r in results:
+        if "skipped" in r:
+            rows.append((str(r["bench"]), "-", "-", "-", "-", "-", "-", f"SKIPPED: {r['skipped']}"))
+            continue
+        met = r.get("met")
+        notes = [str(r["baseline_is"])] if r.get("baseline_is") and r.get("baseline") is not None else []
+        if r.get("config"):
+            notes.append(str(r["config"]))
         rows.append(
             (
                 str(r["bench"]),
-                f"{r['value']:.2f}",
+                _num(r["value"]),
                 str(r["unit"]),
-                "-" if r.get("baseline") is None else f"{r['baseline']:.2f}",
+                "-" if r.get("baseline") is None else _num(r["baseline"]),
                 "-" if r.get("ratio") is None else f"{r['ratio']:.2f}x",
-                "-" if r.get("receiver_cpu_pct") is None else f"{r['receiver_cpu_pct']:.0f}",
-                str(r.get("config", "")),
+                str(r.get("target") or "-"),
+                "-" if met is None else ("yes" if met else "NO"),
+                " | ".join(notes),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -220,3 +298,235 @@ def last_json(text: str) -> dict[str, Any]:
             if isinstance(obj, dict):
                 return obj
     raise ValueError(f"no JSON object line in output: {text[-500:]!r}")
+
+
+# -- options shared by the suite ---------------------------------------------------------------------
+
+
+def bench_parser(name: str, description: str, mib: tuple[int, int] | None = None) -> argparse.ArgumentParser:
+    """An argument parser with the suite-wide options: ``--quick`` (smaller sizes) and ``--mib``
+    (``mib`` = (full, quick) defaults; benchmarks without a size accept --mib and ignore it)."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}", description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, so the suite takes a few minutes")
+    if mib is None:
+        parser.add_argument("--mib", type=int, default=None, help="ignored: this benchmark has a fixed size")
+    else:
+        parser.add_argument("--mib", type=int, default=None, help=f"MiB to load (default {mib[0]}, --quick {mib[1]})")
+    return parser
+
+
+def pick_mib(args: argparse.Namespace, full: int, quick: int) -> int:
+    return int(args.mib) if args.mib else (quick if args.quick else full)
+
+
+# -- numbers -----------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Linear-interpolated percentile (pct in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+# -- processes: CPU and memory -----------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process in seconds, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def idle_usage(pid: int, seconds: float) -> dict[str, float]:
+    """CPU % (of one core) of ``pid`` over ``seconds`` of wall clock, and its VmRSS at the end (bytes)."""
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    return {"cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0), "rss": float(measure_rss(pid)["VmRSS"])}
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM of ``pid`` to its current RSS (``echo 5 > /proc/<pid>/clear_refs``); False if refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler:
+    """Samples VmRSS of a process in a thread every ``interval`` seconds; ``peak`` is the largest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, measure_rss(self.pid).get("VmRSS", 0))
+                self.samples += 1
+            except OSError:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# -- payloads ------------------------------------------------------------------------------------------
+
+
+def write_payload(path: str | os.PathLike[str], mib: int, seed: bytes | None = None) -> str:
+    """Write ``mib`` MiB that no other payload shares (a random 1 MiB block, each MiB prefixed with a
+    random seed and its index, so no two MiB and no two payloads are alike); return the sha1."""
+    seed = seed if seed is not None else os.urandom(8)
+    digest = hashlib.sha1()
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as handle:
+        for index in range(mib):
+            piece = seed[:8].ljust(8, b"\0") + index.to_bytes(8, "big") + block[16:]
+            handle.write(piece)
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def sha1_file(path: str | os.PathLike[str]) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha1").hexdigest()
+
+
+@contextmanager
+def patched_environ(env: dict[str, str], keys: Sequence[str]) -> Iterator[None]:
+    """Set os.environ[k] = env[k] for ``keys`` inside the block (the Python API reads them per call)."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        for k in keys:
+            os.environ[k] = env[k]
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# -- a timed `kachery-p2p-load --json` ---------------------------------------------------------------
+
+
+@dataclass
+class LoadRun:
+    """One ``kachery-p2p-load --json`` run. Times are seconds since ``started`` (time.monotonic())."""
+
+    started: float
+    rc: int | None = None
+    first_line: float | None = None  # the first JSON line: providers found, the download starts
+    first_byte: float | None = None  # first_line + the daemon's firstByteSec
+    done: float | None = None  # the "done" line
+    elapsed: float = 0.0  # until the process ended (or was killed)
+    bytes_loaded: int = 0
+    bytes_total: int | None = None
+    path: str | None = None
+    paths: list[str] = field(default_factory=list)  # link kinds seen in progress ("direct", "relayed")
+    timed_out: bool = False
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and self.path is not None
+
+    def transfer_seconds(self) -> float | None:
+        """From the first byte to the done line: the transfer alone."""
+        if self.first_byte is None or self.done is None:
+            return None
+        return self.done - self.first_byte
+
+
+def timed_load(
+    argv: Sequence[str],
+    env: dict[str, str],
+    timeout: float,
+    popen: Callable[..., subprocess.Popen[bytes]] | None = None,
+) -> LoadRun:
+    """Run ``argv`` (a ``load --json URI`` command, maybe wrapped in ``ip netns exec``) and time its JSON
+    lines. After ``timeout`` seconds the command is killed (by its PID) and ``timed_out`` set: what it
+    had reached is in ``bytes_loaded``. ``popen`` defaults to subprocess.Popen (a lab host's popen works)."""
+    start = popen or subprocess.Popen
+    with tempfile.TemporaryFile() as err:
+        run = LoadRun(started=time.monotonic())
+        proc = start(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0)
+        try:
+            deadline = run.started + timeout
+            while True:
+                try:
+                    line = read_line(proc, max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    run.timed_out = True
+                    break
+                except RuntimeError:  # stdout closed: the command ended
+                    break
+                now = time.monotonic() - run.started
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                if run.first_line is None:
+                    run.first_line = now
+                if run.first_byte is None and "firstByteSec" in message:
+                    run.first_byte = run.first_line + float(message["firstByteSec"])
+                if "bytesLoaded" in message:
+                    run.bytes_loaded = max(run.bytes_loaded, int(message["bytesLoaded"]))
+                if message.get("bytesTotal") is not None:
+                    run.bytes_total = int(message["bytesTotal"])
+                for kind in message.get("paths") or []:
+                    if kind not in run.paths:
+                        run.paths.append(str(kind))
+                if message.get("type") == "done":
+                    run.done = now
+                    run.path = str(message["path"])
+            if run.timed_out:
+                proc.kill()
+            try:
+                proc.wait(max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+                run.timed_out = True
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        run.elapsed = time.monotonic() - run.started
+        run.rc = proc.returncode
+        err.seek(0)
+        run.stderr = err.read().decode(errors="replace")
+    if run.done is not None and run.bytes_total is not None:
+        run.bytes_loaded = run.bytes_total
+    return run

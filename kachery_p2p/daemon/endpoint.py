@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from aioquic.buffer import Buffer
 from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
@@ -39,6 +41,34 @@ RELAY_FROM = b"\x21"
 class StreamHandler(Protocol):
     def on_data(self, data: bytes, end: bool) -> None: ...
     def on_reset(self, error: Exception) -> None: ...
+
+
+LOOPBACK_DATAGRAM_SIZE = 16000  # aioquic breaks above 16383
+DEFAULT_DATAGRAM_SIZE = 1350  # safe on internet paths (aioquic has no path-MTU discovery)
+RELAYED_DATAGRAM_SIZE = 1200  # leaves room for the 33-byte relay frame header
+
+
+def datagram_size_for(addr: Address) -> int:
+    """The QUIC packet size for a direct path: as large as the local route allows on loopback and
+    private networks (fewer packets is what makes Python QUIC faster), the safe default elsewhere."""
+    try:
+        ip = ipaddress.ip_address(addr[0])
+    except ValueError:
+        return DEFAULT_DATAGRAM_SIZE
+    if ip.is_loopback:
+        return LOOPBACK_DATAGRAM_SIZE
+    if ip.version != 4 or not (ip.is_private or ip.is_link_local):
+        return DEFAULT_DATAGRAM_SIZE
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(addr)  # sends nothing: asks the kernel for the route and its MTU
+            mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+    except OSError:
+        return DEFAULT_DATAGRAM_SIZE
+    return max(1200, min(LOOPBACK_DATAGRAM_SIZE, mtu - 28))
+
+
+IP_MTU = getattr(socket, "IP_MTU", 14)
 
 
 class Path:
@@ -310,16 +340,22 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.on_incoming = on_incoming
         self.on_other_datagram = on_other_datagram or (lambda data, addr: None)
         self.server_config = quic_configuration(identity, is_client=False, max_datagram_size=max_datagram_size)
-        self.client_config = quic_configuration(identity, is_client=True, max_datagram_size=max_datagram_size)
-        # Relayed packets carry a 33-byte frame header: keep them inside a 1500-byte MTU.
-        self.relayed_config = quic_configuration(identity, is_client=True, max_datagram_size=1200)
-        self.relayed_server_config = quic_configuration(identity, is_client=False, max_datagram_size=1200)
+        self._configs: dict[tuple[bool, int], QuicConfiguration] = {}
         self.relays: set[Address] = set()
         self.transport: asyncio.DatagramTransport | None = None
         self.links: set[Link] = set()
         self._by_cid: dict[bytes, Link] = {}
         self.max_links = max_links
         self.stats: dict[str, int] = {"malformed": 0, "unroutable": 0, "refused": 0}
+
+    def config_for(self, is_client: bool, addr: Address, relayed: bool) -> QuicConfiguration:
+        size = RELAYED_DATAGRAM_SIZE if relayed else datagram_size_for(addr)
+        key = (is_client, size)
+        config = self._configs.get(key)
+        if config is None:
+            config = quic_configuration(self.identity, is_client=is_client, max_datagram_size=size)
+            self._configs[key] = config
+        return config
 
     async def open(self, host: str, port: int) -> Address:
         loop = asyncio.get_running_loop()
@@ -410,7 +446,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self.stats["refused"] += 1
             return None
         conn = QuicConnection(
-            configuration=self.server_config if path is None else self.relayed_server_config,
+            configuration=self.config_for(False, addr, relayed=path is not None),
             original_destination_connection_id=header.destination_cid,
         )
         link = Link(self, conn, addr, is_client=False, path=path)
@@ -422,7 +458,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     def connect(self, addr: Address, path: Path | None = None) -> Link:
         """Dial ``addr`` (a real address, or a stable relay address with its RelayPath)."""
-        conn = QuicConnection(configuration=self.client_config if path is None else self.relayed_config)
+        conn = QuicConnection(configuration=self.config_for(True, addr, relayed=path is not None))
         link = Link(self, conn, addr, is_client=True, path=path)
         self.links.add(link)
         self.register_cid(conn.host_cid, link)
