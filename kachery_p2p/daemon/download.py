@@ -217,7 +217,7 @@ class Download:
 
         def flush() -> None:
             nonlocal written
-            if buffer and plan.is_open(piece):
+            if buffer and plan.is_open(piece, provider.node_id):
                 partial.write_at(written, buffer)
             written += len(buffer)
             buffer.clear()
@@ -238,7 +238,7 @@ class Download:
         if written + len(buffer) != piece.end:
             raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")
         self.bytes_fetched += piece.size
-        if not plan.is_open(piece):
+        if not plan.is_open(piece, provider.node_id):
             return False
         flush()
         return True

@@ -137,9 +137,12 @@ class DownloadPlan:
         self._in_flight[piece].add(provider)
         return piece
 
-    def is_open(self, piece: Piece) -> bool:
-        """Still wanted: handed out and not received yet."""
-        return piece in self._in_flight
+    def is_open(self, piece: Piece, provider: str | None = None) -> bool:
+        """Still wanted from this provider: handed out to it and not received yet. A copy asked for
+        before its chunk was requeued does not count as the re-fetch."""
+        fetchers = self._in_flight.get(piece)
+        # "" marks a piece handed out without naming the provider: any provider may complete it.
+        return fetchers is not None and (provider is None or provider in fetchers or "" in fetchers)
 
     def piece_failed(self, piece: Piece, provider: str | None = None) -> None:
         """The piece did not arrive (stream error, timeout): ask again, maybe elsewhere."""
@@ -155,8 +158,8 @@ class DownloadPlan:
 
     def piece_received(self, piece: Piece, provider: str) -> int | None:
         """Returns the chunk index when the chunk is complete and must now be verified."""
-        if piece not in self._in_flight:
-            return None  # a second copy (endgame): the first one counted
+        if not self.is_open(piece, provider):
+            return None  # a second copy (endgame), or one asked for before a requeue
         del self._in_flight[piece]
         chunk = self._chunks[piece.chunk]
         chunk.providers.add(provider)

@@ -128,7 +128,7 @@ def test_non_string(value: object) -> None:
 
 
 hex40 = st.text(alphabet="0123456789abcdefABCDEF", min_size=40, max_size=40)
-names = st.text(st.characters(blacklist_characters="?"), max_size=30)
+names = st.text(st.characters(blacklist_characters="?\n\r"), max_size=30)
 
 
 @settings(max_examples=300, deadline=None)
@@ -140,3 +140,9 @@ def test_store_uri_round_trip(sha1: str, name: str, manifest: str | None) -> Non
     assert uri.name == name
     assert uri.manifest == (manifest.lower() if manifest else None)
     assert str(uri) == text
+
+
+def test_line_breaks_in_names_are_escaped_so_the_uri_stays_one_line() -> None:
+    text = format_store_uri("a" * 40, "two\nlines\r.txt", None)
+    assert "\n" not in text and "\r" not in text
+    assert text == "sha1://" + "a" * 40 + "/two%0Alines%0D.txt"
