@@ -98,5 +98,8 @@ def write_random_file(path: Path, size: int) -> str:
 
 
 def sha1_of(path: str) -> str:
+    digest = hashlib.sha1()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha1").hexdigest()
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
