@@ -178,13 +178,11 @@ def store_cmd(path: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print progress and the result as JSON lines.")
 def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -> None:
     """Fetch a file (from the store or from peers) and print its local path."""
-    from ..client.api import load_file
+    from ..client.api import fetch_file
     from .progress import ProgressPrinter
 
     with ProgressPrinter(as_json=as_json) as printer:
-        path = load_file(uri, dest, timeout_sec=timeout, progress=printer.update)
-    if path is None:
-        raise NotFoundError(f"file not found: {uri}")
+        path = fetch_file(uri, dest, timeout_sec=timeout, progress=printer.update)
     if as_json:
         click.echo(json.dumps({"type": "done", "path": path}))
     else:

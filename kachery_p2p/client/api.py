@@ -34,20 +34,31 @@ def load_file(
     progress: ProgressCallback | None = None,
 ) -> str | None:
     """Make the file available locally; return its path (``dest`` if given), or None if not found."""
+    try:
+        return fetch_file(uri, dest, timeout_sec=timeout_sec, progress=progress)
+    except NotFoundError:
+        return None
+
+
+def fetch_file(
+    uri: str,
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    timeout_sec: float | None = None,
+    progress: ProgressCallback | None = None,
+) -> str:
+    """Like load_file, but raise NotFoundError (with the daemon's reason) instead of returning None."""
     _check_uri(uri)
     client = _client()
     path: str | None = None
-    try:
-        for message in client.post_json_lines("/load", {"uri": uri, "timeoutSec": timeout_sec}, timeout=None):
-            kind = message.get("type")
-            if kind == "progress" and progress is not None:
-                progress(message)
-            elif kind == "done":
-                path = str(message["path"])
-    except NotFoundError:
-        return None
+    for message in client.post_json_lines("/load", {"uri": uri, "timeoutSec": timeout_sec}, timeout=None):
+        kind = message.get("type")
+        if kind == "progress" and progress is not None:
+            progress(message)
+        elif kind == "done":
+            path = str(message["path"])
     if path is None:
-        return None
+        raise NotFoundError(f"file not found: {uri}")
     if dest is None:
         return path
     _copy_atomically(client, uri, Path(path), Path(dest))

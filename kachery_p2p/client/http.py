@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from ..config import ClientConfig
@@ -77,6 +77,8 @@ class ControlClient:
         try:
             conn.request(method, path, body=body, headers=all_headers)
             response = conn.getresponse()
+            # Closing the response also closes the connection's socket (one request per connection).
+            response.close = _closing(response.close, conn)  # type: ignore[method-assign]
         except (ConnectionRefusedError, socket.gaierror) as exc:
             conn.close()
             raise DaemonNotRunningError(
@@ -187,3 +189,11 @@ def _json_body(response: http.client.HTTPResponse) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DaemonError("the daemon sent an unexpected reply")
     return data
+
+
+def _closing(close_response: Callable[[], None], conn: http.client.HTTPConnection) -> Callable[[], None]:
+    def close() -> None:
+        close_response()
+        conn.close()
+
+    return close

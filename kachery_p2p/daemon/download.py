@@ -208,16 +208,17 @@ class Download:
         """Fetch one piece into the partial file. False when another copy got there first.
 
         Packets carry ~1.3 kB each: they are gathered and written in large blocks. A second copy
-        requested in the endgame is held in memory and written only if it arrives first; a copy that
-        arrives second writes nothing, so it cannot touch bytes already verified.
+        requested in the endgame is held in memory; if it arrives whole first it takes the piece over
+        and rewrites all of it, and the other copy writes nothing more. A copy that arrives second
+        writes nothing, so it cannot touch bytes already verified.
         """
         buffer = bytearray()
         written = piece.start
-        limit = piece.size if buffered else WRITE_BLOCK
+        node_id = provider.node_id
 
         def flush() -> None:
             nonlocal written
-            if buffer and plan.is_open(piece, provider.node_id):
+            if buffer and plan.claim_write(piece, node_id):
                 partial.write_at(written, buffer)
             written += len(buffer)
             buffer.clear()
@@ -228,7 +229,7 @@ class Download:
             if written + len(buffer) + len(data) > piece.end:
                 raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
             buffer.extend(data)
-            if len(buffer) >= limit:
+            if not buffered and len(buffer) >= WRITE_BLOCK:
                 flush()
 
         session = provider.session
@@ -238,10 +239,14 @@ class Download:
         if written + len(buffer) != piece.end:
             raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")
         self.bytes_fetched += piece.size
-        if not plan.is_open(piece, provider.node_id):
-            return False
+        # From here to piece_received (in the caller) nothing awaits: no other copy can write between.
+        if buffered:
+            if not plan.claim_write(piece, node_id, take_over=True):
+                return False
+            partial.write_at(piece.start, buffer)
+            return True
         flush()
-        return True
+        return plan.claim_write(piece, node_id)
 
     async def _report(self, plan: DownloadPlan, force: bool = False) -> None:
         now = time.monotonic()

@@ -136,8 +136,12 @@ class PeerSession:
     async def _authenticate(self) -> None:
         if self.link.is_client:
             await self._authenticate_as_client()
-        else:
-            await self.ready
+            return
+        # The accepting side waits for the client's proof, or for the client to hang up.
+        waiting: set[asyncio.Future[Any]] = {self.ready, self.link.closed}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not self.ready.done():
+            raise self.link.closed.result()
 
     async def _authenticate_as_client(self) -> None:
         await self.link.handshake

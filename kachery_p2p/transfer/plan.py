@@ -60,8 +60,10 @@ class DownloadPlan:
         self.bytes_received = 0
         self.strikes: dict[str, int] = {}
         self.banned: set[str] = set()
-        # Pieces handed out and not yet received, with the providers fetching them.
+        # Pieces handed out and not yet received, with the providers fetching them, and which of
+        # those providers' copy is the one being written to disk.
         self._in_flight: dict[Piece, set[str]] = {}
+        self._writers: dict[Piece, str] = {}
         for index in range(len(chunks)):
             if index in verified:
                 self._mark_verified(index)
@@ -144,23 +146,39 @@ class DownloadPlan:
         # "" marks a piece handed out without naming the provider: any provider may complete it.
         return fetchers is not None and (provider is None or provider in fetchers or "" in fetchers)
 
+    def claim_write(self, piece: Piece, provider: str, take_over: bool = False) -> bool:
+        """May this provider's copy write the piece? The first copy to write keeps the piece, unless
+        a complete copy takes it over (``take_over``: an endgame copy that arrived whole, which then
+        rewrites the whole piece). A copy that lost the piece writes nothing more."""
+        if not self.is_open(piece, provider):
+            return False
+        writer = self._writers.get(piece)
+        if writer is None or writer == provider or take_over:
+            self._writers[piece] = provider
+            return True
+        return False
+
     def piece_failed(self, piece: Piece, provider: str | None = None) -> None:
         """The piece did not arrive (stream error, timeout): ask again, maybe elsewhere."""
         fetchers = self._in_flight.get(piece)
         if fetchers is None:
             return
         fetchers.discard(provider or "")
+        if provider is not None and self._writers.get(piece) == provider:
+            del self._writers[piece]  # its partial copy is void; the next copy rewrites the piece
         if provider is not None and fetchers:
             return  # another provider is still fetching it
         del self._in_flight[piece]
+        self._writers.pop(piece, None)
         self._chunks[piece.chunk].owner = None
         self._queue.appendleft(piece)
 
     def piece_received(self, piece: Piece, provider: str) -> int | None:
         """Returns the chunk index when the chunk is complete and must now be verified."""
-        if not self.is_open(piece, provider):
+        if not self.is_open(piece, provider) or self._writers.get(piece, provider) != provider:
             return None  # a second copy (endgame), or one asked for before a requeue
         del self._in_flight[piece]
+        self._writers.pop(piece, None)
         chunk = self._chunks[piece.chunk]
         chunk.providers.add(provider)
         chunk.waiting -= 1
