@@ -1,30 +1,73 @@
-"""Run benchmarks: ``python -m bench`` runs all with default options and prints a table;
-``python -m bench NAME [options...]`` runs one (options go to that benchmark, e.g.
-``python -m bench raw-aioquic --mib 64``); ``python -m bench --list`` lists them.
+"""Run benchmarks: ``python -m bench`` runs the whole suite and prints a table where each figure sits next
+to its baseline measured in the same run, with the target of the performance issue and whether it is met
+(information only: nothing here asserts timing).
 
-To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls
-``bench.common.report(...)`` per result and returns the dicts, and register it in REGISTRY.
+    python -m bench                      # the whole suite (well under 30 min on 2 cores)
+    python -m bench --quick              # smaller sizes (32 MiB instead of 256, 128 MiB instead of 1 GiB)
+    python -m bench NAME [options...]    # one benchmark, e.g. python -m bench raw-aioquic --mib 64
+    python -m bench NAME --help          # its options
+    python -m bench --list               # the names
+    python -m bench --skip A,B [...]     # the suite without A and B
+
+Leading options (``--quick``, ``--mib N``) go to every benchmark of the suite. Benchmarks that need network
+namespaces (lan-load, nat-cold, shaped-load, nat-load) print why they are skipped when not run as root.
+
+The suite, in order (letters as in the performance issue):
+  (a) raw-aioquic    raw aioquic, one stream, default settings, two processes, loopback: the baseline
+  (b) daemon-load    daemon-to-daemon kachery-p2p-load on loopback, ratio to (a) of the same run
+  (c) lan-load       the same between two namespaces on a MTU-1500 LAN, ratio to raw aioquic over that pair
+  (d) small-load     1 KiB load from a connected peer: Python API and CLI, median and p90
+  (e) daemon-memory  idle RSS and CPU; peak RSS during a 1 GiB load; RSS after it
+  (f) nat-cold       time to first byte from a peer not yet connected, across two NATs with a relay
+  (g) shaped-load    goodput over a 100 Mbit/s link, without loss and with 1% loss, as a fraction of it
+      local-store    store / load / cat of a large file in one daemon, vs a plain copy
+      nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
+
+To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
+per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import daemon_transfer, local_store, nat_transfer, raw_aioquic
+from bench import (
+    daemon_memory,
+    daemon_transfer,
+    lan_transfer,
+    local_store,
+    nat_cold,
+    nat_transfer,
+    raw_aioquic,
+    shaped_load,
+    small_load,
+)
 from bench.common import print_table
 
 BenchFn = Callable[[list[str]], list[dict[str, Any]]]
 
-# name -> callable(argv) returning a list of result dicts (see bench.common.make_result)
+# name -> callable(argv) returning a list of result dicts (see bench.common.make_result); the suite's order
 REGISTRY: dict[str, BenchFn] = {
     raw_aioquic.NAME: raw_aioquic.run,
-    local_store.NAME: local_store.run,
     daemon_transfer.NAME: daemon_transfer.run,
+    lan_transfer.NAME: lan_transfer.run,
+    small_load.NAME: small_load.run,
+    daemon_memory.NAME: daemon_memory.run,
+    nat_cold.NAME: nat_cold.run,
+    shaped_load.NAME: shaped_load.run,
+    local_store.NAME: local_store.run,
     nat_transfer.NAME: nat_transfer.run,
 }
+
+
+def _machine() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return f"{os.cpu_count()} cores, load average {load}"
 
 
 def main(argv: list[str]) -> int:
@@ -34,6 +77,15 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "--list":
         print("\n".join(REGISTRY))
         return 0
+    skipped: set[str] = set()
+    if "--skip" in argv:
+        i = argv.index("--skip")
+        skipped = {name.strip() for name in argv[i + 1].split(",")} if i + 1 < len(argv) else set()
+        argv = argv[:i] + argv[i + 2 :]
+        unknown = skipped - set(REGISTRY)
+        if unknown:
+            print(f"unknown benchmark(s) {sorted(unknown)}; available: {', '.join(REGISTRY)}", file=sys.stderr)
+            return 2
     if argv and not argv[0].startswith("-"):
         name, rest = argv[0], argv[1:]
         if name not in REGISTRY:
@@ -41,18 +93,32 @@ def main(argv: list[str]) -> int:
             return 2
         plan = [(name, rest)]
     else:
-        plan = [(name, list(argv)) for name in REGISTRY]  # leading options go to every benchmark
+        # leading options go to every benchmark
+        plan = [(name, list(argv)) for name in REGISTRY if name not in skipped]
     results: list[dict[str, Any]] = []
     failed: list[str] = []
+    durations: list[str] = []
+    suite_start = time.monotonic()
+    print(f"machine: {_machine()}", flush=True)
     for name, bench_argv in plan:
         print(f"== {name} {' '.join(bench_argv)}".rstrip(), flush=True)
+        start = time.monotonic()
         try:
             results.extend(REGISTRY[name](bench_argv))
+        except SystemExit as exc:  # argparse: --help or a bad option
+            if exc.code not in (0, None):
+                failed.append(name)
+            if len(plan) == 1:
+                return int(exc.code or 0)
         except Exception:
             traceback.print_exc()
             failed.append(name)
+        durations.append(f"{name} {time.monotonic() - start:.0f} s")
+        sys.stdout.flush()
     print()
     print_table(results)
+    print(f"\ntime: {time.monotonic() - suite_start:.0f} s ({', '.join(durations)})")
+    print(f"machine: {_machine()} (other processes' CPU use skews the figures: compare within a run)")
     if failed:
         print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)
         return 1

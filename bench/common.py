@@ -339,7 +339,7 @@ def median(values: Sequence[float]) -> float:
 
 # -- processes: CPU and memory -----------------------------------------------------------------------
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def cpu_seconds(pid: int) -> float:
@@ -347,7 +347,7 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def idle_usage(pid: int, seconds: float) -> dict[str, float]:
@@ -414,8 +414,12 @@ def write_payload(path: str | os.PathLike[str], mib: int, seed: bytes | None = N
 
 
 def sha1_file(path: str | os.PathLike[str]) -> str:
+    """sha1 of a file, read in 8 MiB blocks (no hashlib.file_digest: Python 3.10 has none)."""
+    digest = hashlib.sha1()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha1").hexdigest()
+        while block := handle.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextmanager

@@ -8,7 +8,7 @@ through the control endpoint). The baseline of store and load --dest is a plain 
 fsync, in this process (what the disk allows). Checks the sha1 of the stored file, the --dest copy and the cat output,
 and reports the daemon's RSS (VmRSS) idle after start, idle after the operations, and its peak (VmHWM).
 
-    .venv/bin/python -m bench local-store [--mib 1024] [--dir /some/disk]
+    .venv/bin/python -m bench local-store [--mib 1024] [--quick] [--dir /some/disk]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, measure_rss, report
+from bench.common import bench_parser, free_port, measure_rss, pick_mib, report
 
 NAME = "local-store"
 MIB = 1024 * 1024
@@ -36,11 +36,12 @@ BIN_DIR = Path(sys.executable).parent
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__.split("\n")[0])
-    parser.add_argument("--mib", type=int, default=1024, help="file size in MiB (default 1024)")
+    parser = bench_parser(NAME, __doc__.split("\n")[0], mib=(1024, 128))
     parser.add_argument("--dir", default=None, help="where to make the temp dir (default: the system's)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per command")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.mib = pick_mib(args, 1024, 128)
+    return args
 
 
 def _write_random_file(path: Path, size: int) -> str:

@@ -3,7 +3,6 @@ first byte and to completion for a 10 MiB file, on a direct (hole-punched) path 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, report
+from bench.common import REPO_ROOT, bench_parser, pick_mib, report, skip
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "netns"))
 
@@ -70,11 +69,16 @@ def _one(path_kind: str, mib: int, workdir: Path) -> list[dict[str, Any]]:
 
 
 def run(argv: list[str]) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(prog="python -m bench nat-load")
-    parser.add_argument("--mib", type=int, default=10)
+    parser = bench_parser(NAME, __doc__.splitlines()[0], mib=(10, 4))
     args = parser.parse_args(argv)
+    mib = pick_mib(args, 10, 4)
+    from lab import netns_available
+
+    ok, reason = netns_available()
+    if not ok:
+        return [skip(NAME, reason)]
     results = []
     for kind in ("direct", "relayed"):
         with tempfile.TemporaryDirectory(prefix="kp2p-nat-bench-") as tmp:
-            results.extend(_one(kind, args.mib, Path(tmp)))
+            results.extend(_one(kind, mib, Path(tmp)))
     return results

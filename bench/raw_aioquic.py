@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="127.0.0.1", help="receiver bind address")
     p.add_argument("--port", type=int, default=0, help="receiver: bind port; sender: port to connect to")
     p.add_argument("--connect", default=None, help="sender: receiver's address (default: --bind)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds for the transfer")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds for the transfer (default 600)")
     p.add_argument("--repeat", type=int, default=1, help="parent: run the pair this many times")
     p.add_argument("--receiver-wrap", default="", help='e.g. "ip netns exec ns-a"')
     p.add_argument("--sender-wrap", default="", help='e.g. "ip netns exec ns-b"')

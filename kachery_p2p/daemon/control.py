@@ -150,6 +150,29 @@ def _opt_int(data: dict[str, Any], key: str) -> int | None:
     return value
 
 
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _json_lines(
+    request: web.Request, what: str, produce: Callable[[Emit], Awaitable[None]]
+) -> web.StreamResponse:
+    """A JSON-lines response; an error after the first line becomes a final ``{"type": "error"}`` line."""
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+
+    async def emit(message: dict[str, Any]) -> None:
+        await response.write(json.dumps(message).encode() + b"\n")
+
+    try:
+        await produce(emit)
+    except Exception as exc:
+        if not isinstance(exc, KacheryP2PError):
+            log.exception("%s failed", what)
+        await response.write(error_line(exc))
+    await response.write_eof()
+    return response
+
+
 def _uri(data: dict[str, Any]) -> FileUri:
     value = data.get("uri")
     if not isinstance(value, str):
@@ -210,37 +233,26 @@ class _Routes:
         data = await _json(request)
         uri = _uri(data)
         timeout = _opt_number(data, "timeoutSec")
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
 
-        async def progress(message: dict[str, Any]) -> None:
-            await response.write(json.dumps({"type": "progress", **message}).encode() + b"\n")
+        async def lines(emit: Emit) -> None:
+            async def progress(message: dict[str, Any]) -> None:
+                await emit({"type": "progress", **message})
 
-        try:
             path = await self.service.load(uri, timeout, progress)
-            await response.write(json.dumps({"type": "done", "path": str(path)}).encode() + b"\n")
-        except (KacheryP2PError, Exception) as exc:
-            if not isinstance(exc, KacheryP2PError):
-                log.exception("load %s failed", uri)
-            await response.write(error_line(exc))
-        await response.write_eof()
-        return response
+            await emit({"type": "done", "path": str(path)})
+
+        return await _json_lines(request, f"load {uri}", lines)
 
     async def find(self, request: web.Request) -> web.StreamResponse:
         data = await _json(request)
         uri = _uri(data)
         timeout = _opt_number(data, "timeoutSec")
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        try:
+
+        async def lines(emit: Emit) -> None:
             async for provider in self.service.find(uri, 5.0 if timeout is None else timeout):
-                await response.write(json.dumps({"type": "provider", **provider}).encode() + b"\n")
-        except (KacheryP2PError, Exception) as exc:
-            if not isinstance(exc, KacheryP2PError):
-                log.exception("find %s failed", uri)
-            await response.write(error_line(exc))
-        await response.write_eof()
-        return response
+                await emit({"type": "provider", **provider})
+
+        return await _json_lines(request, f"find {uri}", lines)
 
     async def read(self, request: web.Request) -> web.StreamResponse:
         data = await _json(request)

@@ -41,6 +41,7 @@ FIND_TIMEOUT = 5.0
 EXTRA_PROVIDER_WAIT = 0.15
 DIAL_TIMEOUT = 10.0
 MAX_DOWNLOADS = 4
+STEP_IN_AFTER = 1.0
 
 
 def build_network(node: Node) -> PeerNetwork:
@@ -256,8 +257,15 @@ class PeerNetwork:
 
     def consider_relay_peer(self, client: RelayClient, node_id: str) -> None:
         """A channel peer seen through a relay: connect, or try again to go direct."""
-        if node_id in self._connecting or self.identity.node_id > node_id:
-            return  # the smaller node id connects; the other side waits for it
+        if node_id in self._connecting:
+            return
+        if self.identity.node_id > node_id:
+            # The smaller node id connects. It may not have seen us yet (it looks up every few
+            # seconds), so we step in ourselves if nothing has connected shortly.
+            if self.session_for(node_id) is None:
+                self._connecting.add(node_id)
+                self.spawn(self._connect_if_still_alone(client, node_id))
+            return
         current = self.session_for(node_id)
         if current is not None:
             if current.link.path.kind == "direct" or not self.config.hole_punching:
@@ -265,6 +273,14 @@ class PeerNetwork:
             if time.monotonic() - self._last_punch.get(node_id, 0.0) < RETRY_DIRECT_SEC:
                 return
         self.spawn(self._connect_via_relay(client, node_id, need_relayed=current is None))
+
+    async def _connect_if_still_alone(self, client: RelayClient, node_id: str) -> None:
+        try:
+            await asyncio.sleep(STEP_IN_AFTER)
+        finally:
+            self._connecting.discard(node_id)
+        if self.session_for(node_id) is None and not client.session.link.is_closed:
+            await self._connect_via_relay(client, node_id, need_relayed=True)
 
     async def _connect_via_relay(self, client: RelayClient, node_id: str, need_relayed: bool) -> None:
         self._connecting.add(node_id)
