@@ -41,7 +41,10 @@ FIND_TIMEOUT = 5.0
 EXTRA_PROVIDER_WAIT = 0.15
 DIAL_TIMEOUT = 10.0
 MAX_DOWNLOADS = 4
-STEP_IN_AFTER = 1.0
+STEP_IN_AFTER = 0.5
+# A search with no connection under way ends once every peer answered and this much time passed.
+SETTLE_TIME = 1.0
+RECHECK_PEERS = 0.25
 
 
 def build_network(node: Node) -> PeerNetwork:
@@ -65,6 +68,7 @@ class PeerNetwork:
         # Downloads at once (more wait their turn, first come first served), and one per file.
         self._slots = asyncio.Semaphore(MAX_DOWNLOADS)
         self.bytes_downloaded = 0
+        self._peer_added = asyncio.Event()
         self._file_locks: dict[str, asyncio.Lock] = {}
         self._last_punch: dict[str, float] = {}
         self.sessions: dict[str, list[PeerSession]] = {}
@@ -169,6 +173,7 @@ class PeerNetwork:
     def register(self, session: PeerSession) -> None:
         assert session.node_id is not None
         self.sessions.setdefault(session.node_id, []).append(session)
+        self._peer_added.set()
         log.info(
             "connected to %s (%s) at %s, shared channels: %s",
             short_node_id(session.node_id), session.label, session.link.path.describe(), session.shared_channels,
@@ -372,14 +377,38 @@ class PeerNetwork:
         return Provider(session, size, self.session_for)
 
     async def find_providers(self, sha1: str, timeout: float) -> AsyncIterator[Provider]:
-        peers = self.channel_peers()
-        if not peers:
-            return
-        pending = {asyncio.ensure_future(self._ask(s, sha1, timeout)) for s in peers}
+        """Ask every channel peer, including peers that connect while we wait, who has the file.
+
+        Ends at the timeout, or earlier once every peer has answered and no connection to a new
+        peer is under way (waiting longer could not find anything more)."""
+        deadline = time.monotonic() + timeout
+        settle_at = time.monotonic() + min(timeout, SETTLE_TIME)
+        asked: set[str] = set()
+        pending: set[asyncio.Future[Any]] = set()
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+            while True:
+                for session in self.channel_peers():
+                    if session.node_id not in asked:
+                        asked.add(session.node_id or "")
+                        ask = self._ask(session, sha1, max(0.1, deadline - time.monotonic()))
+                        pending.add(asyncio.ensure_future(ask))
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                if not pending and now >= settle_at and not self._connecting and not self._dialing:
+                    return
+                self._peer_added.clear()
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(self._peer_added.wait())
+                # Also look again now and then: a connected peer may start sharing a channel.
+                wake_at = min(deadline if pending or now >= settle_at else settle_at, now + RECHECK_PEERS)
+                try:
+                    done, _ = await asyncio.wait(
+                        {*pending, waiter}, timeout=max(0.0, wake_at - now), return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    waiter.cancel()
+                for task in done - {waiter}:
+                    pending.discard(task)
                     provider = task.result()
                     if provider is not None:
                         yield provider
