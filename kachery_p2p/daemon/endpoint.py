@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import time
@@ -27,87 +26,18 @@ from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from ..errors import RemoteProtocolError
 from ..quic.identity import NodeIdentity
 from ..quic.settings import quic_configuration, stream_send_buffered
+from .paths import RELAY_FROM, RELAYED_DATAGRAM_SIZE, Address, Path, RelayPath, datagram_size_for, relay_stable_address
 
 log = logging.getLogger("kachery_p2p.endpoint")
 
-Address = tuple[str, int]
 CID_LENGTH = 8
 SEND_HIGH_WATER = 1 << 20
 SEND_LOW_WATER = 256 * 1024
-RELAY_TO = b"\x20"
-RELAY_FROM = b"\x21"
 
 
 class StreamHandler(Protocol):
     def on_data(self, data: bytes, end: bool) -> None: ...
     def on_reset(self, error: Exception) -> None: ...
-
-
-LOOPBACK_DATAGRAM_SIZE = 16000  # aioquic breaks above 16383
-DEFAULT_DATAGRAM_SIZE = 1350  # safe on internet paths (aioquic has no path-MTU discovery)
-RELAYED_DATAGRAM_SIZE = 1200  # leaves room for the 33-byte relay frame header
-
-
-def datagram_size_for(addr: Address) -> int:
-    """The QUIC packet size for a direct path: as large as the local route allows on loopback and
-    private networks (fewer packets is what makes Python QUIC faster), the safe default elsewhere."""
-    try:
-        ip = ipaddress.ip_address(addr[0])
-    except ValueError:
-        return DEFAULT_DATAGRAM_SIZE
-    if ip.is_loopback:
-        return LOOPBACK_DATAGRAM_SIZE
-    if ip.version != 4 or not (ip.is_private or ip.is_link_local):
-        return DEFAULT_DATAGRAM_SIZE
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(addr)  # sends nothing: asks the kernel for the route and its MTU
-            mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
-    except OSError:
-        return DEFAULT_DATAGRAM_SIZE
-    return max(1200, min(LOOPBACK_DATAGRAM_SIZE, mtu - 28))
-
-
-IP_MTU = getattr(socket, "IP_MTU", 14)
-
-
-class Path:
-    """Where a link's datagrams go: straight to a UDP address, or wrapped for a relay."""
-
-    kind = "direct"
-
-    def __init__(self, addr: Address) -> None:
-        self.addr = addr
-
-    def send(self, transport: asyncio.DatagramTransport, data: bytes) -> None:
-        transport.sendto(data, self.addr)
-
-    def describe(self) -> str:
-        host, port = self.addr
-        return f"{host}:{port}"
-
-
-class RelayPath(Path):
-    """Through a relay: the relay copies our end-to-end encrypted QUIC packets to the peer."""
-
-    kind = "relayed"
-
-    def __init__(self, relay_addr: Address, peer_node_id: str) -> None:
-        super().__init__(relay_addr)
-        self.peer_node_id = peer_node_id
-        self._prefix = RELAY_TO + bytes.fromhex(peer_node_id)
-
-    def send(self, transport: asyncio.DatagramTransport, data: bytes) -> None:
-        transport.sendto(self._prefix + data, self.addr)
-
-    def describe(self) -> str:
-        host, port = self.addr
-        return f"relay {host}:{port}"
-
-
-def relay_stable_address(relay_addr: Address, peer_node_id: str) -> Address:
-    """The fixed address aioquic sees for a relayed peer (never a real socket address)."""
-    return (f"relay-{relay_addr[0]}-{relay_addr[1]}-{peer_node_id[:16]}", 0)
 
 
 class LinkClosed(ConnectionError):

@@ -14,14 +14,12 @@ from typing import TYPE_CHECKING, Any
 from ..channels.announcements import Announcement
 from ..channels.membership import rendezvous_id
 from ..config import HostPort
-from ..errors import NotFoundError, RemoteProtocolError
+from ..errors import RemoteProtocolError
 from ..ids import FileUri
 from ..quic import messages
 from ..quic.identity import short_node_id
 from ..relay.frames import classify
-from .download import Download, Provider
 from .endpoint import Link, LinkClosed, QuicEndpoint
-from .files import read_fd_range, read_file_range
 from .lan import LanDiscovery, default_lan_interfaces
 from .punch import PunchManager
 from .relay_server import RelayService, format_address
@@ -29,6 +27,7 @@ from .rendezvous import RETRY_DIRECT_SEC, RelayClient
 from .serve import FileServer
 from .session import PeerSession
 from .stun_client import StunClient
+from .transfers import Transfers
 
 if TYPE_CHECKING:
     from .node import Node
@@ -37,14 +36,8 @@ log = logging.getLogger("kachery_p2p.network")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 KEEPALIVE_INTERVAL = 15.0
-FIND_TIMEOUT = 5.0
-EXTRA_PROVIDER_WAIT = 0.15
 DIAL_TIMEOUT = 10.0
-MAX_DOWNLOADS = 4
 STEP_IN_AFTER = 0.5
-# A search with no connection under way ends once every peer answered and this much time passed.
-SETTLE_TIME = 1.0
-RECHECK_PEERS = 0.25
 
 
 def build_network(node: Node) -> PeerNetwork:
@@ -64,18 +57,15 @@ class PeerNetwork:
         self.stun = StunClient(self.endpoint)
         self.relay = RelayService(self, self.config.relay_limits) if self.config.relay_mode else None
         self.relay_clients: dict[str, RelayClient] = {}
-        self._connecting: set[str] = set()
-        # Downloads at once (more wait their turn, first come first served), and one per file.
-        self._slots = asyncio.Semaphore(MAX_DOWNLOADS)
-        self.bytes_downloaded = 0
-        self._peer_added = asyncio.Event()
-        self._file_locks: dict[str, asyncio.Lock] = {}
+        self.connecting: set[str] = set()
+        self.peer_added = asyncio.Event()
         self._last_punch: dict[str, float] = {}
         self.sessions: dict[str, list[PeerSession]] = {}
+        self.transfers = Transfers(self)
         self.local_address: tuple[str, int] | None = None
         self.lan: LanDiscovery | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._dialing: set[str] = set()
+        self.dialing: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,7 +163,7 @@ class PeerNetwork:
     def register(self, session: PeerSession) -> None:
         assert session.node_id is not None
         self.sessions.setdefault(session.node_id, []).append(session)
-        self._peer_added.set()
+        self.peer_added.set()
         log.info(
             "connected to %s (%s) at %s, shared channels: %s",
             short_node_id(session.node_id), session.label, session.link.path.describe(), session.shared_channels,
@@ -262,13 +252,13 @@ class PeerNetwork:
 
     def consider_relay_peer(self, client: RelayClient, node_id: str) -> None:
         """A channel peer seen through a relay: connect, or try again to go direct."""
-        if node_id in self._connecting:
+        if node_id in self.connecting:
             return
         if self.identity.node_id > node_id:
             # The smaller node id connects. It may not have seen us yet (it looks up every few
             # seconds), so we step in ourselves if nothing has connected shortly.
             if self.session_for(node_id) is None:
-                self._connecting.add(node_id)
+                self.connecting.add(node_id)
                 self.spawn(self._connect_if_still_alone(client, node_id))
             return
         current = self.session_for(node_id)
@@ -283,12 +273,12 @@ class PeerNetwork:
         try:
             await asyncio.sleep(STEP_IN_AFTER)
         finally:
-            self._connecting.discard(node_id)
+            self.connecting.discard(node_id)
         if self.session_for(node_id) is None and not client.session.link.is_closed:
             await self._connect_via_relay(client, node_id, need_relayed=True)
 
     async def _connect_via_relay(self, client: RelayClient, node_id: str, need_relayed: bool) -> None:
-        self._connecting.add(node_id)
+        self.connecting.add(node_id)
         self._last_punch[node_id] = time.monotonic()
         relayed = asyncio.ensure_future(client.dial_relayed(node_id)) if need_relayed else None
         try:
@@ -303,18 +293,18 @@ class PeerNetwork:
                 except (RemoteProtocolError, LinkClosed, OSError, asyncio.TimeoutError) as exc:
                     log.info("relayed connection to %s failed: %s", short_node_id(node_id), exc)
         finally:
-            self._connecting.discard(node_id)
+            self.connecting.discard(node_id)
 
     def _on_announcement(self, announcement: Announcement, ip: str) -> None:
         node_id = announcement.node_id
-        if node_id in self._dialing or self.session_for(node_id) is not None:
+        if node_id in self.dialing or self.session_for(node_id) is not None:
             return
         if not set(announcement.rendezvous_ids) & set(self.rendezvous_ids()):
             return
         self.spawn(self._dial_discovered(node_id, ip, announcement.quic_port))
 
     async def _dial_discovered(self, node_id: str, ip: str, port: int) -> None:
-        self._dialing.add(node_id)
+        self.dialing.add(node_id)
         try:
             if self.identity.node_id > node_id:
                 # The smaller id dials; we step in only if it has not connected to us shortly.
@@ -325,7 +315,7 @@ class PeerNetwork:
         except (RemoteProtocolError, LinkClosed, OSError) as exc:
             log.info("could not connect to LAN peer %s at %s:%d: %s", short_node_id(node_id), ip, port, exc)
         finally:
-            self._dialing.discard(node_id)
+            self.dialing.discard(node_id)
 
     def channels_changed(self) -> None:
         for sessions in self.sessions.values():
@@ -349,9 +339,9 @@ class PeerNetwork:
             "candidates": self.candidates(),
             "punch": dict(self.punch.stats),
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
-            "connecting": sorted(self._connecting),
+            "connecting": sorted(self.connecting),
             "bytesServed": self.server.bytes_served,
-            "bytesDownloaded": self.bytes_downloaded,
+            "bytesDownloaded": self.transfers.bytes_downloaded,
         }
         if self.relay is not None:
             info.update(self.relay.info())
@@ -366,156 +356,17 @@ class PeerNetwork:
         return result
 
     # -- files --------------------------------------------------------------------------------------
-    async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
-        try:
-            reply, _ = await session.request({"op": "has", "sha1": sha1}, timeout=timeout)
-            size = messages.check_ok(reply)["size"]
-        except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, KeyError):
-            return None
-        if not isinstance(size, int) or size < 0:
-            return None
-        return Provider(session, size, self.session_for)
-
-    async def find_providers(self, sha1: str, timeout: float) -> AsyncIterator[Provider]:
-        """Ask every channel peer, including peers that connect while we wait, who has the file.
-
-        Ends at the timeout, or earlier once every peer has answered and no connection to a new
-        peer is under way (waiting longer could not find anything more)."""
-        deadline = time.monotonic() + timeout
-        settle_at = time.monotonic() + min(timeout, SETTLE_TIME)
-        asked: set[str] = set()
-        pending: set[asyncio.Future[Any]] = set()
-        try:
-            while True:
-                for session in self.channel_peers():
-                    if session.node_id not in asked:
-                        asked.add(session.node_id or "")
-                        ask = self._ask(session, sha1, max(0.1, deadline - time.monotonic()))
-                        pending.add(asyncio.ensure_future(ask))
-                now = time.monotonic()
-                if now >= deadline:
-                    return
-                if not pending and now >= settle_at and not self._connecting and not self._dialing:
-                    return
-                self._peer_added.clear()
-                waiter: asyncio.Future[Any] = asyncio.ensure_future(self._peer_added.wait())
-                # Also look again now and then: a connected peer may start sharing a channel.
-                wake_at = min(deadline if pending or now >= settle_at else settle_at, now + RECHECK_PEERS)
-                try:
-                    done, _ = await asyncio.wait(
-                        {*pending, waiter}, timeout=max(0.0, wake_at - now), return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    waiter.cancel()
-                for task in done - {waiter}:
-                    pending.discard(task)
-                    provider = task.result()
-                    if provider is not None:
-                        yield provider
-        finally:
-            for task in pending:
-                task.cancel()
-
+    # -- files: see transfers.py ----------------------------------------------------------------------
     def find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]:
-        return self._find(uri, timeout)
-
-    async def _find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]:
-        async for provider in self.find_providers(uri.sha1, timeout):
-            session = provider.session
-            yield {
-                "node_id": provider.node_id,
-                "label": session.label,
-                "size": provider.size,
-                "local": False,
-                "nodeId": provider.node_id,
-                "fileSize": provider.size,
-                "fileKey": {"sha1": uri.sha1},
-            }
-
-    async def _collect(self, sha1: str, timeout: float) -> list[Provider]:
-        providers: list[Provider] = []
-        deadline = time.monotonic() + timeout
-        first_at: float | None = None
-        iterator = self.find_providers(sha1, timeout).__aiter__()
-        try:
-            while True:
-                limit = deadline if first_at is None else min(deadline, first_at + EXTRA_PROVIDER_WAIT)
-                remaining = limit - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    provider = await asyncio.wait_for(iterator.__anext__(), remaining)
-                except (StopAsyncIteration, asyncio.TimeoutError):
-                    break
-                providers.append(provider)
-                if first_at is None:
-                    first_at = time.monotonic()
-        finally:
-            with contextlib.suppress(Exception):
-                await iterator.aclose()  # type: ignore[attr-defined]
-        return providers
-
-    async def _providers(self, uri: FileUri, timeout: float | None) -> list[Provider]:
-        wait = FIND_TIMEOUT if timeout is None else timeout
-        providers = await self._collect(uri.sha1, wait)
-        if not providers:
-            peers = len(self.channel_peers())
-            raise NotFoundError(
-                f"file not found: no peer has {uri.sha1} (asked {peers} channel peer{'s' if peers != 1 else ''}"
-                f" for {wait:g} s)"
-            )
-        return providers
+        return self.transfers.find(uri, timeout)
 
     async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path:
-        providers = await self._providers(uri, timeout)
-        await progress({"bytesLoaded": 0, "bytesTotal": providers[0].size, "providers": len(providers)})
-        download = Download(self.node.store, uri, providers, progress)
-        async with self._slots, self._file_lock(uri.sha1):
-            path = await asyncio.to_thread(self.node.store.find_local, uri)
-            if path is None:
-                try:
-                    path = await download.run()
-                finally:
-                    self.bytes_downloaded += download.bytes_fetched
-        if download.bad_providers:
-            await progress({"badProviders": download.bad_providers})
-        return path
-
-    @contextlib.asynccontextmanager
-    async def _file_lock(self, sha1: str) -> AsyncIterator[None]:
-        lock = self._file_locks.setdefault(sha1, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked():
-                self._file_locks.pop(sha1, None)
+        return await self.transfers.load(uri, timeout, progress)
 
     async def read_remote_range(
         self, uri: FileUri, start: int, end: int | None, timeout: float | None
     ) -> tuple[int, AsyncIterator[bytes]]:
-        """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them."""
-        providers = await self._providers(uri, timeout)
-        size = providers[0].size
-        last = size if end is None else min(end, size)
-        if start > last:
-            from ..errors import UsageError
-
-            raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
-
-        async def no_progress(message: dict[str, Any]) -> None:
-            return None
-
-        download = Download(self.node.store, uri, providers, no_progress)
-        async with self._slots, self._file_lock(uri.sha1):
-            path = await asyncio.to_thread(self.node.store.find_local, uri)
-            if path is not None:
-                return last - start, read_file_range(path, start, last)
-            try:
-                fd, _size = await download.fetch_range(start, last)
-            finally:
-                self.bytes_downloaded += download.bytes_fetched
-        return last - start, read_fd_range(fd, start, last)
+        return await self.transfers.read_remote_range(uri, start, end, timeout)
 
 
 async def _quiet(awaitable: Awaitable[Any]) -> None:

@@ -19,7 +19,8 @@ from ..channels.rendezvous import decode_record, encode_record
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..quic import messages
 from ..quic.identity import short_node_id
-from .endpoint import LinkClosed, RelayPath, relay_stable_address
+from .endpoint import LinkClosed
+from .paths import RelayPath, relay_stable_address
 from .punch import PunchManager, parse_candidate
 
 if TYPE_CHECKING:
