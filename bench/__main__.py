@@ -41,6 +41,7 @@ from bench import (
     daemon_transfer,
     lan_transfer,
     local_store,
+    multi_provider,
     nat_cold,
     nat_transfer,
     raw_aioquic,
@@ -62,6 +63,7 @@ REGISTRY: dict[str, BenchFn] = {
     shaped_load.NAME: shaped_load.run,
     local_store.NAME: local_store.run,
     nat_transfer.NAME: nat_transfer.run,
+    multi_provider.NAME: multi_provider.run,
 }
 
 

@@ -8,6 +8,8 @@ Nothing unverified ever reaches the store's content paths.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -32,6 +34,10 @@ STREAMS_PER_PROVIDER = 4
 PIECE_TIMEOUT = 60.0
 PROGRESS_INTERVAL = 0.25
 MAX_ROUNDS = 5
+ENDGAME_AGE_FACTOR = 1.5
+ENDGAME_RECHECK = 0.25
+# Before any piece has arrived there is no usual duration: duplicate after this long.
+ENDGAME_FIRST_AGE = 2.0
 WRITE_BLOCK = 1 << 20
 
 
@@ -143,29 +149,55 @@ class Download:
 
     async def _fetch(self, plan: DownloadPlan, partial: PartialFile) -> None:
         wake = asyncio.Event()
+        finished = asyncio.Event()
         verifying: set[asyncio.Task[None]] = set()
+        durations: list[float] = []
+
+        suspects: dict[int, dict[tuple[int, int], tuple[str, str]]] = {}
+
+        def drop(node_id: str) -> None:
+            log.warning("provider %s sent bad bytes for %s; dropping it", short_node_id(node_id), self.sha1)
+            self.bad_providers.append(node_id)
 
         async def verify(index: int) -> None:
             if await asyncio.to_thread(partial.verify_chunk, index):
                 plan.chunk_verified(index)
+                # A chunk that failed when several providers sent it, now good from one: whoever's
+                # earlier piece differs from the good bytes lied.
+                earlier = suspects.pop(index, None)
+                if earlier:
+                    for node_id in await asyncio.to_thread(_liars, partial.data_path, earlier):
+                        if plan.ban(node_id):
+                            drop(node_id)
             else:
+                sources = plan.piece_sources(index)
+                if len(set(sources.values())) > 1:
+                    suspects[index] = await asyncio.to_thread(_piece_hashes, partial.data_path, sources)
                 for node_id in plan.chunk_failed(index):
-                    log.warning("provider %s sent bad bytes for %s; dropping it", short_node_id(node_id), self.sha1)
-                    self.bad_providers.append(node_id)
+                    drop(node_id)
+            if plan.finished:
+                finished.set()
             wake.set()
+
+        def endgame_age() -> float:
+            # Duplicate only pieces that have taken clearly longer than usual.
+            return ENDGAME_AGE_FACTOR * sum(durations) / len(durations) if durations else ENDGAME_FIRST_AGE
 
         async def worker(provider: Provider) -> None:
             while not plan.finished and provider.node_id not in plan.banned:
-                piece = plan.next_piece(provider.node_id)
+                now = time.monotonic()
+                piece = plan.next_piece(provider.node_id, now)
                 endgame = False
                 if piece is None:
-                    piece = plan.endgame_piece(provider.node_id)
+                    piece = plan.endgame_piece(provider.node_id, now, endgame_age())
                     endgame = piece is not None
                 if piece is None:
                     if plan.in_flight == 0 and not verifying:
                         return
                     wake.clear()
-                    await wake.wait()
+                    # Look again later: a piece in flight may become old enough to duplicate.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wake.wait(), ENDGAME_RECHECK)
                     continue
                 try:
                     got = await self._fetch_piece(provider, piece, partial, plan, buffered=endgame)
@@ -176,6 +208,7 @@ class Download:
                              short_node_id(provider.node_id), exc)
                     return
                 if got:
+                    durations.append(time.monotonic() - now)
                     index = plan.piece_received(piece, provider.node_id)
                     if index is not None:
                         task = asyncio.ensure_future(verify(index))
@@ -189,13 +222,21 @@ class Download:
             if plan.finished or not live:
                 break
             workers = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
+            all_done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
+            finished_wait: asyncio.Future[Any] = asyncio.ensure_future(finished.wait())
             try:
-                await asyncio.gather(*workers)
+                # Done when every chunk is verified, even if a vanished provider's streams still hang.
+                await asyncio.wait({all_done, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
                 while verifying:
                     await asyncio.gather(*list(verifying))
             finally:
+                finished_wait.cancel()
                 for task in workers:
                     task.cancel()
+                await asyncio.gather(all_done, return_exceptions=True)
+            for task in workers:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
         if not plan.finished:
             bad = ", ".join(short_node_id(n) for n in self.bad_providers)
             raise NotFoundError(
@@ -269,3 +310,30 @@ def _agreed_size(providers: list[Provider]) -> int:
     for provider in providers:
         counts[provider.size] = counts.get(provider.size, 0) + 1
     return max(counts, key=lambda size: counts[size])
+
+
+def _piece_hashes(path: Path, sources: dict[tuple[int, int], str]) -> dict[tuple[int, int], tuple[str, str]]:
+    """(provider, sha1 of the bytes it sent) for each piece of a chunk that failed verification."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return {
+            (start, end): (provider, hashlib.sha1(os.pread(fd, end - start, start)).hexdigest())
+            for (start, end), provider in sources.items()
+        }
+    finally:
+        os.close(fd)
+
+
+def _liars(path: Path, earlier: dict[tuple[int, int], tuple[str, str]]) -> list[str]:
+    """Providers whose earlier piece differs from the now verified bytes at the same place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return sorted(
+            {
+                provider
+                for (start, end), (provider, digest) in earlier.items()
+                if hashlib.sha1(os.pread(fd, end - start, start)).hexdigest() != digest
+            }
+        )
+    finally:
+        os.close(fd)

@@ -19,6 +19,9 @@ class Piece:
     chunk: int
     start: int
     end: int
+    # Bumped each time the chunk is queued again: a stream asked for an older generation can
+    # neither write nor count once its chunk was requeued.
+    generation: int = 0
 
     @property
     def size(self) -> int:
@@ -36,6 +39,9 @@ class _ChunkState:
     # failure points at a single culprit.
     pinned: bool = False
     owner: str | None = None
+    generation: int = 0
+    queued_before: bool = False
+    sources: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
 class DownloadPlan:
@@ -64,6 +70,7 @@ class DownloadPlan:
         # those providers' copy is the one being written to disk.
         self._in_flight: dict[Piece, set[str]] = {}
         self._writers: dict[Piece, str] = {}
+        self._handed_at: dict[Piece, float] = {}
         for index in range(len(chunks)):
             if index in verified:
                 self._mark_verified(index)
@@ -79,11 +86,14 @@ class DownloadPlan:
     def _enqueue_chunk(self, index: int) -> None:
         chunk = self._chunks[index]
         chunk.providers.clear()
+        chunk.sources.clear()
+        chunk.generation += 1 if chunk.queued_before else 0
+        chunk.queued_before = True
         position = chunk.start
         count = 0
         while position < chunk.end or (count == 0 and chunk.start == chunk.end):
             end = min(position + self.piece_size, chunk.end)
-            self._queue.append(Piece(index, position, end))
+            self._queue.append(Piece(index, position, end, chunk.generation))
             count += 1
             position = end
             if chunk.start == chunk.end:
@@ -108,7 +118,7 @@ class DownloadPlan:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def next_piece(self, provider: str | None = None) -> Piece | None:
+    def next_piece(self, provider: str | None = None, now: float | None = None) -> Piece | None:
         for position, piece in enumerate(self._queue):
             chunk = self._chunks[piece.chunk]
             if chunk.pinned:
@@ -120,18 +130,24 @@ class DownloadPlan:
                     continue
             del self._queue[position]
             self._in_flight[piece] = {provider or ""}
+            if now is not None:
+                self._handed_at[piece] = now
             return piece
         return None
 
-    def endgame_piece(self, provider: str) -> Piece | None:
+    def endgame_piece(self, provider: str, now: float | None = None, min_age: float = 0.0) -> Piece | None:
         """With nothing left to hand out, ask for a piece another provider is still fetching, so that
-        one slow provider cannot hold up the end. The first copy to arrive is used."""
+        one slow provider cannot hold up the end. The first copy to arrive is used. Only pieces in
+        flight for at least ``min_age`` seconds qualify: duplicating a piece that is about to land
+        anyway only wastes bandwidth."""
         if self._queue:
             return None
         candidates = [
             (len(fetchers), piece)
             for piece, fetchers in self._in_flight.items()
-            if provider not in fetchers and not self._chunks[piece.chunk].pinned
+            if provider not in fetchers
+            and not self._chunks[piece.chunk].pinned
+            and (now is None or now - self._handed_at.get(piece, now) >= min_age)
         ]
         if not candidates:
             return None
@@ -170,6 +186,7 @@ class DownloadPlan:
             return  # another provider is still fetching it
         del self._in_flight[piece]
         self._writers.pop(piece, None)
+        self._handed_at.pop(piece, None)
         self._chunks[piece.chunk].owner = None
         self._queue.appendleft(piece)
 
@@ -179,11 +196,24 @@ class DownloadPlan:
             return None  # a second copy (endgame), or one asked for before a requeue
         del self._in_flight[piece]
         self._writers.pop(piece, None)
+        self._handed_at.pop(piece, None)
         chunk = self._chunks[piece.chunk]
         chunk.providers.add(provider)
+        chunk.sources[(piece.start, piece.end)] = provider
         chunk.waiting -= 1
         self.bytes_received += piece.size
         return piece.chunk if chunk.waiting == 0 else None
+
+    def piece_sources(self, index: int) -> dict[tuple[int, int], str]:
+        """Which provider sent each piece (byte range) of a complete chunk."""
+        return dict(self._chunks[index].sources)
+
+    def ban(self, provider: str) -> bool:
+        """Drop a provider found lying by other means; False if it already was."""
+        if provider in self.banned:
+            return False
+        self.banned.add(provider)
+        return True
 
     def chunk_verified(self, index: int) -> None:
         self._mark_verified(index)
