@@ -57,6 +57,7 @@ class Transfers:
         settle_at = time.monotonic() + min(timeout, SETTLE_TIME)
         asked: set[str] = set()
         pending: set[asyncio.Future[Any]] = set()
+        found_any = False
         try:
             while True:
                 for session in self.network.channel_peers():
@@ -67,8 +68,10 @@ class Transfers:
                 now = time.monotonic()
                 if now >= deadline:
                     return
-                if not pending and now >= settle_at and not self.network.connecting and not self.network.dialing:
-                    return
+                if not pending and (
+                    found_any or (now >= settle_at and not self.network.connecting and not self.network.dialing)
+                ):
+                    return  # every peer answered: with a provider in hand, or with nobody else coming
                 self.network.peer_added.clear()
                 waiter: asyncio.Future[Any] = asyncio.ensure_future(self.network.peer_added.wait())
                 # Also look again now and then: a connected peer may start sharing a channel.
@@ -83,6 +86,7 @@ class Transfers:
                     pending.discard(task)
                     provider = task.result()
                     if provider is not None:
+                        found_any = True
                         yield provider
         finally:
             for task in pending:
