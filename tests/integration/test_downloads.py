@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import pytest
+from helpers import wait_until
 
 from kachery_p2p.daemon.endpoint import Link, LinkClosed, QuicEndpoint
 from kachery_p2p.daemon.session import PeerSession
@@ -85,15 +86,6 @@ def expect(condition: object, message: str) -> None:
 # ---- helpers -------------------------------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def node_info(daemon: Daemon) -> dict[str, Any]:

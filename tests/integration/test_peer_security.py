@@ -12,13 +12,13 @@ import hashlib
 import json
 import os
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
+from helpers import peer_entry, udp_port, wait_until
 
 from kachery_p2p.daemon.endpoint import Link, LinkClosed, QuicEndpoint
 from kachery_p2p.daemon.session import FrameCollector, PeerSession
@@ -58,28 +58,10 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{os.urandom(6).hex()}"
 
 
-def udp_port(daemon: Daemon) -> int:
-    result = daemon.run("node-info", "--json")
-    assert result.returncode == 0, result.stderr
-    return int(json.loads(result.stdout)["udpPort"])
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
-def peer_entry(daemon: Daemon, node_id: str) -> dict[str, Any] | None:
-    for peer in daemon.api("get_peers"):
-        if peer.get("nodeId") == node_id:
-            return dict(peer)
-    return None
 
 
 def wait_for_peer(

@@ -12,11 +12,12 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from helpers import peer_entry, udp_port, wait_until
 
 CHUNK = 20_000_000
 CONNECT_TIMEOUT = 30.0
@@ -49,12 +50,6 @@ def unique_channel(prefix: str = "ch") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def udp_port(daemon: Daemon) -> int:
-    result = daemon.run("node-info", "--json")
-    assert result.returncode == 0, result.stderr
-    port = json.loads(result.stdout)["udpPort"]
-    assert isinstance(port, int) and port > 0
-    return port
 
 
 def bootstrap_args(*daemons: Daemon) -> list[str]:
@@ -64,23 +59,8 @@ def bootstrap_args(*daemons: Daemon) -> list[str]:
     return args
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
-def peer_entry(daemon: Daemon, node_id: str) -> dict[str, Any] | None:
-    for peer in daemon.api("get_peers"):
-        if peer.get("nodeId") == node_id:
-            return dict(peer)
-    return None
 
 
 def wait_for_channel_peer(
