@@ -238,9 +238,6 @@ class Link:
             return
         self.transmit_soon()
 
-    def forget_stream(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
-
     async def ping(self) -> None:
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._pings[id(waiter)] = waiter

@@ -40,10 +40,6 @@ DIAL_TIMEOUT = 10.0
 STEP_IN_AFTER = 0.5
 
 
-def build_network(node: Node) -> PeerNetwork:
-    return PeerNetwork(node)
-
-
 class PeerNetwork:
     def __init__(self, node: Node) -> None:
         self.node = node

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 
+from ..channels import rendezvous
 from ..relay.frames import decode_probe, encode_probe
 from .endpoint import Address, QuicEndpoint
 
@@ -24,11 +25,9 @@ PUNCH_DURATION = 4.0
 
 
 def parse_candidate(text: str) -> Address | None:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return None
+    """A candidate address from a peer or relay, or None when it is not a usable unicast address."""
     try:
-        return host.strip("[]"), int(port)
+        return rendezvous.parse_candidate(text)
     except ValueError:
         return None
 

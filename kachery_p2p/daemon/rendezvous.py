@@ -21,7 +21,7 @@ from ..quic import messages
 from ..quic.identity import short_node_id
 from .endpoint import LinkClosed
 from .paths import RelayPath, relay_stable_address
-from .punch import PunchManager, parse_candidate
+from .punch import PunchManager
 
 if TYPE_CHECKING:
     from .network import PeerNetwork
@@ -129,6 +129,3 @@ class RelayClient:
         self.network.spawn(self.network.punch.punch(request.token, request.source, list(request.candidates)))
         return {"ok": True, "candidates": self.network.candidates()[:8]}
 
-
-def candidate_addresses(texts: list[str]) -> list[tuple[str, int]]:
-    return [a for a in (parse_candidate(t) for t in texts) if a is not None]
