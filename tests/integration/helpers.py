@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -10,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 T = TypeVar("T")
+L = TypeVar("L", bound="LoopThread")
 
 
 class RunsCommands(Protocol):
@@ -44,3 +47,60 @@ def peer_entry(daemon: RunsCommands, node_id: str) -> dict[str, Any] | None:
         if peer.get("nodeId") == node_id:
             return dict(peer)
     return None
+
+
+class LoopThread:
+    """In-process peers on their own event loop in a thread, as a context manager: entering starts the
+    thread and waits until ``open()`` has bound their endpoints; leaving stops the loop and joins.
+
+    Subclasses implement ``open()`` (returning the endpoints to close at the end) and may keep tasks
+    they start in ``self._tasks`` (cancelled at the end)."""
+
+    timeout = 10.0
+
+    def __init__(self, name: str) -> None:
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
+        self._name = name
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    async def open(self) -> list[Any]:
+        raise NotImplementedError
+
+    def __enter__(self: L) -> L:
+        self._thread.start()
+        assert self._ready.wait(self.timeout), f"{self._name} did not start"
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(self.timeout)
+        assert not self._thread.is_alive(), f"{self._name} did not stop"
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to the test thread
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        endpoints: list[Any] = []
+        try:
+            endpoints = await self.open()
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            for endpoint in endpoints:
+                endpoint.close()
+            await asyncio.sleep(0)

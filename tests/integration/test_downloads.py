@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import pytest
-from helpers import wait_until
+from helpers import LoopThread, wait_until
 
 from kachery_p2p.daemon.endpoint import Link, LinkClosed, QuicEndpoint
 from kachery_p2p.daemon.session import PeerSession
@@ -463,7 +463,7 @@ Handler = Callable[[messages.Request], Awaitable[Reply]]
 BLOCK = 64 * 1024
 
 
-class ScriptedPeers:
+class ScriptedPeers(LoopThread):
     """Peers in this process that a daemon dials, each with its own identity and UDP port on 127.0.0.1, all
     on one event loop in one thread, so what one serves can wait for what another has served.
 
@@ -476,12 +476,7 @@ class ScriptedPeers:
         self.handlers = handlers
         self.identities = {label: NodeIdentity.generate() for label in handlers}
         self.ports: dict[str, int] = {}
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="scripted-peers", daemon=True)
+        super().__init__("the scripted peers")
 
     def node_id(self, label: str) -> str:
         return self.identities[label].node_id
@@ -492,43 +487,13 @@ class ScriptedPeers:
             args += ["--bootstrap", f"{self.node_id(label)}@127.0.0.1:{self.ports[label]}"]
         return args
 
-    def __enter__(self) -> ScriptedPeers:
-        self._thread.start()
-        assert self._ready.wait(10.0), "the scripted peers did not start"
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10.0)
-        assert not self._thread.is_alive(), "the scripted peers did not stop"
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to the test thread
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    async def open(self) -> list[Any]:
         endpoints = []
-        try:
-            for label in self.handlers:
-                endpoint = QuicEndpoint(self.identities[label], on_incoming=self._incoming(label))
-                endpoints.append(endpoint)
-                self.ports[label] = (await endpoint.open("127.0.0.1", 0))[1]
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            for endpoint in endpoints:
-                endpoint.close()
-            await asyncio.sleep(0)
+        for label in self.handlers:
+            endpoint = QuicEndpoint(self.identities[label], on_incoming=self._incoming(label))
+            endpoints.append(endpoint)
+            self.ports[label] = (await endpoint.open("127.0.0.1", 0))[1]
+        return endpoints
 
     def _incoming(self, label: str) -> Callable[[Link], None]:
         handler = self.handlers[label]

@@ -11,14 +11,13 @@ import asyncio
 import hashlib
 import json
 import os
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
-from helpers import peer_entry, udp_port, wait_until
+from helpers import LoopThread, peer_entry, udp_port, wait_until
 
 from kachery_p2p.daemon.endpoint import Link, LinkClosed, QuicEndpoint
 from kachery_p2p.daemon.session import FrameCollector, PeerSession
@@ -474,7 +473,7 @@ async def _garbage(length: int) -> AsyncIterator[bytes]:
         length -= block
 
 
-class ThreadedPeer:
+class ThreadedPeer(LoopThread):
     """A peer in this process (its own thread and event loop) that daemons can dial.
 
     It authenticates like a daemon (PeerSession, server side) and answers with ``handler``; by default
@@ -488,46 +487,12 @@ class ThreadedPeer:
         self.label = label
         self.port = 0
         self.requests: list[messages.Request] = []
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="threaded-peer", daemon=True)
+        super().__init__("the in-process peer")
 
-    def __enter__(self) -> ThreadedPeer:
-        self._thread.start()
-        assert self._ready.wait(STEP_TIMEOUT), "the in-process peer did not start"
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(STEP_TIMEOUT)
-        assert not self._thread.is_alive(), "the in-process peer did not stop"
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to the test thread
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    async def open(self) -> list[Any]:
         endpoint = QuicEndpoint(self.identity, on_incoming=self._on_incoming)
         self.port = (await endpoint.open("127.0.0.1", 0))[1]
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            endpoint.close()
-            await asyncio.sleep(0)
+        return [endpoint]
 
     def _on_incoming(self, link: Link) -> None:
         session = PeerSession(link, self.identity, self.label, lambda: list(self.channels), self.handle)
