@@ -23,6 +23,7 @@ from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
 from .control import make_app
+from .control_guard import GuardedSite
 from .files import read_file_range
 from .lock import write_secret_file
 
@@ -71,7 +72,7 @@ class Node:
         app = make_app(self, token)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port, reuse_address=True)
+        site = GuardedSite(self._runner, self.config.api_host, self.config.api_port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
