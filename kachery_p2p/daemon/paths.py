@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
+from ..peering.policy import PathKind
 from ..relay.frames import MAX_PAYLOAD, to_relay_header
 from .sysnet import route_mtu
 
@@ -40,7 +41,7 @@ def datagram_size_for(addr: Address) -> int:
 class Path:
     """Where a link's datagrams go: straight to a UDP address, or wrapped for a relay."""
 
-    kind = "direct"
+    kind: PathKind = "direct"
 
     def __init__(self, addr: Address) -> None:
         self.addr = addr
@@ -56,7 +57,7 @@ class Path:
 class RelayPath(Path):
     """Through a relay: the relay copies our end-to-end encrypted QUIC packets to the peer."""
 
-    kind = "relayed"
+    kind: PathKind = "relayed"
 
     def __init__(self, relay_addr: Address, peer_node_id: str) -> None:
         super().__init__(relay_addr)

@@ -7,10 +7,10 @@ may use; what goes over them is dropped and counted, never a crash.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import RemoteProtocolError
 from ..ids import format_address
@@ -20,10 +20,9 @@ from ..relay.frames import DatagramKind, decode_relay_frame, encode_from_relay
 from ..relay.limits import ForwardingPolicy, RelayLimits
 from ..relay.registry import Registry
 from .endpoint import Address
+from .session import PeerSession
 
-if TYPE_CHECKING:
-    from .network import PeerNetwork
-    from .session import PeerSession
+Send = Callable[[bytes, Address], None]
 
 log = logging.getLogger("kachery_p2p.relay")
 
@@ -31,8 +30,9 @@ PUNCH_REQUEST_TIMEOUT = 5.0
 
 
 class RelayService:
-    def __init__(self, network: PeerNetwork, limits: RelayLimits) -> None:
-        self.network = network
+    def __init__(self, limits: RelayLimits, send: Send, session_for: Callable[[str], PeerSession | None]) -> None:
+        self.send = send
+        self.session_for = session_for
         self.limits = limits
         self.registry = Registry(max_nodes=limits.max_registrations)
         self.policy = ForwardingPolicy(limits)
@@ -52,7 +52,7 @@ class RelayService:
         self._addr_by_node[session.node_id] = addr
 
     def session_closed(self, session: PeerSession) -> None:
-        if session.node_id is None or self.network.session_for(session.node_id) is not None:
+        if session.node_id is None or self.session_for(session.node_id) is not None:
             return
         addr = self._addr_by_node.pop(session.node_id, None)
         if addr is not None:
@@ -73,7 +73,7 @@ class RelayService:
             peers = self.registry.lookup(list(request.rendezvous_ids), session.node_id, now)
             return {"ok": True, "peers": peers}, None
         if isinstance(request, messages.Connect):
-            target = self.network.session_for(request.target)
+            target = self.session_for(request.target)
             target_addr = self._addr_by_node.get(request.target)
             if target is None or target_addr is None:
                 raise RemoteProtocolError("that node is not connected to this relay", code="not_found")
@@ -90,9 +90,6 @@ class RelayService:
 
     # -- datagrams on the shared socket ------------------------------------------------------------
     def datagram_received(self, kind: DatagramKind, data: bytes, addr: Address) -> None:
-        transport = self.network.endpoint.transport
-        if transport is None:
-            return
         if kind == "stun":
             try:
                 message = stun.StunMessage.parse(data)
@@ -100,11 +97,11 @@ class RelayService:
                 return
             if message.message_type == stun.BINDING_REQUEST:
                 self.stats["stun"] += 1
-                transport.sendto(stun.binding_success(message.transaction_id, addr), addr)
+                self.send(stun.binding_success(message.transaction_id, addr), addr)
         elif kind == "relay":
-            self._forward(data, addr, transport)
+            self._forward(data, addr)
 
-    def _forward(self, data: bytes, addr: Address, transport: asyncio.DatagramTransport) -> None:
+    def _forward(self, data: bytes, addr: Address) -> None:
         source = self._node_by_addr.get(addr)
         if source is None:
             self.stats["dropped"] += 1
@@ -124,7 +121,7 @@ class RelayService:
             key = f"refused: {reason}"
             self.stats[key] = self.stats.get(key, 0) + 1
             return
-        transport.sendto(encode_from_relay(source, frame.payload), target_addr)
+        self.send(encode_from_relay(source, frame.payload), target_addr)
         self.stats["forwarded"] += 1
         self.stats["forwarded_bytes"] += len(frame.payload)
 
