@@ -21,7 +21,7 @@ from ..peering.policy import DIAL_TIMEOUT, Backoff, ConnectPolicy, ConnectViaRel
 from ..quic import messages
 from ..quic.identity import short_node_id
 from .endpoint import Link, LinkClosed, QuicEndpoint
-from .paths import RelayPath, relay_stable_address
+from .paths import PeerPath, relay_stable_address
 from .peers import PeerTable
 from .punch import PunchManager
 from .rendezvous import RelayClient
@@ -94,7 +94,8 @@ class Connector:
         try:
             await work
         finally:
-            self.policy.attempt_done(node_id)
+            self.policy.attempt_done(node_id, time.monotonic())
+            self._pump()
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -138,10 +139,13 @@ class Connector:
         if client is None or client.session.link.is_closed:
             return
         node_id = decision.node_id
+        current = self.peers.session_for(node_id)
+        if not decision.relayed and current is not None and current.link.path.kind == "direct":
+            return  # a punch retry for a connection that is direct by now
         relayed = asyncio.ensure_future(self.dial_relayed(client, node_id)) if decision.relayed else None
         try:
             if decision.punch:
-                await self.punch_and_dial(client, node_id)
+                await self.punch_and_dial(client, node_id, relayed_under_way=relayed is not None)
         except ATTEMPT_ERRORS as exc:
             log.info("direct connection to %s failed: %s", short_node_id(node_id), exc)
         if relayed is not None:
@@ -153,28 +157,39 @@ class Connector:
     async def dial_relayed(self, client: RelayClient, node_id: str) -> PeerSession:
         self.endpoint.relays.add(client.relay_addr)
         link = self.endpoint.connect(
-            relay_stable_address(client.relay_addr, node_id), RelayPath(client.relay_addr, node_id)
+            relay_stable_address(client.relay_addr, node_id), PeerPath(client.relay_addr, node_id)
         )
         session = self.new_session(link, node_id)
         await session.authenticate()
         self.register(session)
         return session
 
-    async def punch_and_dial(self, client: RelayClient, node_id: str) -> PeerSession | None:
+    async def punch_and_dial(
+        self, client: RelayClient, node_id: str, relayed_under_way: bool = False
+    ) -> PeerSession | None:
         token = PunchManager.new_token()
         reply, _ = await client.session.request(
             {"op": "connect", "target": node_id, "token": token, "candidates": self.candidates()[:8]},
             timeout=10,
         )
         theirs = list(messages.parse_candidates(messages.check_ok(reply).get("candidates", [])))
-        addr = await self.punch.punch(token, node_id, theirs)
-        if addr is None:
+        result = await self.punch.punch(token, node_id, theirs)
+        if result.address is None:
             log.info("hole punch to %s failed; staying relayed", short_node_id(node_id))
             return None
-        return await self.dial(addr[0], addr[1], node_id)
+        if result.confirmed and (self.endpoint.has_peer_path(node_id) or relayed_under_way):
+            # The relayed connection moves onto the direct path: no new handshake, streams go on.
+            self.endpoint.direct_found(node_id, result.address)
+            return None
+        return await self.dial(result.address[0], result.address[1], node_id)
 
     def answer_punch(self, request: messages.Punch) -> dict[str, Any]:
         """A relay asks us to punch towards a peer that wants to connect."""
         # Probing starts now, before we answer: the initiator starts when our answer reaches it.
-        self.tasks.spawn(self.punch.punch(request.token, request.source, list(request.candidates)))
+        self.tasks.spawn(self._answer_punch(request))
         return {"ok": True, "candidates": self.candidates()[:8]}
+
+    async def _answer_punch(self, request: messages.Punch) -> None:
+        result = await self.punch.punch(request.token, request.source, list(request.candidates))
+        if result.address is not None and result.confirmed:
+            self.endpoint.direct_found(request.source, result.address)

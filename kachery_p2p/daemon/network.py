@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..channels.membership import rendezvous_id
 from ..config import DaemonConfig
 from ..errors import RemoteProtocolError
 from ..ids import FileUri, format_address
-from ..peering.policy import ConnectPolicy, keepalive_due
+from ..peering.policy import RETRY_DIRECT_SEC, ConnectPolicy, keepalive_due
 from ..quic import messages
 from ..quic.identity import NodeIdentity, short_node_id
 from ..relay.frames import DatagramKind
@@ -66,7 +67,7 @@ class PeerNetwork:
         )
         self.connector = Connector(
             self.endpoint, self.new_session, self.register, self.peers, self.punch, self.candidates, self.tasks,
-            ConnectPolicy(identity.node_id, config.hole_punching),
+            ConnectPolicy(identity.node_id, config.hole_punching, _retry_direct_sec()),
         )
         self.relay_clients: dict[str, RelayClient] = {}
         self.transfers = Transfers(store, self.peers)
@@ -261,6 +262,14 @@ class PeerNetwork:
         self, uri: FileUri, start: int, end: int | None, timeout: float | None
     ) -> tuple[int, AsyncIterator[bytes]]:
         return await self.transfers.read_remote_range(uri, start, end, timeout)
+
+
+def _retry_direct_sec() -> float:
+    """How often a relayed peer is punched again; KACHERY_P2P_RETRY_DIRECT_SEC (>= 1) shortens it in tests."""
+    try:
+        return max(1.0, float(os.environ.get("KACHERY_P2P_RETRY_DIRECT_SEC", RETRY_DIRECT_SEC)))
+    except ValueError:
+        return RETRY_DIRECT_SEC
 
 
 async def _quiet(awaitable: Awaitable[Any]) -> None:

@@ -11,8 +11,9 @@ Rules:
   RELAY_STEP_IN_AFTER for peers seen through a relay (lookups run every few seconds),
   LAN_STEP_IN_AFTER for LAN announcements.
 - A peer seen through a relay gets a relayed connection at once (the first byte does not wait for a
-  hole punch) and, with hole punching on, a punch; a peer that stays relayed is punched again every
-  RETRY_DIRECT_SEC.
+  hole punch) and, with hole punching on, a punch; while a session with it exists the policy asks
+  for another punch every RETRY_DIRECT_SEC (the connector skips it when the connection is direct by
+  then), so a connection that fell back to the relay goes direct again when it can.
 - At most one attempt per peer runs at a time (``connecting``).
 - Sessions are ranked direct before relayed; then both sides prefer the one dialed by the smaller id.
 - Bootstrap peers (relays) are dialed forever with exponential backoff (``Backoff``).
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Literal
+
+from .path import PathKind
 
 RELAY_STEP_IN_AFTER = 0.5
 LAN_STEP_IN_AFTER = 2.0
@@ -32,7 +34,6 @@ DIAL_TIMEOUT = 10.0
 FIRST_RETRY = 1.0
 MAX_RETRY = 30.0
 
-PathKind = Literal["direct", "relayed"]
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,17 @@ class Backoff:
 class ConnectPolicy:
     """Decides when to connect to peers found through relays and on the LAN."""
 
-    def __init__(self, my_node_id: str, hole_punching: bool = True) -> None:
+    def __init__(self, my_node_id: str, hole_punching: bool = True, retry_direct: float = RETRY_DIRECT_SEC) -> None:
         self.my_node_id = my_node_id
         self.hole_punching = hole_punching
+        self.retry_direct = retry_direct
         self.connecting: set[str] = set()
         self._last_punch: dict[str, float] = {}
         self._timers: list[tuple[float, int, Decision]] = []
         self._seq = 0
         self._events: list[Decision] = []
         self._paths: dict[str, PathKind | None] = {}
+        self._started: dict[str, Decision] = {}
 
     # -- what the node sees --------------------------------------------------------------------
     def session_changed(self, node_id: str, best_path: PathKind | None) -> None:
@@ -130,7 +133,7 @@ class ConnectPolicy:
         if current is not None:
             if current == "direct" or not self.hole_punching:
                 return
-            if now - self._last_punch.get(node_id, -RETRY_DIRECT_SEC) < RETRY_DIRECT_SEC:
+            if now - self._last_punch.get(node_id, -self.retry_direct) < self.retry_direct:
                 return
         self._start(ConnectViaRelay(node_id, relayed=current is None, punch=self.hole_punching), now)
 
@@ -145,9 +148,12 @@ class ConnectPolicy:
         else:
             self._schedule(now + LAN_STEP_IN_AFTER, decision)
 
-    def attempt_done(self, node_id: str) -> None:
+    def attempt_done(self, node_id: str, now: float) -> None:
         """The attempt a decision started has ended (whatever its outcome)."""
         self.connecting.discard(node_id)
+        started = self._started.pop(node_id, None)
+        if isinstance(started, ConnectViaRelay) and self.hole_punching:
+            self._schedule(now + self.retry_direct, ConnectViaRelay(node_id, relayed=False, punch=True))
 
     # -- sans-IO plumbing ----------------------------------------------------------------------
     def get_timer(self) -> float | None:
@@ -156,9 +162,16 @@ class ConnectPolicy:
     def handle_timer(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
             _, _, decision = heapq.heappop(self._timers)
+            node_id = decision.node_id
+            connected = node_id in self._paths
+            if isinstance(decision, ConnectViaRelay) and not decision.relayed:
+                # A punch retry: only for a peer we still have a session with, one attempt at a time.
+                if connected and node_id not in self.connecting:
+                    self._start(decision, now)
+                continue
             # Step in only if the peer has not connected to us meanwhile.
-            self.connecting.discard(decision.node_id)
-            if self._paths.get(decision.node_id) is None:
+            self.connecting.discard(node_id)
+            if not connected:
                 self._start(decision, now)
 
     def next_event(self) -> Decision | None:
@@ -170,6 +183,7 @@ class ConnectPolicy:
 
     def _start(self, decision: Decision, now: float) -> None:
         self.connecting.add(decision.node_id)
+        self._started[decision.node_id] = decision
         if isinstance(decision, ConnectViaRelay) and decision.punch:
             self._last_punch[decision.node_id] = now
         self._events.append(decision)

@@ -31,8 +31,23 @@ def test_the_smaller_id_connects_at_once_relayed_and_punching() -> None:
     assert drain(policy) == [ConnectViaRelay(BIG, relayed=True, punch=True)]
     policy.relay_peer_seen(BIG, now=0.1)  # an attempt is under way: nothing more
     assert drain(policy) == [] and BIG in policy.connecting
-    policy.attempt_done(BIG)
+    policy.attempt_done(BIG, now=1.0)
     assert not policy.connecting
+
+
+def test_a_peer_with_a_session_is_punched_again_by_timer_until_the_session_ends() -> None:
+    policy = ConnectPolicy(SMALL, retry_direct=5.0)
+    policy.relay_peer_seen(BIG, now=0.0)
+    drain(policy)
+    policy.session_changed(BIG, "relayed")
+    policy.attempt_done(BIG, now=1.0)
+    assert policy.get_timer() == 6.0
+    policy.handle_timer(6.0)
+    assert drain(policy) == [ConnectViaRelay(BIG, relayed=False, punch=True)]
+    policy.attempt_done(BIG, now=7.0)
+    policy.session_changed(BIG, None)  # gone: the retry does nothing
+    policy.handle_timer(12.0)
+    assert drain(policy) == [] and policy.get_timer() is None
 
 
 def test_the_bigger_id_steps_in_only_if_nothing_connected() -> None:
@@ -55,12 +70,12 @@ def test_a_relayed_peer_is_punched_again_after_the_retry_interval() -> None:
     policy.session_changed(BIG, "relayed")
     policy.relay_peer_seen(BIG, now=0.0)
     assert drain(policy) == [ConnectViaRelay(BIG, relayed=False, punch=True)]
-    policy.attempt_done(BIG)
+    policy.attempt_done(BIG, now=0.0)
     policy.relay_peer_seen(BIG, now=RETRY_DIRECT_SEC - 1)
     assert drain(policy) == []
     policy.relay_peer_seen(BIG, now=RETRY_DIRECT_SEC + 1)
     assert drain(policy) == [ConnectViaRelay(BIG, relayed=False, punch=True)]
-    policy.attempt_done(BIG)
+    policy.attempt_done(BIG, now=RETRY_DIRECT_SEC + 1)
     policy.session_changed(BIG, "direct")
     policy.relay_peer_seen(BIG, now=10 * RETRY_DIRECT_SEC)
     assert drain(policy) == []
@@ -70,7 +85,8 @@ def test_without_hole_punching_a_relayed_peer_stays_relayed() -> None:
     policy = ConnectPolicy(SMALL, hole_punching=False)
     policy.relay_peer_seen(BIG, now=0.0)
     assert drain(policy) == [ConnectViaRelay(BIG, relayed=True, punch=False)]
-    policy.attempt_done(BIG)
+    policy.attempt_done(BIG, now=0.0)
+    assert policy.get_timer() is None
     policy.session_changed(BIG, "relayed")
     policy.relay_peer_seen(BIG, now=1000.0)
     assert drain(policy) == []
