@@ -26,6 +26,7 @@ from ..errors import (
     VerificationError,
 )
 from ..ids import FileUri
+from .control_api import add_api_routes
 
 log = logging.getLogger("kachery_p2p.control")
 
@@ -119,6 +120,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app.router.add_post("/find", routes.find)
     app.router.add_post("/read", routes.read)
     app.router.add_post("/halt", routes.halt)
+    add_api_routes(app, service)  # /link and /mutables/* (control_api.py)
     return app
 
 

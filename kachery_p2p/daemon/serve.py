@@ -13,7 +13,9 @@ from ..errors import RemoteProtocolError
 from ..ids import FileUri
 from ..quic import messages
 from ..store import CHUNK_SIZE, ContentStore, ManifestBuilder
+from ..store.links import LinkedChunks
 from .files import read_file_range
+from .linked_serve import verified_linked_range
 
 if TYPE_CHECKING:
     from .session import PeerSession
@@ -32,6 +34,7 @@ class FileServer:
         self._manifest_cache_size = manifest_cache_size
         self._manifest_locks: dict[str, asyncio.Lock] = {}
         self.bytes_served = 0
+        self.linked = LinkedChunks(store)
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
         # Checked where the request is served: a peer that shares no channel gets nothing.
@@ -48,10 +51,12 @@ class FileServer:
             size = path.stat().st_size
             if request.end > size:
                 raise RemoteProtocolError(f"range ends at {request.end}, after the file's end {size}")
+            if path != self.store.content_path(request.sha1):  # a linked file: each chunk re-hashed first
+                body = await verified_linked_range(self.linked, request.sha1, request.start, request.end)
+            else:
+                body = read_file_range(path, request.start, request.end)
             self.bytes_served += request.end - request.start
-            return {"ok": True, "length": request.end - request.start}, read_file_range(
-                path, request.start, request.end
-            )
+            return {"ok": True, "length": request.end - request.start}, body
         raise RemoteProtocolError("unsupported request")
 
     async def _path(self, sha1: str) -> Path:
