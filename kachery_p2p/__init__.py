@@ -30,7 +30,7 @@ from .client.api import (
     store_json,
     store_text,
 )
-from .client.local import experimental_config as _experimental_config
+from .client.local import experimental_config as _experimental_config  # noqa: F401 - the original exported it
 from .client.mutables import delete, get, get_string, set
 from .client.objects import (
     TemporaryDirectory,
