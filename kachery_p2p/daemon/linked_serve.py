@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 from ..errors import KacheryP2PError, RemoteProtocolError
 from ..store.links import LinkedChunks
+
+log = logging.getLogger("kachery_p2p.serve")
 
 
 async def verified_linked_range(chunks: LinkedChunks, sha1: str, start: int, end: int) -> AsyncIterator[bytes]:
@@ -17,8 +20,9 @@ async def verified_linked_range(chunks: LinkedChunks, sha1: str, start: int, end
     blocks = chunks.read_range(sha1, start, end)
     try:
         first = await asyncio.to_thread(next, blocks, None)
-    except KacheryP2PError as exc:
-        raise RemoteProtocolError(f"not serving {sha1}: {exc}", code="not_found") from None
+    except KacheryP2PError as exc:  # the reason (with our local path) stays in our log
+        log.warning("not serving linked %s: %s", sha1, exc)
+        raise RemoteProtocolError(f"not serving {sha1}: our linked copy changed", code="not_found") from None
     return _rest(first, blocks)
 
 
