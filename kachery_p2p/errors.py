@@ -91,3 +91,7 @@ class RemoteProtocolError(KacheryP2PError):
 
 class LocalProtocolError(KacheryP2PError):
     """We used a protocol object in a way it does not allow (a bug in kachery-p2p)."""
+
+
+class TransferCancelledError(KacheryP2PError):
+    """The owner cancelled a download (``kachery-p2p-cancel`` or the dashboard); its verified chunks are kept."""

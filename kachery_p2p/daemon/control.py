@@ -26,6 +26,7 @@ from ..errors import (
     VerificationError,
 )
 from ..ids import FileUri
+from .control_ui import add_ui_routes
 
 log = logging.getLogger("kachery_p2p.control")
 
@@ -119,6 +120,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app.router.add_post("/find", routes.find)
     app.router.add_post("/read", routes.read)
     app.router.add_post("/halt", routes.halt)
+    add_ui_routes(app, service)  # store listing, transfers, dashboard (control_ui.py)
     return app
 
 
