@@ -26,11 +26,13 @@ from ..errors import (
     VerificationError,
 )
 from ..ids import FileUri
+from . import control_guard
 from .control_ui import add_ui_routes
 
 log = logging.getLogger("kachery_p2p.control")
 
 MAX_JSON_BODY = 64 * 1024
+MAX_TIMEOUT_SEC = 30 * 24 * 3600.0
 
 
 class NodeService(Protocol):
@@ -107,6 +109,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
             return error_response(500, "error", f"internal error: {exc}")
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_JSON_BODY)
+    control_guard.install(app)  # Host check, connection cap, header timeouts (before the token check)
     routes = _Routes(service)
     app.router.add_get("/probe", routes.probe)
     app.router.add_get("/node-info", routes.node_info)
@@ -126,7 +129,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
 
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
-        data = await request.json()
+        data = await request.json(loads=control_guard.loads_strict)
     except (ValueError, UnicodeDecodeError):
         raise UsageError("request body is not JSON") from None
     if not isinstance(data, dict):
@@ -138,9 +141,7 @@ def _opt_number(data: dict[str, Any], key: str) -> float | None:
     value = data.get(key)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise UsageError(f"{key} must be a non-negative number")
-    return float(value)
+    return control_guard.number_in_range(value, key, 0, MAX_TIMEOUT_SEC)
 
 
 def _opt_int(data: dict[str, Any], key: str) -> int | None:
