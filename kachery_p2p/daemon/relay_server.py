@@ -94,13 +94,10 @@ class RelayService:
         if transport is None:
             return
         if kind == "stun":
-            try:
-                message = stun.StunMessage.parse(data)
-            except ValueError:
-                return
-            if message.message_type == stun.BINDING_REQUEST:
+            answer = stun.binding_answer(data, addr)  # Binding requests of sane size only
+            if answer is not None:
                 self.stats["stun"] += 1
-                transport.sendto(stun.binding_success(message.transaction_id, addr), addr)
+                transport.sendto(answer, addr)
         elif kind == "relay":
             self._forward(data, addr, transport)
 
