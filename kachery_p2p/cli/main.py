@@ -43,6 +43,9 @@ def cli() -> None:
 @click.option("--relay-max-nodes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Relay mode: most nodes registered at once.")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
+@click.option("--auth-group", default=None, help="Unix group whose members may use this daemon (token file 0640).")
+@click.option("--api-host", default=None,
+              help="Also serve the control endpoint on this address over HTTPS (pinned certificate) for other hosts.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 def start_daemon_cmd(
     label: str,
@@ -59,6 +62,8 @@ def start_daemon_cmd(
     relay_max_peers: int,
     relay_max_nodes: int,
     public_address: str | None,
+    auth_group: str | None,
+    api_host: str | None,
     verbose: int,
 ) -> None:
     """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon)."""
@@ -84,6 +89,8 @@ def start_daemon_cmd(
         ),
         public_address=public_address,
         verbose=verbose,
+        auth_group=auth_group,
+        api_host=api_host,
     )
 
 
