@@ -27,6 +27,7 @@ from ..errors import (
 )
 from ..ids import FileUri
 from . import control_guard
+from .control_feeds import register_feed_routes
 
 log = logging.getLogger("kachery_p2p.control")
 
@@ -122,6 +123,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app.router.add_post("/find", routes.find)
     app.router.add_post("/read", routes.read)
     app.router.add_post("/halt", routes.halt)
+    register_feed_routes(app, service)
     return app
 
 
