@@ -39,7 +39,8 @@ def test_create_append_read_with_positions(daemon: Any) -> None:
     assert subfeed.get_next_messages(wait_msec=0) == []
     subfeed.set_position(1)
     assert subfeed.get_next_message(wait_msec=0) == {"n": 1}
-    assert subfeed.get_next_messages(wait_msec=0, max_num_messages=1, advance_position=False) == [{"n": 2, "text": "ünïcode"}]
+    peek = subfeed.get_next_messages(wait_msec=0, max_num_messages=1, advance_position=False)
+    assert peek == [{"n": 2, "text": "ünïcode"}]
     signed = kp.load_subfeed(subfeed.get_uri()).get_next_messages(wait_msec=0, signed=True)
     assert [m["body"]["messageNumber"] for m in signed] == [0, 1, 2]
     assert signed[1]["body"]["previousSignature"] == signed[0]["signature"]
