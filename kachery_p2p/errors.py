@@ -94,5 +94,9 @@ class LocalProtocolError(KacheryP2PError):
     """We used a protocol object in a way it does not allow (a bug in kachery-p2p)."""
 
 
+class TransferCancelledError(KacheryP2PError):
+    """The owner cancelled a download (``kachery-p2p-cancel`` or the dashboard); its verified chunks are kept."""
+
+
 class FeedPermissionError(KacheryP2PError, PermissionError):
     """A feed's owner refused a submitted message: this node is not in the subfeed's access rules."""
