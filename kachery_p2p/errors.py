@@ -98,5 +98,9 @@ class TransferCancelledError(KacheryP2PError):
     """The owner cancelled a download (``kachery-p2p-cancel`` or the dashboard); its verified chunks are kept."""
 
 
+class LoadFileError(NotFoundError):
+    """The original kachery-p2p's load error (its load_file returned None instead; so does ours)."""
+
+
 class FeedPermissionError(KacheryP2PError, PermissionError):
     """A feed's owner refused a submitted message: this node is not in the subfeed's access rules."""
