@@ -51,7 +51,7 @@ def check_api_host(host: str) -> str:
         raise ConfigError(f"--api-host needs an IP address of this machine, not {host!r}") from None
     if address.is_unspecified or str(address) == "127.0.0.1":
         raise ConfigError(
-            f"--api-host needs one specific address of this machine (the endpoint is on 127.0.0.1 already), not {host!r}"
+            f"--api-host needs one specific address of this machine (127.0.0.1 is served already), not {host!r}"
         )
     return str(address)
 
