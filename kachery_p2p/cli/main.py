@@ -13,6 +13,7 @@ from .. import __version__
 from ..config import PROTOCOL_VERSION
 from ..errors import DaemonNotRunningError, KacheryP2PError, NotFoundError
 from .errors import Command, Group
+from .link import link_cmd
 
 
 @click.group(cls=Group, help="Share kachery files between your computers (peer to peer, over QUIC).")
@@ -275,6 +276,7 @@ cli.add_command(store_cmd, "store-file")
 cli.add_command(load_cmd, "load-file")
 cli.add_command(cat_cmd, "cat-file")
 cli.add_command(find_cmd, "find-file")
+cli.add_command(link_cmd)  # kachery-p2p-link (cli/link.py)
 
 
 @cli.command("nat-check", cls=Command)
