@@ -38,11 +38,8 @@ class FileServer:
         # while a request for that sha1 is in progress (failed requests included).
         self._manifest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.bytes_served = 0
-<<<<<<< HEAD
         self.linked = LinkedChunks(store)
-=======
         self.on_range: RangeHook | None = None  # set by Transfers: uploads in progress
->>>>>>> main
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
         # Checked where the request is served: a peer that shares no channel gets nothing.
@@ -64,15 +61,10 @@ class FileServer:
             else:
                 body = read_file_range(path, request.start, request.end)
             self.bytes_served += request.end - request.start
-<<<<<<< HEAD
-            return {"ok": True, "length": request.end - request.start}, body
-=======
-            blocks = read_file_range(path, request.start, request.end)
             if self.on_range is not None:
                 peer, kind = session.node_id or "", session.link.path.kind
-                blocks = self.on_range(peer, session.label, kind, request.sha1, size, blocks)
-            return {"ok": True, "length": request.end - request.start}, blocks
->>>>>>> main
+                body = self.on_range(peer, session.label, kind, request.sha1, size, body)
+            return {"ok": True, "length": request.end - request.start}, body
         raise RemoteProtocolError("unsupported request")
 
     async def _path(self, sha1: str) -> Path:
