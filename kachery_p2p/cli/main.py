@@ -47,6 +47,10 @@ def cli() -> None:
 @click.option("--api-host", default=None,
               help="Also serve the control endpoint on this address over HTTPS (pinned certificate) for other hosts.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append the log here, not to stderr.")
+@click.option("--install-service", is_flag=True, help="Write a systemd unit running the daemon with these options "
+              "(user unit; system unit as root), enable and start it.")
+@click.option("--uninstall-service", is_flag=True, help="Stop, disable and remove that unit.")
 def start_daemon_cmd(
     label: str,
     udp_port: int | None,
@@ -65,8 +69,16 @@ def start_daemon_cmd(
     auth_group: str | None,
     api_host: str | None,
     verbose: int,
+    log_file: str | None,
+    install_service: bool,
+    uninstall_service: bool,
 ) -> None:
-    """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon)."""
+    """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon), or install it as a
+    systemd service (--install-service)."""
+    if install_service or uninstall_service:
+        from .service import run_service_flags
+
+        return run_service_flags(install_service, uninstall_service, relay_mode, verbose)
     from ..relay.limits import RelayLimits
     from .daemon_cmd import start_daemon
 
@@ -91,6 +103,7 @@ def start_daemon_cmd(
         verbose=verbose,
         auth_group=auth_group,
         api_host=api_host,
+        log_file=log_file,
     )
 
 
