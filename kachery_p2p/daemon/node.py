@@ -22,6 +22,7 @@ from ..errors import ConfigError, NotFoundError, StoreError, UsageError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
+from ..store.filestore import open_regular_file
 from .control import make_app
 from .control_guard import GuardedSite
 from .files import read_file_range
@@ -153,15 +154,14 @@ class Node:
     async def store_path(self, path: Path, name: str) -> dict[str, Any]:
         if not path.is_absolute():
             raise UsageError(f"store needs an absolute path, not {path}")
-        try:
-            fd = os.open(path, os.O_RDONLY)
+        try:  # off the loop, and never blocking on a FIFO (open_regular_file)
+            (await asyncio.to_thread(open_regular_file, path)).close()
         except PermissionError:
             return {"needUpload": True}
         except FileNotFoundError:
             raise UsageError(f"cannot read {path}: no such file") from None
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-        os.close(fd)
         stored = await asyncio.to_thread(self.store.store_file, path)
         return self._stored_reply(stored.sha1, stored.size, stored.manifest_sha1, name)
 

@@ -30,7 +30,9 @@ class FileServer:
         self.store = store
         self._manifests: OrderedDict[str, bytes] = OrderedDict()
         self._manifest_cache_size = manifest_cache_size
-        self._manifest_locks: dict[str, asyncio.Lock] = {}
+        # One lock per manifest being computed, with how many requests use it: an entry lives only
+        # while a request for that sha1 is in progress (failed requests included).
+        self._manifest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.bytes_served = 0
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
@@ -65,22 +67,32 @@ class FileServer:
         if cached is not None:
             self._manifests.move_to_end(sha1)
             return cached
-        lock = self._manifest_locks.setdefault(sha1, asyncio.Lock())
-        async with lock:
-            cached = self._manifests.get(sha1)
-            if cached is not None:
-                return cached
-            path = await self._path(sha1)
-            if path.stat().st_size <= CHUNK_SIZE:
-                raise RemoteProtocolError("the file is a single chunk and has no manifest", code="not_found")
-            data = await asyncio.to_thread(_compute_manifest, path, sha1)
-            if data is None:
-                raise RemoteProtocolError("our copy does not match its hash", code="not_found")
-            await asyncio.to_thread(self.store.store_bytes, data)
-            self._manifests[sha1] = data
-            while len(self._manifests) > self._manifest_cache_size:
-                self._manifests.popitem(last=False)
-        self._manifest_locks.pop(sha1, None)
+        lock, users = self._manifest_locks.get(sha1, (asyncio.Lock(), 0))
+        self._manifest_locks[sha1] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._compute_and_cache(sha1)
+        finally:
+            lock, users = self._manifest_locks[sha1]
+            if users == 1:
+                del self._manifest_locks[sha1]
+            else:
+                self._manifest_locks[sha1] = (lock, users - 1)
+
+    async def _compute_and_cache(self, sha1: str) -> bytes:
+        cached = self._manifests.get(sha1)
+        if cached is not None:
+            return cached
+        path = await self._path(sha1)
+        if path.stat().st_size <= CHUNK_SIZE:
+            raise RemoteProtocolError("the file is a single chunk and has no manifest", code="not_found")
+        data = await asyncio.to_thread(_compute_manifest, path, sha1)
+        if data is None:
+            raise RemoteProtocolError("our copy does not match its hash", code="not_found")
+        await asyncio.to_thread(self.store.store_bytes, data)
+        self._manifests[sha1] = data
+        while len(self._manifests) > self._manifest_cache_size:
+            self._manifests.popitem(last=False)
         return data
 
 

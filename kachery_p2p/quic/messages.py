@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RemoteProtocolError
+from ..ids import HEX64_RE
 
 ERROR_CODES = (
     "not_found",
@@ -41,7 +42,7 @@ ERROR_CODES = (
 MAX_PROOFS = 256
 MAX_LABEL = 64
 _HEX40 = re.compile(r"^[0-9a-f]{40}\Z")
-_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX64 = HEX64_RE
 _HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
 _HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 
@@ -63,7 +64,7 @@ def _uint(value: Any, name: str) -> int:
 
 
 def _hex(value: Any, pattern: re.Pattern[str], name: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise _bad(f"bad {name}")
     return value
 
