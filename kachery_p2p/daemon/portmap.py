@@ -74,8 +74,9 @@ class PortMapping:
     """Maps ``internal_port`` on the default gateway while the daemon runs; ``on_change`` gets each new address."""
 
     def __init__(self, internal_port: int, on_change: Callable[[Address | None], None] = lambda _a: None,
-                 gateway: str | None = None) -> None:
+                 gateway: str | None = None, protocols: tuple[str, ...] = ("pcp", "natpmp", "upnp")) -> None:
         self.internal_port = internal_port
+        self.protocols = protocols
         self.on_change = on_change
         self.gateway = gateway
         self.external: Address | None = None
@@ -97,9 +98,9 @@ class PortMapping:
             if self.gateway is None:
                 self.state = "no default gateway"
                 return
-            if await self._run_pcp_natpmp():
+            if any(p in self.protocols for p in ("pcp", "natpmp")) and await self._run_pcp_natpmp():
                 return
-            if not self._stopped:
+            if not self._stopped and "upnp" in self.protocols:
                 await self._run_upnp()
         except asyncio.CancelledError:
             raise
@@ -124,7 +125,9 @@ class PortMapping:
             return True
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        mapper = self._mapper = PortMapper(self.gateway, client_ip, self.internal_port, time.monotonic())
+        wanted = tuple(p for p in self.protocols if p in ("pcp", "natpmp"))
+        mapper = self._mapper = PortMapper(self.gateway, client_ip, self.internal_port, time.monotonic(),
+                                           protocols=wanted)
         transport, _ = await loop.create_datagram_endpoint(lambda: _GatewaySocket(mapper, wake), family=socket.AF_INET)
         self._transport = transport
         try:

@@ -155,13 +155,17 @@ class PortMapper:
     """One UDP mapping of ``internal_port`` on ``gateway``, kept alive until ``stop``."""
 
     def __init__(self, gateway: str, client_ip: str, internal_port: int, now: float,
-                 lifetime: int = REQUESTED_LIFETIME, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 lifetime: int = REQUESTED_LIFETIME, random_bytes: Callable[[int], bytes] = os.urandom,
+                 protocols: tuple[str, ...] = ("pcp", "natpmp")) -> None:
+        if not protocols or not set(protocols) <= {"pcp", "natpmp"}:
+            raise ValueError(f"protocols must be 'pcp' and/or 'natpmp', not {protocols!r}")
         self.gateway: Address = (gateway, PORT)
         self.client_ip = client_ip
         self.internal_port = internal_port
         self.requested_lifetime = lifetime
         self.nonce = random_bytes(12)
-        self.protocol = "pcp"
+        self.protocols = protocols
+        self.protocol = protocols[0]
         self.mapped: Mapped | None = None
         self._external_ip: str | None = None
         self._pending_port: tuple[int, int] | None = None  # NAT-PMP: (external port, lifetime) awaiting the address
@@ -183,7 +187,7 @@ class PortMapper:
             if self._stopping:
                 self._timer = None
                 return
-            if self.protocol == "pcp" and self.mapped is None:
+            if self.protocol == "pcp" and self.mapped is None and "natpmp" in self.protocols:
                 self._switch_to_natpmp(now)
                 return
             self._fail("the gateway stopped answering" if self.mapped else "no PCP or NAT-PMP gateway answered")
@@ -277,7 +281,10 @@ class PortMapper:
 
     def _on_natpmp(self, answer: MapResult, now: float) -> None:
         if answer.result == 1 and self.protocol == "pcp":  # a NAT-PMP-only gateway answering our PCP request
-            self._switch_to_natpmp(now)
+            if "natpmp" in self.protocols:
+                self._switch_to_natpmp(now)
+            else:
+                self._fail("the gateway speaks only NAT-PMP")
             return
         if self.protocol != "natpmp":
             return
