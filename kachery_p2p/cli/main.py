@@ -13,6 +13,7 @@ from .. import __version__
 from ..config import PROTOCOL_VERSION
 from ..errors import DaemonNotRunningError, KacheryP2PError, NotFoundError
 from .errors import Command, Group
+from .link import link_cmd
 
 
 @click.group(cls=Group, help="Share kachery files between your computers (peer to peer, over QUIC).")
@@ -166,11 +167,12 @@ def get_channels_cmd() -> None:
 
 @cli.command("store", cls=Command)
 @click.argument("path", type=click.Path(dir_okay=False, path_type=str))
-def store_cmd(path: str) -> None:
-    """Store a file in the local content store and print its sha1:// URI."""
-    from ..client.api import store_file
+@click.option("--basename", default=None, help="Name in the URI (default: the file's name; none for stdin).")
+def store_cmd(path: str, basename: str | None) -> None:
+    """Store a file (or stdin, as -) in the local content store and print its sha1:// URI."""
+    from .store_cmds import store_path_or_stdin
 
-    click.echo(store_file(path))
+    click.echo(store_path_or_stdin(path, basename))
 
 
 @cli.command("load", cls=Command)
@@ -254,11 +256,18 @@ def _peer_line(peer: dict[str, Any]) -> str:
     return f"{peer['nodeId'][:12]}  {label:<16} {path:<8} {address:<22} {rtt_text:>9}  {channels}"
 
 
+from .store_cmds import du_cmd, ls_cmd, rm_cmd  # noqa: E402
+from .transfers_cmds import cancel_cmd, transfers_cmd  # noqa: E402
+
+for _command in (ls_cmd, du_cmd, rm_cmd, transfers_cmd, cancel_cmd):
+    cli.add_command(_command)
+
 # The seed's command names, each the very same command object.
 cli.add_command(store_cmd, "store-file")
 cli.add_command(load_cmd, "load-file")
 cli.add_command(cat_cmd, "cat-file")
 cli.add_command(find_cmd, "find-file")
+cli.add_command(link_cmd)  # kachery-p2p-link (cli/link.py)
 
 
 @cli.command("nat-check", cls=Command)
