@@ -93,10 +93,9 @@ class LocalProtocolError(KacheryP2PError):
     """We used a protocol object in a way it does not allow (a bug in kachery-p2p)."""
 
 
-<<<<<<< HEAD
-class LoadFileError(NotFoundError):
-    """The original kachery-p2p's load error (its load_file returned None instead; so does ours)."""
-=======
 class TransferCancelledError(KacheryP2PError):
     """The owner cancelled a download (``kachery-p2p-cancel`` or the dashboard); its verified chunks are kept."""
->>>>>>> main
+
+
+class LoadFileError(NotFoundError):
+    """The original kachery-p2p's load error (its load_file returned None instead; so does ours)."""

@@ -27,11 +27,8 @@ from ..errors import (
 )
 from ..ids import FileUri
 from . import control_guard
-<<<<<<< HEAD
 from .control_api import add_api_routes
-=======
 from .control_ui import add_ui_routes
->>>>>>> main
 
 log = logging.getLogger("kachery_p2p.control")
 
@@ -127,11 +124,8 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app.router.add_post("/find", routes.find)
     app.router.add_post("/read", routes.read)
     app.router.add_post("/halt", routes.halt)
-<<<<<<< HEAD
-    add_api_routes(app, service)  # /link and /mutables/* (control_api.py)
-=======
     add_ui_routes(app, service)  # store listing, transfers, dashboard (control_ui.py)
->>>>>>> main
+    add_api_routes(app, service)  # /link and /mutables/* (control_api.py)
     return app
 
 

@@ -38,11 +38,8 @@ class FileServer:
         # while a request for that sha1 is in progress (failed requests included).
         self._manifest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.bytes_served = 0
-<<<<<<< HEAD
-        self.linked = LinkedChunks(store)
-=======
         self.on_range: RangeHook | None = None  # set by Transfers: uploads in progress
->>>>>>> main
+        self.linked = LinkedChunks(store)
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
         # Checked where the request is served: a peer that shares no channel gets nothing.
@@ -59,20 +56,15 @@ class FileServer:
             size = path.stat().st_size
             if request.end > size:
                 raise RemoteProtocolError(f"range ends at {request.end}, after the file's end {size}")
-            if path != self.store.content_path(request.sha1):  # a linked file: each chunk re-hashed first
-                body = await verified_linked_range(self.linked, request.sha1, request.start, request.end)
-            else:
-                body = read_file_range(path, request.start, request.end)
             self.bytes_served += request.end - request.start
-<<<<<<< HEAD
-            return {"ok": True, "length": request.end - request.start}, body
-=======
-            blocks = read_file_range(path, request.start, request.end)
+            if path != self.store.content_path(request.sha1):  # a linked file: each chunk re-hashed first
+                blocks = await verified_linked_range(self.linked, request.sha1, request.start, request.end)
+            else:
+                blocks = read_file_range(path, request.start, request.end)
             if self.on_range is not None:
                 peer, kind = session.node_id or "", session.link.path.kind
                 blocks = self.on_range(peer, session.label, kind, request.sha1, size, blocks)
             return {"ok": True, "length": request.end - request.start}, blocks
->>>>>>> main
         raise RemoteProtocolError("unsupported request")
 
     async def _path(self, sha1: str) -> Path:
