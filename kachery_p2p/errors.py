@@ -17,7 +17,8 @@ and exits with ``exc.exit_code``.
     │   └── VerificationError            bytes did not hash to what they claim
     ├── IdentityError                    the node key is unusable or unsafe
     ├── RemoteProtocolError              a peer broke the protocol (its fault)
-    └── LocalProtocolError               we misused a protocol object (our bug)
+    ├── LocalProtocolError               we misused a protocol object (our bug)
+    └── FeedPermissionError              a feed owner refused our submitted message
 """
 
 from __future__ import annotations
@@ -99,3 +100,7 @@ class TransferCancelledError(KacheryP2PError):
 
 class LoadFileError(NotFoundError):
     """The original kachery-p2p's load error (its load_file returned None instead; so does ours)."""
+
+
+class FeedPermissionError(KacheryP2PError, PermissionError):
+    """A feed's owner refused a submitted message: this node is not in the subfeed's access rules."""

@@ -46,6 +46,10 @@ def cli() -> None:
               help="Relay mode: most nodes registered at once.")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append the log here, not to stderr.")
+@click.option("--install-service", is_flag=True, help="Write a systemd unit running the daemon with these options "
+              "(user unit; system unit as root), enable and start it.")
+@click.option("--uninstall-service", is_flag=True, help="Stop, disable and remove that unit.")
 def start_daemon_cmd(
     label: str,
     udp_port: int | None,
@@ -63,8 +67,16 @@ def start_daemon_cmd(
     relay_max_nodes: int,
     public_address: str | None,
     verbose: int,
+    log_file: str | None,
+    install_service: bool,
+    uninstall_service: bool,
 ) -> None:
-    """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon)."""
+    """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon), or install it as a
+    systemd service (--install-service)."""
+    if install_service or uninstall_service:
+        from .service import run_service_flags
+
+        return run_service_flags(install_service, uninstall_service, relay_mode, verbose)
     from ..relay.limits import RelayLimits
     from .daemon_cmd import start_daemon
 
@@ -88,6 +100,7 @@ def start_daemon_cmd(
         ),
         public_address=public_address,
         verbose=verbose,
+        log_file=log_file,
     )
 
 

@@ -66,6 +66,8 @@ class PeerNetwork:
         self.port_mapping: PortMapping | None = None
         self.tasks = Supervisor()
         self.dialing: set[str] = set()
+        # Handlers of further request types (feeds), by message class: registered by their services.
+        self.request_handlers: dict[type, Callable[[PeerSession, Any], Awaitable[Any]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -121,6 +123,9 @@ class PeerNetwork:
     async def _handle(
         self, session: PeerSession, request: messages.Request
     ) -> tuple[dict[str, Any], AsyncIterator[bytes] | None]:
+        extra = self.request_handlers.get(type(request))
+        if extra is not None:
+            return await extra(session, request)
         if isinstance(request, (messages.Publish, messages.Lookup, messages.Connect)):
             if self.relay is None:
                 raise RemoteProtocolError("this node is not a relay", code="bad_request")

@@ -25,6 +25,7 @@ from ..store import ContentStore
 from ..store.filestore import open_regular_file
 from .control import make_app
 from .control_guard import GuardedSite
+from .feeds_service import FeedService
 from .files import read_file_range
 from .lock import write_secret_file
 
@@ -63,12 +64,14 @@ class Node:
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._loads: dict[str, asyncio.Task[Path]] = {}
+        self.feeds = FeedService(config.config_dir, identity.node_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         # The UDP port first: if it is taken we fail before anything else is set up.
         if self.remote is not None:
             await self.remote.start()
+        self.feeds.attach(self.remote)
         token = secrets.token_urlsafe(32)
         app = make_app(self, token)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -103,6 +106,7 @@ class Node:
             self.config.token_path.unlink()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.feeds.close()
         log.info("daemon stopped")
 
     def request_stop(self) -> None:
