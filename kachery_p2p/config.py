@@ -90,6 +90,7 @@ class DaemonConfig:
     lan_discovery: bool = True
     relay_mode: bool = False
     hole_punching: bool = True
+    port_mapping: bool = True  # ask the gateway for a mapping (PCP, NAT-PMP, UPnP IGD); never blocks start-up
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     public_address: HostPort | None = None
     multicast_group: str = "239.255.73.117"

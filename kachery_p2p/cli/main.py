@@ -33,6 +33,8 @@ def cli() -> None:
     "--lan-interface", "lan_interfaces", multiple=True, help="IPv4 address to announce on (repeatable; default: all)."
 )
 @click.option("--hole-punching/--no-hole-punching", default=True, help="Try direct paths to relayed peers.")
+@click.option("--port-mapping/--no-port-mapping", default=True, envvar="KACHERY_P2P_PORT_MAPPING", show_default=True,
+              help="Ask the router for a port mapping (PCP, NAT-PMP, UPnP IGD) [env KACHERY_P2P_PORT_MAPPING=0].")
 @click.option("--relay", "relay_mode", is_flag=True, help="Run as a relay node (on a public server).")
 @click.option("--relay-rate", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
               help="Relay mode: MB/s each node may relay.")
@@ -60,6 +62,7 @@ def start_daemon_cmd(
     lan_discovery: bool,
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
+    port_mapping: bool,
     relay_mode: bool,
     relay_rate: float,
     relay_quota: float,
@@ -91,6 +94,7 @@ def start_daemon_cmd(
         lan_discovery=lan_discovery,
         lan_interfaces=lan_interfaces,
         hole_punching=hole_punching,
+        port_mapping=port_mapping,
         relay_mode=relay_mode,
         relay_limits=RelayLimits(
             max_registrations=relay_max_nodes,
