@@ -96,6 +96,8 @@ class DaemonConfig:
     multicast_group: str = "239.255.73.117"
     multicast_port: int = 21011
     lan_interfaces: tuple[str, ...] = ("127.0.0.1",)
+    auth_group: str | None = None  # --auth-group: token readable by this unix group
+    api_public_host: str | None = None  # --api-host: control endpoint also on this address, HTTPS
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -133,4 +135,5 @@ def client_config_from_environ(environ: Mapping[str, str] | None = None) -> Clie
     return ClientConfig(
         config_dir=config_dir_from_environ(environ),
         api_port=api_port_from_environ(environ),
+        api_host=(os.environ if environ is None else environ).get("KACHERY_P2P_API_HOST") or "127.0.0.1",
     )

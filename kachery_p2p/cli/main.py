@@ -45,6 +45,9 @@ def cli() -> None:
 @click.option("--relay-max-nodes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Relay mode: most nodes registered at once.")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
+@click.option("--auth-group", default=None, help="Unix group whose members may use this daemon (token file 0640).")
+@click.option("--api-host", default=None,
+              help="Also serve the control endpoint on this address over HTTPS (pinned certificate) for other hosts.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append the log here, not to stderr.")
 @click.option("--install-service", is_flag=True, help="Write a systemd unit running the daemon with these options "
@@ -66,6 +69,8 @@ def start_daemon_cmd(
     relay_max_peers: int,
     relay_max_nodes: int,
     public_address: str | None,
+    auth_group: str | None,
+    api_host: str | None,
     verbose: int,
     log_file: str | None,
     install_service: bool,
@@ -100,6 +105,8 @@ def start_daemon_cmd(
         ),
         public_address=public_address,
         verbose=verbose,
+        auth_group=auth_group,
+        api_host=api_host,
         log_file=log_file,
     )
 
