@@ -34,6 +34,7 @@ from .connect import Connector
 from .endpoint import Link, LinkClosed, QuicEndpoint
 from .lan import LanDiscovery, default_lan_interfaces
 from .peers import PeerTable
+from .portmap import PortMapping
 from .punch import PunchManager
 from .relay_server import RelayService
 from .rendezvous import RelayClient
@@ -71,13 +72,20 @@ class PeerNetwork:
         )
         self.relay_clients: dict[str, RelayClient] = {}
         self.transfers = Transfers(store, self.peers)
+        self.server.on_range = self.transfers.activity.count_upload
         self.local_address: tuple[str, int] | None = None
         self.lan: LanDiscovery | None = None
+        self.port_mapping: PortMapping | None = None
+        # Handlers of further request types (feeds), by message class: registered by their services.
+        self.request_handlers: dict[type, Callable[[PeerSession, Any], Awaitable[Any]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self.local_address = await self.endpoint.open(self.config.udp_host, self.config.udp_port)
         log.info("QUIC on udp %s:%d", *self.local_address)
+        if self.config.port_mapping and not self.config.relay_mode:
+            self.port_mapping = PortMapping(self.local_address[1], on_change=lambda _a: self.channels_changed())
+            self.tasks.spawn(self.port_mapping.run(), "port mapping")
         for address in self.config.bootstrap:
             self.tasks.keep_running(functools.partial(self.connector.keep_dialing, address), f"dial {address}")
         if self.config.lan_discovery and not self.config.relay_mode:
@@ -97,6 +105,8 @@ class PeerNetwork:
     async def stop(self) -> None:
         self.tasks.cancel_all()
         self.connector.stop()
+        if self.port_mapping is not None:
+            await self.port_mapping.stop()
         if self.lan is not None:
             await self.lan.stop()
         for session in self.peers.all_sessions():
@@ -124,6 +134,9 @@ class PeerNetwork:
     async def _handle(
         self, session: PeerSession, request: messages.Request
     ) -> tuple[dict[str, Any], AsyncIterator[bytes] | None]:
+        extra = self.request_handlers.get(type(request))
+        if extra is not None:
+            return await extra(session, request)
         if isinstance(request, (messages.Publish, messages.Lookup, messages.Connect)):
             if self.relay is None:
                 raise RemoteProtocolError("this node is not a relay", code="bad_request")
@@ -202,7 +215,9 @@ class PeerNetwork:
         """Addresses a peer may reach us at: reflexive ones seen by relays, then local interfaces."""
         found: list[str] = []
         reflexive = [format_address(a) for a in self.stun.reflexive.values()]
-        for text in [*(c.observed for c in self.relay_clients.values() if c.observed), *reflexive]:
+        given = [format_address((a.host, a.port)) for a in [self.config.public_address] if a and _is_ip(a.host)]
+        mapped = [format_address(a) for a in [self.port_mapping and self.port_mapping.external] if a]
+        for text in [*given, *mapped, *(c.observed for c in self.relay_clients.values() if c.observed), *reflexive]:
             if text not in found:
                 found.append(text)
         if self.local_address is not None:
@@ -240,6 +255,7 @@ class PeerNetwork:
             "punch": dict(self.punch.stats),
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self.peers.connecting),
+            "portMapping": self.port_mapping.info() if self.port_mapping else None,
             "bytesServed": self.server.bytes_served,
             "bytesDownloaded": self.transfers.bytes_downloaded,
             "backgroundTaskFailures": self.tasks.failures,
@@ -250,6 +266,13 @@ class PeerNetwork:
 
     def peers_info(self) -> list[dict[str, Any]]:
         return self.peers.info()
+
+    # -- for services that take the network (feeds): the peer table's lookups ---------------------
+    def session_for(self, node_id: str) -> PeerSession | None:
+        return self.peers.session_for(node_id)
+
+    def channel_peers(self) -> list[PeerSession]:
+        return self.peers.channel_peers()
 
     # -- files: see transfers.py ------------------------------------------------------------------
     def find(self, uri: FileUri, timeout: float) -> AsyncIterator[dict[str, Any]]:
@@ -275,3 +298,13 @@ def _retry_direct_sec() -> float:
 async def _quiet(awaitable: Awaitable[Any]) -> None:
     with contextlib.suppress(Exception):
         await awaitable
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

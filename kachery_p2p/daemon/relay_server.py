@@ -91,13 +91,10 @@ class RelayService:
     # -- datagrams on the shared socket ------------------------------------------------------------
     def datagram_received(self, kind: DatagramKind, data: bytes, addr: Address) -> None:
         if kind == "stun":
-            try:
-                message = stun.StunMessage.parse(data)
-            except ValueError:
-                return
-            if message.message_type == stun.BINDING_REQUEST:
+            answer = stun.binding_answer(data, addr)  # Binding requests of sane size only
+            if answer is not None:
                 self.stats["stun"] += 1
-                self.send(stun.binding_success(message.transaction_id, addr), addr)
+                self.send(answer, addr)
         elif kind == "relay":
             self._forward(data, addr)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,9 @@ from ..errors import RemoteProtocolError
 from ..ids import FileUri
 from ..quic import messages
 from ..store import CHUNK_SIZE, ContentStore, ManifestBuilder
+from ..store.links import LinkedChunks
 from .files import read_file_range
+from .linked_serve import verified_linked_range
 
 if TYPE_CHECKING:
     from .session import PeerSession
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kachery_p2p.serve")
 
 Reply = tuple[dict[str, Any], AsyncIterator[bytes] | None]
+# (peer node id, peer label, path kind, sha1, file size, blocks) -> the same blocks, counted as they go
+RangeHook = Callable[[str, str, str, str, int, AsyncIterator[bytes]], AsyncIterator[bytes]]
 
 
 class FileServer:
@@ -34,6 +38,8 @@ class FileServer:
         # while a request for that sha1 is in progress (failed requests included).
         self._manifest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.bytes_served = 0
+        self.on_range: RangeHook | None = None  # set by Transfers: uploads in progress
+        self.linked = LinkedChunks(store)
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
         # Checked where the request is served: a peer that shares no channel gets nothing.
@@ -51,9 +57,14 @@ class FileServer:
             if request.end > size:
                 raise RemoteProtocolError(f"range ends at {request.end}, after the file's end {size}")
             self.bytes_served += request.end - request.start
-            return {"ok": True, "length": request.end - request.start}, read_file_range(
-                path, request.start, request.end
-            )
+            if path != self.store.content_path(request.sha1):  # a linked file: each chunk re-hashed first
+                blocks = await verified_linked_range(self.linked, request.sha1, request.start, request.end)
+            else:
+                blocks = read_file_range(path, request.start, request.end)
+            if self.on_range is not None:
+                peer, kind = session.node_id or "", session.link.path.kind
+                blocks = self.on_range(peer, session.label, kind, request.sha1, size, blocks)
+            return {"ok": True, "length": request.end - request.start}, blocks
         raise RemoteProtocolError("unsupported request")
 
     async def _path(self, sha1: str) -> Path:

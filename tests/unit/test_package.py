@@ -12,7 +12,7 @@ from pathlib import Path
 import kachery_p2p
 
 PACKAGE_DIR = Path(kachery_p2p.__file__).resolve().parent
-SANS_IO = ["store", "quic", "channels", "nat", "relay", "transfer", "peering", "ids.py", "errors.py"]
+SANS_IO = ["store", "quic", "channels", "nat", "relay", "transfer", "peering", "feeds", "ids.py", "errors.py"]
 FORBIDDEN = {"asyncio", "socket"}
 ISSUE_API = {
     "load_file",
