@@ -118,7 +118,7 @@ class Connector:
             try:
                 session = await self.dial(address.host, address.port, address.node_id)
                 backoff.succeeded()
-                await session.link.closed
+                await asyncio.shield(session.link.closed)
                 delay = backoff.first
             except (RemoteProtocolError, LinkClosed, OSError) as exc:
                 delay = backoff.failed()

@@ -105,6 +105,9 @@ class PeerNetwork:
     async def stop(self) -> None:
         self.tasks.cancel_all()
         self.connector.stop()
+        self.punch.stop()
+        if self.relay is not None:
+            self.relay.stop()
         if self.port_mapping is not None:
             await self.port_mapping.stop()
         if self.lan is not None:
@@ -175,8 +178,6 @@ class PeerNetwork:
             short_node_id(session.node_id), session.label, session.link.path.describe(), session.shared_channels,
         )
         self.tasks.spawn(self._watch(session))
-        if self.relay is not None:
-            self.relay.session_registered(session)
         if "relay" in session.peer_roles and self.relay is None and session.link.path.kind == "direct":
             client = RelayClient(
                 session, self.identity, self.config.label, self.rendezvous_ids, self.candidates, self.stun.query,
@@ -189,7 +190,9 @@ class PeerNetwork:
             )
 
     async def _watch(self, session: PeerSession) -> None:
-        reason = await session.link.closed
+        # Shielded: cancelling this task at stop must not cancel the link's own future (Link.close
+        # would then think the connection closed and send no CONNECTION_CLOSE; issue 10 #11).
+        reason = await asyncio.shield(session.link.closed)
         assert session.node_id is not None
         client = self.relay_clients.get(session.node_id)
         if client is not None and client.session is session:
