@@ -16,8 +16,9 @@ def test_a_stopping_daemon_closes_its_connections(daemon_factory: Any) -> None:
     b = daemon_factory.start("beta", ["-v", *bootstrap_args(a)])
     join(channel, b)
     wait_for_channel_peer(a, b, channel)
+    b_id = b.node_id
     stopped_at = time.monotonic()
     assert b.stop() == 0
     # Without a CONNECTION_CLOSE, a would list b until the idle timeout (40 s and more).
-    wait_until(lambda: peer_entry(a, b.node_id) is None, 5.0, "a to drop the stopped peer")
+    wait_until(lambda: peer_entry(a, b_id) is None, 5.0, "a to drop the stopped peer")
     assert time.monotonic() - stopped_at < 5.0
