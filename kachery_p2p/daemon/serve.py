@@ -14,6 +14,7 @@ from ..ids import FileUri
 from ..quic import messages
 from ..store import CHUNK_SIZE, ContentStore, ManifestBuilder
 from .files import read_file_range
+from .serve_budget import SERVE_BLOCK, ServeBudget, budgeted, stream_reservation
 
 if TYPE_CHECKING:
     from .session import PeerSession
@@ -34,6 +35,7 @@ class FileServer:
         # while a request for that sha1 is in progress (failed requests included).
         self._manifest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.bytes_served = 0
+        self.budget = ServeBudget()
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
         # Checked where the request is served: a peer that shares no channel gets nothing.
@@ -50,10 +52,14 @@ class FileServer:
             size = path.stat().st_size
             if request.end > size:
                 raise RemoteProtocolError(f"range ends at {request.end}, after the file's end {size}")
-            self.bytes_served += request.end - request.start
-            return {"ok": True, "length": request.end - request.start}, read_file_range(
-                path, request.start, request.end
-            )
+            length = request.end - request.start
+            peer = session.node_id or ""
+            reserved = stream_reservation(length)
+            if not self.budget.try_reserve(peer, reserved):
+                raise RemoteProtocolError("serving memory budget in use; try again later", code="busy")
+            self.bytes_served += length
+            blocks = read_file_range(path, request.start, request.end, block=SERVE_BLOCK)
+            return {"ok": True, "length": length}, budgeted(blocks, self.budget, peer, reserved)
         raise RemoteProtocolError("unsupported request")
 
     async def _path(self, sha1: str) -> Path:
