@@ -22,6 +22,7 @@ The suite, in order (letters as in the performance issue):
   (g) shaped-load    goodput over a 100 Mbit/s link, without loss and with 1% loss, as a fraction of it
       local-store    store / load / cat of a large file in one daemon, vs a plain copy
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
+      soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
 
 To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
 per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
@@ -47,6 +48,7 @@ from bench import (
     raw_aioquic,
     shaped_load,
     small_load,
+    soak,
 )
 from bench.common import print_table
 
@@ -64,6 +66,7 @@ REGISTRY: dict[str, BenchFn] = {
     local_store.NAME: local_store.run,
     nat_transfer.NAME: nat_transfer.run,
     multi_provider.NAME: multi_provider.run,
+    soak.NAME: soak.run,
 }
 
 
