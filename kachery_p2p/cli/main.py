@@ -288,6 +288,10 @@ cli.add_command(load_cmd, "load-file")
 cli.add_command(cat_cmd, "cat-file")
 cli.add_command(find_cmd, "find-file")
 cli.add_command(link_cmd)  # kachery-p2p-link (cli/link.py)
+from .feeds_cmds import append_message_cmd, create_feed_cmd, feeds_cmd, print_messages_cmd  # noqa: E402
+
+for _command in (feeds_cmd, print_messages_cmd, create_feed_cmd, append_message_cmd):
+    cli.add_command(_command)
 
 
 @cli.command("nat-check", cls=Command)
