@@ -36,6 +36,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+# Benchmark daemons talk only to loopback and to the lab's namespaces: never to this machine's router.
+os.environ.setdefault("KACHERY_P2P_PORT_MAPPING", "0")
+
 from bench import (
     daemon_memory,
     daemon_transfer,

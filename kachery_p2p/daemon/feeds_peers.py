@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..errors import FeedPermissionError, NotFoundError, RemoteProtocolError, UsageError
@@ -121,15 +121,17 @@ class Subscription:
             nonlocal expected
             if failed.done():
                 return
+            batch: list[dict[str, Any]] = []
             try:
-                batch = []
-                for line in splitter.feed(data):
-                    signed = _parse_line(line, expected)
-                    expected += 1
-                    if expected > entry.count:  # older numbers came from another source already
-                        batch.append(signed)
-                if batch:
-                    service.ingest(self.feed_id, self.subfeed_hash, batch)
+                try:
+                    for line in splitter.feed(data):
+                        signed = _parse_line(line, expected)
+                        expected += 1
+                        if expected > entry.count:  # older numbers came from another source already
+                            batch.append(signed)
+                finally:  # what verified before a bad line is kept
+                    if batch:
+                        service.ingest(self.feed_id, self.subfeed_hash, batch)
             except LogError as exc:
                 failed.set_result(exc)
             except UsageError as exc:  # over a subfeed limit
@@ -182,8 +184,7 @@ def _parse_line(line: bytes, expected: int) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         raise LogError("malformed", f"message #{expected} is not a signed message") from None
     if number != expected:
-        kind = "truncated" if isinstance(number, int) and number > expected else "reordered"
-        raise LogError(kind, f"the stream skipped from #{expected} to #{number}")
+        raise LogError("reordered", f"the stream went from #{expected - 1} to #{number}")
     return dict(signed)
 
 
@@ -297,27 +298,59 @@ class FeedPeers:
         if not owner:
             self.want(feed_id, subfeed_hash)  # keep our copy live while a peer follows it through us
         reply = {"ok": True, "owner": owner, "numMessages": count}
-        return reply, self._stream(session, node_id, feed_id, subfeed_hash, request.position, owner)
+        body = self._stream(session, feed_id, subfeed_hash, request.position, owner)
+        return reply, _Counted(body, functools.partial(self._release, node_id))
+
+    def _release(self, node_id: str) -> None:
+        left = self._serving.get(node_id, 1) - 1
+        if left > 0:
+            self._serving[node_id] = left
+        else:
+            self._serving.pop(node_id, None)
 
     async def _stream(
-        self, session: PeerSession, node_id: str, feed_id: str, subfeed_hash: str, position: int, owner: bool
+        self, session: PeerSession, feed_id: str, subfeed_hash: str, position: int, owner: bool
     ) -> AsyncIterator[bytes]:
+        entry = self.service.subfeed(feed_id, subfeed_hash)
+        while not session.link.is_closed:
+            texts = self.service.read_texts(feed_id, subfeed_hash, position, SERVE_BATCH)
+            if texts:
+                position += len(texts)
+                yield ("\n".join(texts) + "\n").encode("utf-8")
+                continue
+            waiting: set[asyncio.Future[Any]] = {entry.changed(), session.link.closed}
+            await asyncio.wait(waiting, timeout=IDLE_SEC / 5, return_when=asyncio.FIRST_COMPLETED)
+            if not owner:
+                self.want(feed_id, subfeed_hash)
+
+
+class _Counted:
+    """An async iterator that calls ``release`` once when it ends, is closed, or is dropped unstarted."""
+
+    def __init__(self, inner: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            entry = self.service.subfeed(feed_id, subfeed_hash)
-            while not session.link.is_closed:
-                texts = self.service.read_texts(feed_id, subfeed_hash, position, SERVE_BATCH)
-                if texts:
-                    position += len(texts)
-                    yield ("\n".join(texts) + "\n").encode("utf-8")
-                    continue
-                waiting: set[asyncio.Future[Any]] = {entry.changed(), session.link.closed}
-                await asyncio.wait(waiting, timeout=IDLE_SEC / 5,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if not owner:
-                    self.want(feed_id, subfeed_hash)
-        finally:
-            left = self._serving.get(node_id, 1) - 1
-            if left > 0:
-                self._serving[node_id] = left
-            else:
-                self._serving.pop(node_id, None)
+            return await self._inner.__anext__()
+        except BaseException:
+            self._done()
+            raise
+
+    async def aclose(self) -> None:
+        self._done()
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __del__(self) -> None:
+        self._done()
