@@ -133,9 +133,9 @@ class FeedService:
             signed = []
             tail = ChainVerifier(feed_id, subfeed_hash, entry.count, entry.verifier.last_signature)
             now_ms = int(time.time() * 1000)
-            for message in checked:
-                signed.append(tail.accept(sign_message(key, subfeed_hash, tail.count, tail.last_signature, message,
-                                                       now_ms)))
+            for message in checked:  # signed here, by the key we hold: nothing to verify
+                signed.append(tail.advance(sign_message(key, subfeed_hash, tail.count, tail.last_signature, message,
+                                                        now_ms)))
             self._store(entry, feed_id, subfeed_hash, signed)
         return entry.count
 
@@ -166,8 +166,8 @@ class FeedService:
         if entry.size + added > MAX_SUBFEED_BYTES:
             raise UsageError(f"a subfeed holds at most {MAX_SUBFEED_BYTES} bytes of messages")
         self.store.append(feed_id, subfeed_hash, entry.count, signed)
-        for message in signed:
-            entry.verifier.accept(message)
+        for message in signed:  # verified by the caller (or signed by us)
+            entry.verifier.advance(message)
         entry.size += added
         entry.notify()
 
