@@ -67,12 +67,10 @@ class FeedService:
         self.faults: deque[dict[str, Any]] = deque(maxlen=MAX_FAULTS)
         self.peers: Any = None  # FeedPeers, once the peer network is up
 
-    def attach(self, network: Any) -> None:
-        """Replicate with channel peers over ``network`` (a PeerNetwork)."""
-        if network is not None and hasattr(network, "request_handlers"):
-            from .feeds_peers import FeedPeers
-
-            self.peers = FeedPeers(self, network)
+    def attach(self, peers: Any) -> None:
+        """Replicate with channel peers through ``peers`` (a FeedPeers, built by the node, which
+        imports both modules: feeds_peers imports this one, so this one must not import it)."""
+        self.peers = peers
 
     def close(self) -> None:
         if self.peers is not None:
@@ -133,9 +131,9 @@ class FeedService:
             signed = []
             tail = ChainVerifier(feed_id, subfeed_hash, entry.count, entry.verifier.last_signature)
             now_ms = int(time.time() * 1000)
-            for message in checked:
-                signed.append(tail.accept(sign_message(key, subfeed_hash, tail.count, tail.last_signature, message,
-                                                       now_ms)))
+            for message in checked:  # signed here, by the key we hold: nothing to verify
+                signed.append(tail.advance(sign_message(key, subfeed_hash, tail.count, tail.last_signature, message,
+                                                        now_ms)))
             self._store(entry, feed_id, subfeed_hash, signed)
         return entry.count
 
@@ -166,8 +164,8 @@ class FeedService:
         if entry.size + added > MAX_SUBFEED_BYTES:
             raise UsageError(f"a subfeed holds at most {MAX_SUBFEED_BYTES} bytes of messages")
         self.store.append(feed_id, subfeed_hash, entry.count, signed)
-        for message in signed:
-            entry.verifier.accept(message)
+        for message in signed:  # verified by the caller (or signed by us)
+            entry.verifier.advance(message)
         entry.size += added
         entry.notify()
 

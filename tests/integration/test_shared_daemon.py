@@ -117,6 +117,10 @@ def test_api_host_https_is_pinned(shared_factory: DaemonFactory) -> None:
         assert kp.get_node_id() == a.node_id
         uri = kp.store_text("over https")
         assert kp.load_text(uri) == "over https"
+        # A remote client's files are not the daemon's: store_file sends the bytes.
+        local_file = Path(tempfile.mkdtemp(dir=a.root)) / "mine.txt"
+        local_file.write_text("a client file")
+        assert kp.load_text(kp.store_file(str(local_file))) == "a client file"
     # Local clients still use loopback HTTP, unchanged.
     assert a.api("load_text", uri) == "over https"
     # B presents another certificate: a client pinning A's refuses it before sending the token.
