@@ -17,7 +17,8 @@ and exits with ``exc.exit_code``.
     │   └── VerificationError            bytes did not hash to what they claim
     ├── IdentityError                    the node key is unusable or unsafe
     ├── RemoteProtocolError              a peer broke the protocol (its fault)
-    └── LocalProtocolError               we misused a protocol object (our bug)
+    ├── LocalProtocolError               we misused a protocol object (our bug)
+    └── FeedPermissionError              a feed owner refused our submitted message
 """
 
 from __future__ import annotations
@@ -91,3 +92,15 @@ class RemoteProtocolError(KacheryP2PError):
 
 class LocalProtocolError(KacheryP2PError):
     """We used a protocol object in a way it does not allow (a bug in kachery-p2p)."""
+
+
+class TransferCancelledError(KacheryP2PError):
+    """The owner cancelled a download (``kachery-p2p-cancel`` or the dashboard); its verified chunks are kept."""
+
+
+class LoadFileError(NotFoundError):
+    """The original kachery-p2p's load error (its load_file returned None instead; so does ours)."""
+
+
+class FeedPermissionError(KacheryP2PError, PermissionError):
+    """A feed's owner refused a submitted message: this node is not in the subfeed's access rules."""

@@ -25,6 +25,7 @@ from ..errors import (
     UsageError,
     VerificationError,
 )
+from .connect import make_connection
 
 _ERRORS: dict[str, type[KacheryP2PError]] = {
     "not_found": NotFoundError,
@@ -71,9 +72,7 @@ class ControlClient:
         all_headers = dict(headers or {})
         if auth:
             all_headers["Authorization"] = f"Bearer {self._read_token()}"
-        conn = http.client.HTTPConnection(
-            self.config.api_host, self.config.api_port, timeout=timeout or self.timeout
-        )
+        conn = make_connection(self.config, timeout or self.timeout)  # client/connect.py: HTTPS when remote
         try:
             conn.request(method, path, body=body, headers=all_headers)
             response = conn.getresponse()

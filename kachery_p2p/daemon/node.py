@@ -18,15 +18,16 @@ from aiohttp import web
 from .. import __version__
 from ..channels.membership import JoinedChannels
 from ..config import CHANNELS_FILENAME, PROTOCOL_VERSION, DaemonConfig
-from ..errors import ConfigError, NotFoundError, StoreError, UsageError
+from ..errors import NotFoundError, StoreError, UsageError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
 from ..store.filestore import open_regular_file
+from . import control_access
 from .control import make_app
-from .control_guard import GuardedSite
+from .feeds_peers import FeedPeers
+from .feeds_service import FeedService
 from .files import read_file_range
-from .lock import write_secret_file
 
 log = logging.getLogger("kachery_p2p.node")
 
@@ -63,25 +64,21 @@ class Node:
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._loads: dict[str, asyncio.Task[Path]] = {}
+        self.feeds = FeedService(config.config_dir, identity.node_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         # The UDP port first: if it is taken we fail before anything else is set up.
         if self.remote is not None:
             await self.remote.start()
+        if self.remote is not None and hasattr(self.remote, "request_handlers"):
+            self.feeds.attach(FeedPeers(self.feeds, self.remote))
         token = secrets.token_urlsafe(32)
         app = make_app(self, token)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = GuardedSite(self._runner, self.config.api_host, self.config.api_port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {self.config.api_host}:{self.config.api_port} for the control endpoint "
-                f"({exc.strerror}); is another daemon using it? Set KACHERY_P2P_API_PORT to choose another port"
-            ) from None
-        write_secret_file(self.config.token_path, token)
+        fingerprint = await control_access.start_sites(self._runner, self.config)  # loopback (+ --api-host)
+        control_access.publish(self.config, token, fingerprint)  # token (+ --auth-group, cert fingerprint)
         removed = await asyncio.to_thread(self.store.cleanup_temp, TEMP_MAX_AGE_SEC)
         if removed:
             log.info("removed %d stale temp files from %s", removed, self.store.temp_dir)
@@ -101,8 +98,10 @@ class Node:
                 await self.remote.stop()
         with contextlib.suppress(OSError):
             self.config.token_path.unlink()
+        control_access.unpublish(self.config)
         if self._runner is not None:
             await self._runner.cleanup()
+        self.feeds.close()
         log.info("daemon stopped")
 
     def request_stop(self) -> None:

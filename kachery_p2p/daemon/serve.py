@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,9 @@ from ..errors import RemoteProtocolError
 from ..ids import FileUri
 from ..quic import messages
 from ..store import CHUNK_SIZE, ContentStore, ManifestBuilder
+from ..store.links import LinkedChunks
 from .files import read_file_range
+from .linked_serve import verified_linked_range
 from .serve_budget import SERVE_BLOCK, ServeBudget, budgeted, stream_reservation
 
 if TYPE_CHECKING:
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kachery_p2p.serve")
 
 Reply = tuple[dict[str, Any], AsyncIterator[bytes] | None]
+# (peer node id, peer label, path kind, sha1, file size, blocks) -> the same blocks, counted as they go
+RangeHook = Callable[[str, str, str, str, int, AsyncIterator[bytes]], AsyncIterator[bytes]]
 
 
 class FileServer:
@@ -36,6 +40,8 @@ class FileServer:
         self._manifest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.bytes_served = 0
         self.budget = ServeBudget()
+        self.on_range: RangeHook | None = None  # set by Transfers: uploads in progress
+        self.linked = LinkedChunks(store)
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
         # Checked where the request is served: a peer that shares no channel gets nothing.
@@ -57,8 +63,17 @@ class FileServer:
             reserved = stream_reservation(length)
             if not self.budget.try_reserve(peer, reserved):
                 raise RemoteProtocolError("serving memory budget in use; try again later", code="busy")
+            try:
+                if path != self.store.content_path(request.sha1):  # a linked file: each chunk re-hashed first
+                    blocks = await verified_linked_range(self.linked, request.sha1, request.start, request.end)
+                else:
+                    blocks = read_file_range(path, request.start, request.end, block=SERVE_BLOCK)
+            except BaseException:
+                self.budget.release(peer, reserved)
+                raise
             self.bytes_served += length
-            blocks = read_file_range(path, request.start, request.end, block=SERVE_BLOCK)
+            if self.on_range is not None:
+                blocks = self.on_range(peer, session.label, session.link.path.kind, request.sha1, size, blocks)
             return {"ok": True, "length": length}, budgeted(blocks, self.budget, peer, reserved)
         raise RemoteProtocolError("unsupported request")
 

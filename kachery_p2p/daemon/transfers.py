@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NotFoundError, RemoteProtocolError, UsageError
 from ..ids import FileUri
 from ..quic import messages
+from .activity import ActivityPump
 from .download import Download, Provider
 from .endpoint import LinkClosed
 from .files import read_fd_range, read_file_range
@@ -38,6 +39,8 @@ class Transfers:
         self._slots = asyncio.Semaphore(MAX_DOWNLOADS)
         self._file_locks: dict[str, asyncio.Lock] = {}
         self.bytes_downloaded = 0
+        self.activity = ActivityPump()  # downloads and uploads in progress (kachery-p2p-transfers)
+        network.server.on_range = self.activity.count_upload
 
     async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
         try:
@@ -145,6 +148,12 @@ class Transfers:
 
     async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path:
         providers = await self._providers(uri, timeout)
+        ids, size = [p.node_id for p in providers], providers[0].size
+        return await self.activity.track_load(
+            str(uri), uri.sha1, size, ids, progress, lambda tracked: self._load(uri, providers, tracked)
+        )
+
+    async def _load(self, uri: FileUri, providers: list[Provider], progress: Progress) -> Path:
         await progress({"bytesLoaded": 0, "bytesTotal": providers[0].size, "providers": len(providers)})
         download = Download(self.store, uri, providers, progress)
         async with self._slots, self._file_lock(uri.sha1):

@@ -13,6 +13,13 @@ Requests, each on a new bidirectional stream opened by either side once authenti
     {"op": "get", "sha1", "start", "end"}     -> {"ok": true, "length"} + bytes [start, end)
     {"op": "channels", "nonce", "channelProofs"} -> {"ok": true, "channelProofs"}
 
+Feed requests (channel peers only; see kachery_p2p.daemon.feeds_peers):
+    {"op": "feed-has", "feedId", "subfeedHash"}         -> {"ok": true, "owner", "numMessages"}
+    {"op": "feed-subscribe", "feedId", "subfeedHash", "position"}
+        -> {"ok": true, "owner", "numMessages"} + signed messages from position, one JSON object a line,
+           then every new message as it is appended, until either side ends the stream
+    {"op": "feed-submit", "feedId", "subfeedHash", "message"} -> {"ok": true, "messageNumber"}
+
 Relay requests (a node to a relay, or a relay to a node for "punch"):
     {"op": "publish", "record": {signed rendezvous record}}  -> {"ok": true, "observed": "ip:port"}
     {"op": "lookup", "rendezvousIds": [hex64, ...]}          -> {"ok": true, "peers": [{"record", "observed"}]}
@@ -142,7 +149,30 @@ class Punch:
     candidates: tuple[str, ...]
 
 
-Request = Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
+@dataclass(frozen=True)
+class FeedHas:
+    feed_id: str
+    subfeed_hash: str
+
+
+@dataclass(frozen=True)
+class FeedSubscribe:
+    feed_id: str
+    subfeed_hash: str
+    position: int
+
+
+@dataclass(frozen=True)
+class FeedSubmit:
+    feed_id: str
+    subfeed_hash: str
+    message: dict[str, Any]
+
+
+Request = (
+    Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
+    | FeedHas | FeedSubscribe | FeedSubmit
+)
 MAX_CANDIDATES = 16
 _CANDIDATE = re.compile(r"^[0-9a-fA-F.:\[\]]{3,60}:[0-9]{1,5}\Z")
 
@@ -205,7 +235,22 @@ def parse_request(header: dict[str, Any]) -> Request:
         token = _hex(header.get("token"), _HEX32, "token")
         candidates = parse_candidates(header.get("candidates", []))
         return Connect(node_id, token, candidates) if op == "connect" else Punch(node_id, token, candidates)
+    if op in ("feed-has", "feed-subscribe", "feed-submit"):
+        return _parse_feed_request(op, header)
     raise _bad(f"unknown op {str(op)[:40]!r}")
+
+
+def _parse_feed_request(op: str, header: dict[str, Any]) -> FeedHas | FeedSubscribe | FeedSubmit:
+    feed_id = _hex(header.get("feedId"), _HEX64, "feedId")
+    subfeed_hash = _hex(header.get("subfeedHash"), _HEX40, "subfeedHash")
+    if op == "feed-has":
+        return FeedHas(feed_id, subfeed_hash)
+    if op == "feed-subscribe":
+        return FeedSubscribe(feed_id, subfeed_hash, _uint(header.get("position"), "position"))
+    message = header.get("message")
+    if not isinstance(message, dict):
+        raise _bad("message must be a JSON object")
+    return FeedSubmit(feed_id, subfeed_hash, message)
 
 
 def error(code: str, message: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 import kachery_p2p
 
 PACKAGE_DIR = Path(kachery_p2p.__file__).resolve().parent
-SANS_IO = ["store", "quic", "channels", "nat", "relay", "transfer", "ids.py", "errors.py"]
+SANS_IO = ["store", "quic", "channels", "nat", "relay", "transfer", "feeds", "ids.py", "errors.py"]
 FORBIDDEN = {"asyncio", "socket"}
 ISSUE_API = {
     "load_file",
