@@ -67,12 +67,10 @@ class FeedService:
         self.faults: deque[dict[str, Any]] = deque(maxlen=MAX_FAULTS)
         self.peers: Any = None  # FeedPeers, once the peer network is up
 
-    def attach(self, network: Any) -> None:
-        """Replicate with channel peers over ``network`` (a PeerNetwork)."""
-        if network is not None and hasattr(network, "request_handlers"):
-            from .feeds_peers import FeedPeers
-
-            self.peers = FeedPeers(self, network)
+    def attach(self, peers: Any) -> None:
+        """Replicate with channel peers through ``peers`` (a FeedPeers, built by the node, which
+        imports both modules: feeds_peers imports this one, so this one must not import it)."""
+        self.peers = peers
 
     def close(self) -> None:
         if self.peers is not None:

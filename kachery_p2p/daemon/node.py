@@ -25,6 +25,7 @@ from ..store import ContentStore
 from ..store.filestore import open_regular_file
 from . import control_access
 from .control import make_app
+from .feeds_peers import FeedPeers
 from .feeds_service import FeedService
 from .files import read_file_range
 
@@ -70,7 +71,8 @@ class Node:
         # The UDP port first: if it is taken we fail before anything else is set up.
         if self.remote is not None:
             await self.remote.start()
-        self.feeds.attach(self.remote)
+        if self.remote is not None and hasattr(self.remote, "request_handlers"):
+            self.feeds.attach(FeedPeers(self.feeds, self.remote))
         token = secrets.token_urlsafe(32)
         app = make_app(self, token)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
