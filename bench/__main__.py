@@ -22,6 +22,9 @@ The suite, in order (letters as in the performance issue):
   (g) shaped-load    goodput over a 100 Mbit/s link, without loss and with 1% loss, as a fraction of it
       local-store    store / load / cat of a large file in one daemon, vs a plain copy
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
+      feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
+      soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
+  Not in the suite: relay-load (N simulated nodes register, publish, look up: RSS per node, lookup p50/p99)
 
 To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
 per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
@@ -42,14 +45,17 @@ os.environ.setdefault("KACHERY_P2P_PORT_MAPPING", "0")
 from bench import (
     daemon_memory,
     daemon_transfer,
+    feeds,
     lan_transfer,
     local_store,
     multi_provider,
     nat_cold,
     nat_transfer,
     raw_aioquic,
+    relay_load,
     shaped_load,
     small_load,
+    soak,
 )
 from bench.common import print_table
 
@@ -67,7 +73,11 @@ REGISTRY: dict[str, BenchFn] = {
     local_store.NAME: local_store.run,
     nat_transfer.NAME: nat_transfer.run,
     multi_provider.NAME: multi_provider.run,
+    feeds.NAME: feeds.run,
+    soak.NAME: soak.run,
 }
+# Not in the default suite (long at 1,000+ nodes): python -m bench relay-load --nodes N
+EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run}
 
 
 def _machine() -> str:
@@ -93,6 +103,8 @@ def main(argv: list[str]) -> int:
             return 2
     if argv and not argv[0].startswith("-"):
         name, rest = argv[0], argv[1:]
+        if name in EXTRA:
+            REGISTRY[name] = EXTRA[name]
         if name not in REGISTRY:
             print(f"unknown benchmark {name!r}; available: {', '.join(REGISTRY)}", file=sys.stderr)
             return 2

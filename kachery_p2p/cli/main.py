@@ -278,8 +278,9 @@ def _peer_line(peer: dict[str, Any]) -> str:
 
 from .store_cmds import du_cmd, ls_cmd, rm_cmd  # noqa: E402
 from .transfers_cmds import cancel_cmd, transfers_cmd  # noqa: E402
+from .ui_cmd import ui_cmd  # noqa: E402
 
-for _command in (ls_cmd, du_cmd, rm_cmd, transfers_cmd, cancel_cmd):
+for _command in (ls_cmd, du_cmd, rm_cmd, transfers_cmd, cancel_cmd, ui_cmd):
     cli.add_command(_command)
 
 # The seed's command names, each the very same command object.

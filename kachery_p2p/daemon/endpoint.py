@@ -14,9 +14,7 @@ streams, no new handshake).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +29,7 @@ from ..peering.path import PathKind
 from ..quic.identity import NodeIdentity
 from ..quic.settings import quic_configuration
 from ..relay.frames import DatagramKind, classify, decode_relay_frame
+from . import udp
 from .link import Link, LinkClosed, StreamHandler
 from .paths import RELAYED_DATAGRAM_SIZE, Address, Path, PeerPath, datagram_size_for, relay_stable_address
 
@@ -77,22 +76,14 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         return config
 
     async def open(self, host: str, port: int) -> Address:
-        loop = asyncio.get_running_loop()
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: self, local_addr=(host, port), family=socket.AF_INET
-            )
+            transport, _ = await udp.open_udp(lambda: self, host, port)
         except OSError as exc:
             raise ConfigError(
                 f"cannot open UDP port {port} on {host} ({exc.strerror}); is another daemon using it? "
                 "Choose another with --port (0 picks a free one)"
             ) from None
-        sock = transport.get_extra_info("socket")
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
-        local: Address = transport.get_extra_info("sockname")[:2]
-        return local
+        return udp.local_address(transport)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

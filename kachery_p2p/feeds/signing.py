@@ -162,6 +162,10 @@ class ChainVerifier:
     def accept(self, signed: Any) -> dict[str, Any]:
         """check, then advance the tail."""
         self.check(signed)
+        return self.advance(signed)
+
+    def advance(self, signed: dict[str, Any]) -> dict[str, Any]:
+        """Advance the tail over a message already checked (or just signed by us), without checking again."""
         self.count += 1
         self.last_signature = signed["signature"]
         return dict(signed)
