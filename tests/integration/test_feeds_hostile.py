@@ -18,8 +18,7 @@ from conftest import environ_applied
 from helpers import LoopThread, peer_entry, wait_until
 
 import kachery_p2p as kp
-from kachery_p2p.client.http import ControlClient
-from kachery_p2p.config import client_config_from_environ
+from kachery_p2p.client.feeds import feed_faults
 from kachery_p2p.daemon.endpoint import Link, LinkClosed, QuicEndpoint
 from kachery_p2p.daemon.session import PeerSession
 from kachery_p2p.errors import RemoteProtocolError
@@ -61,6 +60,8 @@ class FeedLiar(LoopThread):
         task.add_done_callback(self._tasks.discard)
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
+        if isinstance(request, messages.FeedHas) and request.feed_id == self.feed_id:
+            return {"ok": True, "owner": True, "numMessages": self.announced}, None
         if isinstance(request, messages.FeedSubscribe) and request.feed_id == self.feed_id:
             self.subscribes += 1
             return {"ok": True, "owner": True, "numMessages": self.announced}, self._body(session)
@@ -107,11 +108,9 @@ def test_a_bad_log_is_refused_and_reported(daemon_factory: Any, make: Any, kind:
                    30, "B to share the channel with the liar")
         with environ_applied(b.env):
             subfeed = kp.load_subfeed(f"feed://{key.feed_id}/main")
-            control = ControlClient(client_config_from_environ())
-
             def faults() -> list[dict[str, Any]]:
                 subfeed.get_next_messages(wait_msec=200, advance_position=False)  # a reader keeps B subscribed
-                return list(control.get_json("/feed/list")["faults"])
+                return feed_faults()
 
             [fault] = wait_until(faults, 20, f"B to report the {kind} log")
             assert fault["peer"] == liar.identity.node_id and fault["kind"] == kind
@@ -124,3 +123,6 @@ def test_a_bad_log_is_refused_and_reported(daemon_factory: Any, make: Any, kind:
             subfeed.get_next_messages(wait_msec=1500)
             assert liar.subscribes == subscribes
         assert f"sent a {kind} log" in b.log_text() and liar.identity.node_id[:12] in b.log_text()
+        listed = b.run("feeds")
+        assert listed.returncode == 0 and f"refused a {kind} log" in listed.stderr
+        assert liar.identity.node_id in listed.stderr
