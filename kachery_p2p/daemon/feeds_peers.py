@@ -41,6 +41,7 @@ MAX_SOURCES = 3
 IDLE_SEC = 300.0
 BAN_SEC = 600.0
 RECHECK_SEC = 5.0
+STALL_SEC = 10.0  # a source below the count it announced that sends nothing this long is truncating its log
 LOOP_SEC = 1.0
 SERVE_BATCH = 500
 OWNER_TIMEOUT = 5.0
@@ -144,8 +145,11 @@ class Subscription:
         expected = entry.count
         failed: asyncio.Future[LogError] = asyncio.get_running_loop().create_future()
 
+        last_data = time.monotonic()
+
         def sink(data: bytes) -> None:
-            nonlocal expected
+            nonlocal expected, last_data
+            last_data = time.monotonic()
             if failed.done():
                 return
             batch: list[dict[str, Any]] = []
@@ -187,7 +191,12 @@ class Subscription:
                     task.cancel()
         try:
             waiting: set[asyncio.Future[Any]] = {collector.done, failed}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            while not (collector.done.done() or failed.done()):
+                await asyncio.wait(waiting, timeout=STALL_SEC / 4, return_when=asyncio.FIRST_COMPLETED)
+                behind = isinstance(announced, int) and expected < announced
+                if behind and not failed.done() and time.monotonic() - last_data > STALL_SEC:
+                    raise LogError("truncated", f"announced {announced} messages, sent up to #{expected - 1} and "
+                                                f"then nothing for {STALL_SEC:g} s")
             if failed.done():
                 raise failed.result()
             collector.done.result()  # a clean end: the peer must have sent all it announced
