@@ -23,6 +23,7 @@ The suite, in order (letters as in the performance issue):
       local-store    store / load / cat of a large file in one daemon, vs a plain copy
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
       feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
+      soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
 
 To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
 per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
@@ -52,6 +53,7 @@ from bench import (
     raw_aioquic,
     shaped_load,
     small_load,
+    soak,
 )
 from bench.common import print_table
 
@@ -70,6 +72,7 @@ REGISTRY: dict[str, BenchFn] = {
     nat_transfer.NAME: nat_transfer.run,
     multi_provider.NAME: multi_provider.run,
     feeds.NAME: feeds.run,
+    soak.NAME: soak.run,
 }
 
 

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import stat
 from pathlib import Path
 
 from aiohttp import web
@@ -100,6 +101,26 @@ def publish(config: DaemonConfig, token: str, fingerprint: str | None) -> None:
                 os.chmod(path, 0o640)
     except OSError as exc:
         raise ConfigError(f"--auth-group {config.auth_group}: cannot share the token: {exc.strerror}") from None
+
+
+def group_may_read(config: DaemonConfig, path: Path) -> bool:
+    """With --auth-group, the daemon reads a client's file by path only if the group could read it too
+    (file readable, every parent directory searchable, by the group or by others); otherwise members
+    could make the daemon read its owner's private files for them. Always True without --auth-group."""
+    if config.auth_group is None:
+        return True
+    gid = group_id(config.auth_group)
+
+    def allowed(p: Path, group_bit: int, other_bit: int) -> bool:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return False
+        return bool(st.st_mode & other_bit) or (st.st_gid == gid and bool(st.st_mode & group_bit))
+
+    if not allowed(path, stat.S_IRGRP, stat.S_IROTH):
+        return False
+    return all(allowed(parent, stat.S_IXGRP, stat.S_IXOTH) for parent in path.parents)
 
 
 def unpublish(config: DaemonConfig) -> None:

@@ -80,30 +80,50 @@ class Subscription:
     async def run(self) -> None:
         try:
             while time.monotonic() - self.wanted_at < IDLE_SEC:
-                self._open_streams()
                 self.wake.clear()
+                await self._open_streams()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), LOOP_SEC)
         finally:
             for task in self.streams.values():
                 task.cancel()
-            self.peers.subscriptions.pop((self.feed_id, self.subfeed_hash), None)
+            key = (self.feed_id, self.subfeed_hash)
+            if self.peers.subscriptions.get(key) is self:
+                del self.peers.subscriptions[key]
 
-    def _open_streams(self) -> None:
-        now = time.monotonic()
-        if self.owner_streams:
+    async def _open_streams(self) -> None:
+        """Ask the channel peers we are not following whether they have the subfeed (``feed-has``); follow
+        the owner if one answers, else up to MAX_SOURCES copy holders."""
+        if self.owner_streams or len(self.streams) >= MAX_SOURCES:
             return
-        for session in self.peers.network.channel_peers():
+        now = time.monotonic()
+        candidates = [
+            s for s in self.peers.network.channel_peers()
+            if (s.node_id or "") not in self.streams
+            and now - self.banned.get(s.node_id or "", -BAN_SEC) >= BAN_SEC
+            and now - self.refused.get(s.node_id or "", -RECHECK_SEC) >= RECHECK_SEC
+        ]
+        if not candidates:
+            return
+        answers = await asyncio.gather(*(self._has(s) for s in candidates))
+        holders = [(s, owner) for s, owner in zip(candidates, answers, strict=True) if owner is not None]
+        if any(owner for _s, owner in holders):
+            holders = [(s, owner) for s, owner in holders if owner]
+        for session, _owner in holders[: MAX_SOURCES - len(self.streams)]:
             node_id = session.node_id or ""
-            if len(self.streams) >= MAX_SOURCES:
-                return
-            if node_id in self.streams or now - self.banned.get(node_id, -BAN_SEC) < BAN_SEC:
-                continue
-            if now - self.refused.get(node_id, -RECHECK_SEC) < RECHECK_SEC:
-                continue
             task = asyncio.ensure_future(self._follow(session, node_id))
             self.streams[node_id] = task
             task.add_done_callback(functools.partial(self._ended, node_id))
+
+    async def _has(self, session: PeerSession) -> bool | None:
+        """True: the peer owns the feed; False: it holds a copy; None: neither (or no answer)."""
+        header = {"op": "feed-has", "feedId": self.feed_id, "subfeedHash": self.subfeed_hash}
+        try:
+            reply, _ = await session.request(header, timeout=OWNER_TIMEOUT)
+            return messages.check_ok(reply).get("owner") is True
+        except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, OSError):
+            self.refused[session.node_id or ""] = time.monotonic()
+            return None
 
     def _ended(self, node_id: str, _task: asyncio.Task[None]) -> None:
         self.streams.pop(node_id, None)
@@ -208,6 +228,13 @@ class FeedPeers:
         for subscription in list(self.subscriptions.values()):
             subscription.task.cancel()
 
+    def forget(self, feed_id: str) -> None:
+        """Stop following a deleted feed."""
+        for (feed, _subfeed), subscription in list(self.subscriptions.items()):
+            if feed == feed_id:
+                subscription.task.cancel()
+                del self.subscriptions[(feed, _subfeed)]
+
     def info(self) -> dict[str, Any]:
         return {
             "subscriptions": [{"feedId": f, "subfeedHash": s, "sources": sorted(sub.streams)}
@@ -220,7 +247,7 @@ class FeedPeers:
         """A local reader waits on this subfeed: follow it live (again) for IDLE_SEC."""
         key = (feed_id, subfeed_hash)
         subscription = self.subscriptions.get(key)
-        if subscription is not None:
+        if subscription is not None and not subscription.task.done():
             subscription.wanted_at = time.monotonic()
             return
         if len(self.subscriptions) >= MAX_LOCAL_SUBSCRIPTIONS:

@@ -103,6 +103,8 @@ class FeedService:
         check_feed_id(feed_id)
         for key in [k for k in self._logs if k[0] == feed_id]:
             del self._logs[key]
+        if self.peers is not None:
+            self.peers.forget(feed_id)
         return self.store.delete_feed(feed_id)
 
     def list_feeds(self) -> list[dict[str, Any]]:
@@ -197,6 +199,10 @@ class FeedService:
             feed_id, subfeed_hash = check_feed_id(watch.get("feedId")), check_subfeed_hash(watch.get("subfeedHash"))
             parsed.append((name, feed_id, subfeed_hash, position))
         deadline = time.monotonic() + min(max(0.0, wait_msec), MAX_WAIT_MSEC) / 1000
+        if self.peers is not None:  # follow other nodes' subfeeds even for readers that do not wait
+            for _name, feed_id, subfeed_hash, _position in parsed:
+                if not self.is_owner(feed_id):
+                    self.peers.want(feed_id, subfeed_hash)
         while True:
             result = self._collect(parsed, signed, max_num_messages)
             if any(result.values()):
@@ -204,11 +210,7 @@ class FeedService:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return result
-            waiting = set()
-            for _name, feed_id, subfeed_hash, _position in parsed:
-                waiting.add(self.subfeed(feed_id, subfeed_hash).changed())
-                if self.peers is not None and not self.is_owner(feed_id):
-                    self.peers.want(feed_id, subfeed_hash)
+            waiting = {self.subfeed(feed_id, subfeed_hash).changed() for _n, feed_id, subfeed_hash, _p in parsed}
             await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
     def _collect(self, parsed: list[tuple[str, str, str, int]], signed: bool, limit: int) -> dict[str, list[Any]]:

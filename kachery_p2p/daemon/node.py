@@ -153,6 +153,8 @@ class Node:
     async def store_path(self, path: Path, name: str) -> dict[str, Any]:
         if not path.is_absolute():
             raise UsageError(f"store needs an absolute path, not {path}")
+        if not control_access.group_may_read(self.config, path):  # --auth-group: members send their bytes
+            return {"needUpload": True}
         try:  # off the loop, and never blocking on a FIFO (open_regular_file)
             (await asyncio.to_thread(open_regular_file, path)).close()
         except PermissionError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -181,10 +182,6 @@ class Transfers:
     ) -> tuple[int, AsyncIterator[bytes]]:
         """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them."""
         providers = await self._providers(uri, timeout)
-        size = providers[0].size
-        last = size if end is None else min(end, size)
-        if start > last:
-            raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
 
         async def no_progress(message: dict[str, Any]) -> None:
             return None
@@ -193,11 +190,19 @@ class Transfers:
         async with self._slots, self._file_lock(uri.sha1):
             path = await asyncio.to_thread(self.store.find_local, uri)
             if path is not None:
+                size = path.stat().st_size
+                last = size if end is None else min(end, size)
+                if start > last:
+                    raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
                 return last - start, read_file_range(path, start, last)
             try:
-                fd, _size = await download.fetch_range(start, last)
+                fd, size = await download.fetch_range(start, end if end is not None else 1 << 62)
             finally:
                 self.bytes_downloaded += download.bytes_fetched
+        last = size if end is None else min(end, size)  # the verified size, not a provider's claim
+        if start > last:
+            os.close(fd)
+            raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
         return last - start, read_fd_range(fd, start, last)
 
 

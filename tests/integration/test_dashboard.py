@@ -93,7 +93,7 @@ def _click(driver: Any, css: str) -> None:
 
 
 def test_dashboard_in_a_browser(daemon_factory: Any, tmp_path: Path, browser: Any) -> None:
-    a, b, channel = slow_pair(daemon_factory)
+    a, b, channel, relay = slow_pair(daemon_factory)
     source = tmp_path / "f.bin"
     source.write_bytes(os.urandom(SIZE))
     uri = a.run("store", str(source), check=True).stdout.strip()
@@ -176,3 +176,10 @@ def test_dashboard_in_a_browser(daemon_factory: Any, tmp_path: Path, browser: An
     assert http_request(b.api_port, "GET", "/ui/api/state", None, {"Cookie": jar["Cookie"]})[0] == 200
     assert http_request(b.api_port, "GET", "/ui/api/state")[0] == 401  # no cookie
     assert http_request(b.api_port, "GET", f"/ui/login?t={token}")[0] == 403  # the link works once
+
+    # The relay's own dashboard shows its counters.
+    relay_link = relay.run("ui", "--no-browser")
+    assert relay_link.returncode == 0, relay_link.stderr
+    browser.get(relay_link.stdout.strip())
+    wait_until(lambda: "forwarded_bytes" in _text(browser, "#relay"), 20.0, "the relay counters", 0.2)
+    assert "this node is a relay" in _text(browser, "#node-relays")

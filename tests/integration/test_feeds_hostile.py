@@ -61,6 +61,8 @@ class FeedLiar(LoopThread):
         task.add_done_callback(self._tasks.discard)
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
+        if isinstance(request, messages.FeedHas) and request.feed_id == self.feed_id:
+            return {"ok": True, "owner": True, "numMessages": self.announced}, None
         if isinstance(request, messages.FeedSubscribe) and request.feed_id == self.feed_id:
             self.subscribes += 1
             return {"ok": True, "owner": True, "numMessages": self.announced}, self._body(session)

@@ -173,3 +173,22 @@ def test_snapshot_round_trip_across_nodes(daemon_factory: Any) -> None:
     sub_uri = copy.get_subfeed({"d": 1}).get_uri()
     assert "?subfeedName=" in sub_uri
     assert on(b, lambda: kp.load_subfeed(sub_uri).get_next_messages()) == [{"dict": True}]
+
+
+def test_a_copy_holder_serves_a_peer_that_cannot_reach_the_owner(daemon_factory: Any) -> None:
+    """A - B - C in a line (C knows only B): C follows A's subfeed through B's verified copy, live."""
+    (a, b), channel = start_connected(daemon_factory, ["la", "lb"])
+    c = daemon_factory.start("lc", ["-v", "--bootstrap", f"127.0.0.1:{udp_port(b)}"])
+    assert c.run("join-channel", channel).returncode == 0
+    connect_wait(c, b, channel)
+    subfeed = on(a, lambda: kp.create_feed().get_subfeed("chain"))
+    on(a, lambda: subfeed.append_message({"n": 0}))
+    uri = subfeed.get_uri()
+    assert read_all(b, uri, 1) == [{"n": 0}]
+    assert read_all(c, uri, 1) == [{"n": 0}]
+    reader = Reader(c, uri, position=1)
+    reader.start()
+    on(a, lambda: subfeed.append_message({"n": 1}))
+    reader.join(15)
+    assert reader.messages == [{"n": 1}]
+    assert peer_entry(c, a.node_id) is None  # it really came through B

@@ -8,19 +8,23 @@ account is created). Everything lives in a temp dir other users can traverse, re
 from __future__ import annotations
 
 import grp
+import hashlib
+import json
 import os
 import pwd
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import DaemonFactory, environ_applied
 
 import kachery_p2p as kp
-from kachery_p2p.errors import DaemonAuthError
+from kachery_p2p.client.http import ControlClient
+from kachery_p2p.config import client_config_from_environ
+from kachery_p2p.errors import DaemonAuthError, UsageError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
 
@@ -47,11 +51,24 @@ def _client_work() -> str:
     return "\n".join([kp.get_node_id(), uri, str(kp.load_text(uri))])
 
 
-def _as_user(uid: int, gid: int, groups: list[int], env: dict[str, str]) -> tuple[bool, str]:
+def _ask_daemon_to_read(secret: Path) -> str:
+    """What a member could try: make the daemon read, by path, a file only its owner may read."""
+    client = ControlClient(client_config_from_environ())
+    stored = client.post_json("/store", {"path": str(secret), "name": "s"})
+    try:
+        linked = str(client.post_json("/link", {"path": str(secret), "name": "s"}))
+    except UsageError as exc:
+        linked = f"refused: {exc}"
+    return json.dumps({"store": stored, "link": linked})
+
+
+def _as_user(
+    uid: int, gid: int, groups: list[int], env: dict[str, str], work: Callable[[], str] = _client_work
+) -> tuple[bool, str]:
     """Run _client_work in a forked child with another uid/gid/groups (no exec: the venv's python lives
     under /root, which other users cannot reach); (succeeded, output or 'ExcType: message')."""
     with environ_applied(env):  # as root first: every module the work needs is imported before the fork
-        _client_work()
+        work()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -62,7 +79,7 @@ def _as_user(uid: int, gid: int, groups: list[int], env: dict[str, str]) -> tupl
             os.setgid(gid)
             os.setuid(uid)
             os.environ.update(env)
-            os.write(write_end, ("ok\n" + _client_work()).encode())
+            os.write(write_end, ("ok\n" + work()).encode())
             code = 0
         except BaseException as exc:
             os.write(write_end, f"error\n{type(exc).__name__}: {exc}".encode())
@@ -96,6 +113,16 @@ def test_auth_group_member_uses_the_daemon(shared_factory: DaemonFactory) -> Non
     node_id, uri, text = output.splitlines()
     assert node_id == a.node_id and uri.startswith("sha1://") and text == "from the second user"
     assert a.api("load_text", uri) == "from the second user"
+
+    # The daemon does not read, for a member, a file the group could not read itself.
+    secret = a.root / "owner-only" / "id_key"
+    secret.parent.mkdir(mode=0o700)
+    secret.write_text("the owner's secret")
+    ok, output = _as_user(uid, other_gid, [auth_gid], a.env, lambda: _ask_daemon_to_read(secret))
+    assert ok, output
+    answer = json.loads(output)
+    assert answer["store"] == {"needUpload": True} and answer["link"].startswith("refused: cannot link")
+    assert a.api("load_text", f"sha1://{hashlib.sha1(secret.read_bytes()).hexdigest()}", p2p=False) is None
 
     ok, output = _as_user(uid, other_gid, [], a.env)
     assert not ok and output.startswith("DaemonAuthError: cannot read the daemon token"), output

@@ -22,8 +22,8 @@ SIZE = 60 * MB  # three chunks
 CHUNK = 20 * MB
 
 
-def slow_pair(factory: Any) -> tuple[Any, Any, str]:
-    """Nodes a and b in one channel, connected only through a rate-limited relay."""
+def slow_pair(factory: Any) -> tuple[Any, Any, str, Any]:
+    """Nodes a and b in one channel, connected only through a rate-limited relay (returned last)."""
     relay = factory.start("relay", ["--relay", "--relay-rate", RELAY_RATE_MB])
     port = json.loads(relay.run("node-info", "--json", check=True).stdout)["udpPort"]
     via = ["-v", "--no-hole-punching", "--bootstrap", f"{relay.node_id}@127.0.0.1:{port}"]
@@ -37,7 +37,7 @@ def slow_pair(factory: Any) -> tuple[Any, Any, str]:
         return any(channel in p.get("channels", []) for p in b.api("get_peers") if p["nodeId"] == a.node_id)
 
     wait_until(connected, 30.0, "b to reach a through the relay", 0.2)
-    return a, b, channel
+    return a, b, channel, relay
 
 
 def transfers(node: Any) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def transfers(node: Any) -> dict[str, Any]:
 
 
 def test_transfers_list_and_cancel_keeps_verified_chunks(daemon_factory: Any, tmp_path: Path) -> None:
-    a, b, _channel = slow_pair(daemon_factory)
+    a, b, _channel, _relay = slow_pair(daemon_factory)
     source = tmp_path / "f.bin"
     source.write_bytes(os.urandom(SIZE))
     uri = a.run("store", str(source), check=True).stdout.strip()
