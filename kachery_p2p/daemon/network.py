@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,21 +15,25 @@ from ..channels.announcements import Announcement
 from ..channels.membership import rendezvous_id
 from ..config import HostPort
 from ..errors import RemoteProtocolError
-from ..ids import FileUri, format_address
+from ..ids import FileUri
 from ..quic import messages
 from ..quic.identity import short_node_id
 from ..relay.frames import DatagramKind
+from .candidates import gather as gather_candidates
 from .endpoint import Link, LinkClosed, QuicEndpoint
 from .lan import LanDiscovery, default_lan_interfaces
 from .portmap import PortMapping
 from .punch import PunchManager
 from .relay_server import RelayService
+from .relay_tcp import RelayTcpServer, TcpFallback, relay_over_tcp
 from .rendezvous import RETRY_DIRECT_SEC, RelayClient
 from .serve import FileServer
 from .session import PeerSession
 from .stun_client import StunClient
+from .sysnet import ipv6_addresses
 from .tasks import Supervisor
 from .transfers import Transfers
+from .udp import resolve
 
 if TYPE_CHECKING:
     from .node import Node
@@ -64,6 +67,8 @@ class PeerNetwork:
         self.local_address: tuple[str, int] | None = None
         self.lan: LanDiscovery | None = None
         self.port_mapping: PortMapping | None = None
+        self.relay_tcp: RelayTcpServer | None = None
+        self.tcp_fallbacks: list[TcpFallback] = []
         self.tasks = Supervisor()
         self.dialing: set[str] = set()
         # Handlers of further request types (feeds), by message class: registered by their services.
@@ -76,8 +81,12 @@ class PeerNetwork:
         if self.config.port_mapping and not self.config.relay_mode:
             self.port_mapping = PortMapping(self.local_address[1], on_change=lambda _a: self.channels_changed())
             self.spawn(self.port_mapping.run())
+        self.relay_tcp, self.tcp_fallbacks = await relay_over_tcp(
+            self.endpoint.transport, self.config, self.identity, self.local_address[1], self._close_sessions_at)
         for address in self.config.bootstrap:
             self.tasks.keep_running(functools.partial(self._keep_dialing, address), f"dial {address}")
+        for fallback in self.tcp_fallbacks:
+            self.tasks.keep_running(fallback.run, f"tcp {fallback.host}")
         if self.config.lan_discovery and not self.config.relay_mode:
             self.lan = LanDiscovery(
                 self.identity,
@@ -94,6 +103,8 @@ class PeerNetwork:
 
     async def stop(self) -> None:
         self.tasks.cancel_all()
+        if self.relay_tcp is not None:
+            await self.relay_tcp.stop()
         if self.port_mapping is not None:
             await self.port_mapping.stop()
         if self.lan is not None:
@@ -158,8 +169,7 @@ class PeerNetwork:
         self.register(session)
 
     async def dial(self, host: str, port: int, expected_node_id: str | None = None) -> PeerSession:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
-        address = str(infos[0][4][0]), port
+        address = await resolve(host, port, getattr(self.endpoint.transport, "dual_stack", False))
         link = self.endpoint.connect(address)
         session = self.new_session(link, expected_node_id)
         await session.authenticate(DIAL_TIMEOUT)
@@ -216,6 +226,12 @@ class PeerNetwork:
                 found.append(session)
         return found
 
+    async def _close_sessions_at(self, addr: tuple[str, int]) -> None:
+        """End our sessions with whoever is at ``addr`` (the dialer reconnects at once, over the new way)."""
+        for session in [s for ss in self.sessions.values() for s in ss if tuple(s.link.path.addr) == addr]:
+            session.close("moving to another transport")
+        await asyncio.sleep(0.05)  # let the CONNECTION_CLOSE leave on the old transport
+
     async def _keep_dialing(self, address: HostPort) -> None:
         delay = 1.0
         while True:
@@ -243,22 +259,17 @@ class PeerNetwork:
         return [rendezvous_id(name) for name in self.node.channels.names()]
 
     def candidates(self) -> list[str]:
-        """Addresses a peer may reach us at: reflexive ones seen by relays, then local interfaces."""
-        found: list[str] = []
-        reflexive = [format_address(a) for a in self.stun.reflexive.values()]
-        given = [format_address((a.host, a.port)) for a in [self.config.public_address] if a and _is_ip(a.host)]
-        mapped = [format_address(a) for a in [self.port_mapping and self.port_mapping.external] if a]
-        for text in [*given, *mapped, *(c.observed for c in self.relay_clients.values() if c.observed), *reflexive]:
-            if text not in found:
-                found.append(text)
-        if self.local_address is not None:
-            host, port = self.local_address
-            hosts = [host] if host not in ("0.0.0.0", "") else [h for h in default_lan_interfaces() if h != "127.0.0.1"]
-            for item in hosts:
-                text = format_address((item, port))
-                if text not in found:
-                    found.append(text)
-        return found
+        """Addresses a peer may reach us at (daemon.candidates.gather says in which order)."""
+        return gather_candidates(
+            public=self.config.public_address,
+            mapped=self.port_mapping.external if self.port_mapping else None,
+            observed=[c.observed for c in self.relay_clients.values() if c.observed],
+            reflexive=self.stun.reflexive.values(),
+            local=self.local_address,
+            dual_stack=getattr(self.endpoint.transport, "dual_stack", False),
+            lan_ipv4=default_lan_interfaces,
+            ipv6=ipv6_addresses,
+        )
 
     def consider_relay_peer(self, client: RelayClient, node_id: str) -> None:
         """A channel peer seen through a relay: connect, or try again to go direct."""
@@ -351,11 +362,12 @@ class PeerNetwork:
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self.connecting),
             "portMapping": self.port_mapping.info() if self.port_mapping else None,
+            "relayTransports": [f.info() for f in self.tcp_fallbacks],
             "bytesServed": self.server.bytes_served,
             "bytesDownloaded": self.transfers.bytes_downloaded,
         }
-        if self.relay is not None:
-            info.update(self.relay.info())
+        for part in (self.relay, self.relay_tcp):
+            info.update(part.info() if part is not None else {})
         return info
 
     def peers_info(self) -> list[dict[str, Any]]:
@@ -384,12 +396,3 @@ async def _quiet(awaitable: Awaitable[Any]) -> None:
     with contextlib.suppress(Exception):
         await awaitable
 
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

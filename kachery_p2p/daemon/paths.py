@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
+from ..ids import format_address
 from ..relay.frames import MAX_PAYLOAD, to_relay_header
 from .sysnet import route_mtu
 
@@ -49,8 +50,7 @@ class Path:
         transport.sendto(data, self.addr)
 
     def describe(self) -> str:
-        host, port = self.addr
-        return f"{host}:{port}"
+        return format_address(self.addr)
 
 
 class RelayPath(Path):
@@ -67,8 +67,7 @@ class RelayPath(Path):
         transport.sendto(self._prefix + data, self.addr)
 
     def describe(self) -> str:
-        host, port = self.addr
-        return f"relay {host}:{port}"
+        return f"relay {format_address(self.addr)}"
 
 
 def relay_stable_address(relay_addr: Address, peer_node_id: str) -> Address:
