@@ -228,7 +228,8 @@ class PeerNetwork:
 
     async def _close_sessions_at(self, addr: tuple[str, int]) -> None:
         """End our sessions with whoever is at ``addr`` (the dialer reconnects at once, over the new way)."""
-        for session in [s for ss in self.sessions.values() for s in ss if tuple(s.link.path.addr) == addr]:
+        direct = [s for ss in self.sessions.values() for s in ss if s.link.path.kind == "direct"]
+        for session in [s for s in direct if tuple(s.link.path.addr) == addr]:  # not relayed peers behind it
             session.close("moving to another transport")
         await asyncio.sleep(0.05)  # let the CONNECTION_CLOSE leave on the old transport
 
