@@ -196,7 +196,7 @@ class TcpFallback:
             started = loop.time()
             while True:  # on UDP: wait until it has been silent too long
                 heard = self.transport.last_heard(self.relay)
-                silent_for = loop.time() - (heard or started)
+                silent_for = loop.time() - max(heard, started)
                 limit = UDP_SILENT_SEC if heard > started else UDP_GRACE_SEC
                 if silent_for >= limit:
                     break
@@ -244,7 +244,10 @@ class TcpFallback:
             while not pump.done():
                 before = self.transport.last_heard(self.relay)
                 self.transport.send_udp(binding_request(os.urandom(12)), self.relay)
-                await asyncio.wait([pump], timeout=UDP_PROBE_SEC)
+                for _ in range(int(UDP_PROBE_SEC / 0.5)):  # the answer, if any, comes within a round trip
+                    await asyncio.wait([pump], timeout=0.5)
+                    if pump.done() or self.transport.last_heard(self.relay) > before:
+                        break
                 if self.transport.last_heard(self.relay) > before:
                     log.warning("relay %s:%d answers over UDP again: back to UDP", *self.relay)
                     await self.on_back_to_udp(self.relay)
