@@ -16,7 +16,7 @@ from .errors import Command
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per feed.")
 def feeds_cmd(as_json: bool) -> None:
     """List the feeds on this node: owned (writeable) ones and copies of other nodes' feeds."""
-    from ..client.feeds import list_feeds
+    from ..client.feeds import feed_faults, list_feeds
 
     for feed in list_feeds():
         if as_json:
@@ -26,6 +26,12 @@ def feeds_cmd(as_json: bool) -> None:
         names = ",".join(feed["names"]) or "-"
         total = sum(s["numMessages"] for s in feed["subfeeds"])
         click.echo(f"feed://{feed['feedId']}  {kind}  {names}  {len(feed['subfeeds'])} subfeeds  {total} messages")
+    for fault in feed_faults():  # peers that sent logs that did not verify (their messages were dropped)
+        click.echo(
+            f"refused a {fault['kind']} log of feed://{fault['feedId']} (subfeed {fault['subfeedHash']}) "
+            f"from peer {fault['peer']}: {fault['message']}",
+            err=True,
+        )
 
 
 @click.command("print-messages", cls=Command)

@@ -18,8 +18,7 @@ from conftest import environ_applied
 from helpers import LoopThread, peer_entry, wait_until
 
 import kachery_p2p as kp
-from kachery_p2p.client.http import ControlClient
-from kachery_p2p.config import client_config_from_environ
+from kachery_p2p.client.feeds import feed_faults
 from kachery_p2p.daemon.endpoint import Link, LinkClosed, QuicEndpoint
 from kachery_p2p.daemon.session import PeerSession
 from kachery_p2p.errors import RemoteProtocolError
@@ -94,10 +93,16 @@ def reordered(key: FeedKey) -> tuple[list[dict[str, Any]], int, bool]:
 
 
 def truncated(key: FeedKey) -> tuple[list[dict[str, Any]], int, bool]:
-    return make_log(key, 2), 6, True
+    return make_log(key, 2), 6, True  # ends the stream after #1, having announced 6
 
 
-@pytest.mark.parametrize(("make", "kind"), [(forged, "forged"), (reordered, "reordered"), (truncated, "truncated")])
+def stalled(key: FeedKey) -> tuple[list[dict[str, Any]], int, bool]:
+    return make_log(key, 2), 6, False  # keeps the stream open but never sends #2..#5 (STALL_SEC = 10 s)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"), [(forged, "forged"), (reordered, "reordered"), (truncated, "truncated"), (stalled, "truncated")]
+)
 def test_a_bad_log_is_refused_and_reported(daemon_factory: Any, make: Any, kind: str) -> None:
     key = FeedKey.generate()
     channel = f"hostile-{os.urandom(6).hex()}"
@@ -109,13 +114,11 @@ def test_a_bad_log_is_refused_and_reported(daemon_factory: Any, make: Any, kind:
                    30, "B to share the channel with the liar")
         with environ_applied(b.env):
             subfeed = kp.load_subfeed(f"feed://{key.feed_id}/main")
-            control = ControlClient(client_config_from_environ())
-
             def faults() -> list[dict[str, Any]]:
                 subfeed.get_next_messages(wait_msec=200, advance_position=False)  # a reader keeps B subscribed
-                return list(control.get_json("/feed/list")["faults"])
+                return feed_faults()
 
-            [fault] = wait_until(faults, 20, f"B to report the {kind} log")
+            [fault] = wait_until(faults, 30, f"B to report the {kind} log")
             assert fault["peer"] == liar.identity.node_id and fault["kind"] == kind
             assert fault["feedId"] == key.feed_id and fault["subfeedHash"] == SUB
             # Only the valid prefix was stored, with its signatures as the owner made them.
@@ -126,3 +129,6 @@ def test_a_bad_log_is_refused_and_reported(daemon_factory: Any, make: Any, kind:
             subfeed.get_next_messages(wait_msec=1500)
             assert liar.subscribes == subscribes
         assert f"sent a {kind} log" in b.log_text() and liar.identity.node_id[:12] in b.log_text()
+        listed = b.run("feeds")
+        assert listed.returncode == 0 and f"refused a {kind} log" in listed.stderr
+        assert liar.identity.node_id in listed.stderr
