@@ -11,13 +11,18 @@ and exits with ``exc.exit_code``.
     ├── DaemonError                      talking to the local daemon failed
     │   ├── DaemonNotRunningError        nothing answers on the control port
     │   ├── DaemonAuthError              the control token is missing or wrong
-    │   └── DaemonAlreadyRunningError    a second daemon for the same config dir
+    │   ├── DaemonAlreadyRunningError    a second daemon for the same config dir
+    │   └── DaemonStoppedError           the daemon stopped during a request
     ├── NotFoundError                    no copy of the file here or on any peer (exit 3)
     ├── StoreError                       the content store could not read or write
     │   └── VerificationError            bytes did not hash to what they claim
     ├── IdentityError                    the node key is unusable or unsafe
     ├── RemoteProtocolError              a peer broke the protocol (its fault)
-    └── LocalProtocolError               we misused a protocol object (our bug)
+    ├── LocalProtocolError               we misused a protocol object (our bug)
+    ├── DownloadCancelledError           a download was stopped on purpose
+    └── FileFormatError                  a file is not the text or JSON expected
+
+The error codes that carry these over the control endpoint and the peer protocol: ``error_codes.py``.
 """
 
 from __future__ import annotations
@@ -91,3 +96,15 @@ class RemoteProtocolError(KacheryP2PError):
 
 class LocalProtocolError(KacheryP2PError):
     """We used a protocol object in a way it does not allow (a bug in kachery-p2p)."""
+
+
+class DaemonStoppedError(DaemonError):
+    """The daemon stopped (or vanished) while a request was under way."""
+
+
+class DownloadCancelledError(KacheryP2PError):
+    """A download was stopped on purpose: cancelled by the user, or no client waits for it any more."""
+
+
+class FileFormatError(KacheryP2PError, ValueError):
+    """A file is not the text or JSON that a function expected (``load_text`` on binary bytes)."""

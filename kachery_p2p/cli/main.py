@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -171,7 +172,12 @@ def store_cmd(path: str) -> None:
 
 @cli.command("load", cls=Command)
 @click.argument("uri")
-@click.option("--dest", default=None, help="Also write the file here (atomically).")
+@click.option(
+    "--dest",
+    default=None,
+    help="Also write the file here, as cp does: a regular file is replaced atomically, a device or FIFO is"
+    " written through; '-' writes the bytes to stdout (and prints no path).",
+)
 @click.option(
     "--timeout", type=click.FloatRange(min=0), default=None, help="Seconds to look for providers before giving up."
 )
@@ -181,8 +187,16 @@ def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -
     from ..client.api import fetch_file
     from .progress import ProgressPrinter
 
-    with ProgressPrinter(as_json=as_json) as printer:
-        path = fetch_file(uri, dest, timeout_sec=timeout, progress=printer.update)
+    with ProgressPrinter(as_json=as_json and dest != "-") as printer:
+        path = fetch_file(uri, None if dest == "-" else dest, timeout_sec=timeout, progress=printer.update)
+    if dest == "-":
+        from ..client.loading import stored_file_blocks
+
+        out = sys.stdout.buffer
+        for block in stored_file_blocks(uri, Path(path)):
+            out.write(block)
+        out.flush()
+        return
     if as_json:
         click.echo(json.dumps({"type": "done", "path": path}))
     else:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..config import client_config_from_environ
-from ..errors import NotFoundError, StoreError, UsageError
+from ..errors import UsageError
 from ..ids import FileUri
 from .http import ControlClient
+from .loading import decode_text, parse_json
+from .loading import fetch_file as fetch_file
+from .loading import iter_bytes as iter_bytes
+from .loading import load_bytes as load_bytes
+from .loading import load_file as load_file
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -26,104 +29,16 @@ def _check_uri(uri: str) -> FileUri:
     return FileUri.parse(uri)
 
 
-def load_file(
-    uri: str,
-    dest: str | os.PathLike[str] | None = None,
-    *,
-    timeout_sec: float | None = None,
-    progress: ProgressCallback | None = None,
-) -> str | None:
-    """Make the file available locally; return its path (``dest`` if given), or None if not found."""
-    try:
-        return fetch_file(uri, dest, timeout_sec=timeout_sec, progress=progress)
-    except NotFoundError:
-        return None
-
-
-def fetch_file(
-    uri: str,
-    dest: str | os.PathLike[str] | None = None,
-    *,
-    timeout_sec: float | None = None,
-    progress: ProgressCallback | None = None,
-) -> str:
-    """Like load_file, but raise NotFoundError (with the daemon's reason) instead of returning None."""
-    _check_uri(uri)
-    client = _client()
-    path: str | None = None
-    for message in client.post_json_lines("/load", {"uri": uri, "timeoutSec": timeout_sec}, timeout=None):
-        kind = message.get("type")
-        if kind == "progress" and progress is not None:
-            progress(message)
-        elif kind == "done":
-            path = str(message["path"])
-    if path is None:
-        raise NotFoundError(f"file not found: {uri}")
-    if dest is None:
-        return path
-    _copy_atomically(client, uri, Path(path), Path(dest))
-    return str(dest)
-
-
-def _copy_atomically(client: ControlClient, uri: str, source: Path, dest: Path) -> None:
-    """Copy into ``dest`` through a temp file in the same directory, so dest is whole or absent."""
-    dest = dest.expanduser()
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if dest.is_dir():
-        raise UsageError(f"--dest {dest} is a directory; give a file path")
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
-    except OSError as exc:
-        raise StoreError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            except PermissionError:
-                for block in client.post_for_bytes("/read", {"uri": uri}):
-                    out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, dest)
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
-        raise StoreError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def load_bytes(
-    uri: str, start: int | None = None, end: int | None = None, *, timeout_sec: float | None = None
-) -> bytes | None:
-    """Bytes [start, end) of the file (end exclusive); None if not found."""
-    _check_uri(uri)
-    payload: dict[str, Any] = {"uri": uri, "start": start, "end": end, "timeoutSec": timeout_sec}
-    try:
-        return b"".join(_client().post_for_bytes("/read", payload, timeout=None))
-    except NotFoundError:
-        return None
-
-
-def iter_bytes(
-    uri: str, start: int | None = None, end: int | None = None, *, timeout_sec: float | None = None
-) -> Iterator[bytes]:
-    """Stream bytes [start, end) of the file; raises NotFoundError if no copy is found."""
-    _check_uri(uri)
-    payload: dict[str, Any] = {"uri": uri, "start": start, "end": end, "timeoutSec": timeout_sec}
-    yield from _client().post_for_bytes("/read", payload, timeout=None)
-
-
 def load_text(uri: str, *, timeout_sec: float | None = None) -> str | None:
+    """The file as UTF-8 text, or None if not found; FileFormatError if it is not text."""
     data = load_bytes(uri, timeout_sec=timeout_sec)
-    return None if data is None else data.decode("utf-8")
+    return None if data is None else decode_text(data, uri)
 
 
 def load_json(uri: str, *, timeout_sec: float | None = None) -> Any:
-    """The parsed JSON, or None if the file is not found."""
+    """The parsed JSON, or None if the file is not found; FileFormatError if it is not JSON."""
     text = load_text(uri, timeout_sec=timeout_sec)
-    return None if text is None else json.loads(text)
+    return None if text is None else parse_json(text, uri)
 
 
 def find_file(uri: str, timeout_sec: float = 5.0) -> Iterator[dict[str, Any]]:

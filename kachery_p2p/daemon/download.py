@@ -31,7 +31,7 @@ log = logging.getLogger("kachery_p2p.download")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 STREAMS_PER_PROVIDER = 4
-PIECE_TIMEOUT = 60.0
+PIECE_TIMEOUT = 60.0  # a piece stream that delivers no byte for this long is given up (slow is fine)
 PROGRESS_INTERVAL = 0.25
 MAX_ROUNDS = 5
 ENDGAME_AGE_FACTOR = 1.5
@@ -78,7 +78,14 @@ class Download:
         self._last_progress = 0.0
         self.started = time.monotonic()
         self.bytes_fetched = 0
+        # Bytes as they arrive (not only whole pieces): what progress and node-info show live.
+        self.bytes_received = 0
+        self.last_byte_at = self.started
         self.first_byte_at: float | None = None
+        # Hooks for streaming readers: the partial file once open, and each chunk once verified.
+        self.on_partial: Callable[[PartialFile], None] | None = None
+        self.on_verified: Callable[[int], None] | None = None
+        self.plan: DownloadPlan | None = None
 
     async def run(self) -> Path:
         size = _agreed_size(self.providers)
@@ -89,9 +96,11 @@ class Download:
             return (await asyncio.to_thread(self.store.store_bytes, b"")).path
         manifest = await self._manifest(size)
         partial = await asyncio.to_thread(self.store.open_partial, self.sha1, size, manifest)
+        if self.on_partial is not None:
+            self.on_partial(partial)
         try:
             chunks = [(c.start, c.end) for c in manifest.chunks] if manifest else [(0, size)]
-            plan = DownloadPlan(chunks, partial.verified_chunks())
+            plan = self.plan = DownloadPlan(chunks, partial.verified_chunks())
             await self._fetch(plan, partial)
             path = await asyncio.to_thread(partial.finish)
         finally:
@@ -110,9 +119,13 @@ class Download:
             path = await self.run()
             return os.open(path, os.O_RDONLY), size
         partial = await asyncio.to_thread(self.store.open_partial, self.sha1, size, manifest)
+        if self.on_partial is not None:
+            self.on_partial(partial)
         try:
             skip = set(range(len(manifest.chunks))) - wanted
-            plan = DownloadPlan([(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip)
+            plan = self.plan = DownloadPlan(
+                [(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip
+            )
             await self._fetch(plan, partial)
             # Opened before the partial is released, so a full download finishing now cannot pull
             # the file away from under us.
@@ -162,6 +175,8 @@ class Download:
         async def verify(index: int) -> None:
             if await asyncio.to_thread(partial.verify_chunk, index):
                 plan.chunk_verified(index)
+                if self.on_verified is not None:
+                    self.on_verified(index)
                 # A chunk that failed when several providers sent it, now good from one: whoever's
                 # earlier piece differs from the good bytes lied.
                 earlier = suspects.pop(index, None)
@@ -265,8 +280,10 @@ class Download:
             buffer.clear()
 
         def sink(data: bytes) -> None:
+            self.last_byte_at = now = time.monotonic()
             if self.first_byte_at is None:
-                self.first_byte_at = time.monotonic()
+                self.first_byte_at = now
+            self.bytes_received += len(data)
             if written + len(buffer) + len(data) > piece.end:
                 raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
             buffer.extend(data)
@@ -275,7 +292,7 @@ class Download:
 
         session = provider.session
         header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
-        reply, _ = await session.request(header, sink=sink, timeout=PIECE_TIMEOUT)
+        reply = await self._request_while_alive(session, header, sink)
         messages.check_ok(reply)
         if written + len(buffer) != piece.end:
             raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")
@@ -288,6 +305,44 @@ class Download:
             return True
         flush()
         return plan.claim_write(piece, node_id)
+
+    async def _request_while_alive(
+        self, session: PeerSession, header: dict[str, Any], sink: Callable[[bytes], None]
+    ) -> dict[str, Any]:
+        """The request, given up only when no byte arrived for PIECE_TIMEOUT (a slow link is not a failure)."""
+        last = [time.monotonic()]
+
+        def counting(data: bytes) -> None:
+            last[0] = time.monotonic()
+            sink(data)
+
+        task = asyncio.ensure_future(session.request(header, sink=counting))
+        try:
+            while True:
+                idle = time.monotonic() - last[0]
+                done, _ = await asyncio.wait({task}, timeout=max(0.05, PIECE_TIMEOUT - idle))
+                if done:
+                    return task.result()[0]
+                if time.monotonic() - last[0] >= PIECE_TIMEOUT:
+                    raise asyncio.TimeoutError()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def live_progress(self) -> dict[str, Any]:
+        """Bytes so far, counted as they arrive (resumed chunks included), for progress lines."""
+        plan = self.plan
+        banned = plan.banned if plan is not None else set()
+        message: dict[str, Any] = {"providers": len([p for p in self.providers if p.node_id not in banned])}
+        if plan is None and self.providers:
+            message.update(bytesLoaded=0, bytesTotal=self.providers[0].size)
+        elif plan is not None:
+            loaded = plan.total_bytes if plan.finished else plan.bytes_resumed + self.bytes_received
+            message.update(bytesLoaded=min(loaded, plan.total_bytes), bytesTotal=plan.total_bytes)
+            message["paths"] = sorted({p.session.link.path.kind for p in self.providers})
+        return message
 
     async def _report(self, plan: DownloadPlan, force: bool = False) -> None:
         now = time.monotonic()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -18,13 +17,14 @@ from aiohttp import web
 from .. import __version__
 from ..channels.membership import JoinedChannels
 from ..config import CHANNELS_FILENAME, PROTOCOL_VERSION, DaemonConfig
-from ..errors import ConfigError, NotFoundError, StoreError, UsageError
+from ..errors import ConfigError, DaemonStoppedError, NotFoundError, StoreError, UsageError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
 from .control import make_app
 from .files import read_file_range
 from .lock import write_secret_file
+from .running import DownloadRegistry
 
 log = logging.getLogger("kachery_p2p.node")
 
@@ -60,7 +60,7 @@ class Node:
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self._loads: dict[str, asyncio.Task[Path]] = {}
+        self.downloads = DownloadRegistry()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -80,6 +80,7 @@ class Node:
                 f"({exc.strerror}); is another daemon using it? Set KACHERY_P2P_API_PORT to choose another port"
             ) from None
         write_secret_file(self.config.token_path, token)
+        write_secret_file(self.config.api_port_path, f"{self.config.api_port}\n")
         removed = await asyncio.to_thread(self.store.cleanup_temp, TEMP_MAX_AGE_SEC)
         if removed:
             log.info("removed %d stale temp files from %s", removed, self.store.temp_dir)
@@ -92,13 +93,13 @@ class Node:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        for task in list(self._loads.values()):
-            task.cancel()
+        self.downloads.stop_all(DaemonStoppedError("the daemon stopped during the load"))
         if self.remote is not None:
             with contextlib.suppress(Exception):
                 await self.remote.stop()
-        with contextlib.suppress(OSError):
-            self.config.token_path.unlink()
+        for path in (self.config.token_path, self.config.api_port_path):
+            with contextlib.suppress(OSError):
+                path.unlink()
         if self._runner is not None:
             await self._runner.cleanup()
         log.info("daemon stopped")
@@ -207,16 +208,8 @@ class Node:
                 return await asyncio.to_thread(self._extract_chunk, uri, parent)
         if self.remote is None or uri.algorithm != "sha1":
             raise NotFoundError(f"{uri.hash} is not in the local store and no peer network is running")
-        # Two loads of one file share one download.
-        task = self._loads.get(uri.hash)
-        if task is None or task.done():
-            task = asyncio.ensure_future(self.remote.load(uri, timeout, progress))
-            self._loads[uri.hash] = task
-            task.add_done_callback(functools.partial(self._forget_load, uri.hash))
-        return await asyncio.shield(task)
-
-    def _forget_load(self, key: str, _task: asyncio.Task[Path]) -> None:
-        self._loads.pop(key, None)
+        # Loads of one file share one download (see running.py).
+        return await self.remote.load(uri, timeout, progress)
 
     def _extract_chunk(self, uri: FileUri, parent: Path) -> Path:
         assert uri.chunk_of is not None

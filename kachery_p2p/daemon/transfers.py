@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,8 @@ from ..ids import FileUri
 from ..quic import messages
 from .download import Download, Provider
 from .endpoint import LinkClosed
-from .files import read_fd_range, read_file_range
+from .files import RangeReader
+from .running import DownloadRegistry, RunningDownload, path_result
 from .session import PeerSession
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ class Transfers:
         # Downloads at once (more wait their turn, first come first served), and one per file.
         self._slots = asyncio.Semaphore(MAX_DOWNLOADS)
         self._file_locks: dict[str, asyncio.Lock] = {}
-        self.bytes_downloaded = 0
+        self._bytes_done = 0
+        self._active: set[Download] = set()
 
     async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
         try:
@@ -142,20 +144,43 @@ class Transfers:
             )
         return providers
 
+    @property
+    def downloads(self) -> DownloadRegistry:
+        return self.network.node.downloads
+
+    @property
+    def bytes_downloaded(self) -> int:
+        """Bytes received from peers since the daemon started, counted as they arrive."""
+        return self._bytes_done + sum(d.bytes_received for d in self._active)
+
     async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path:
+        """Download the file, or follow its download if another client started it already."""
+        entry = self.downloads.start(uri, "load", lambda entry: self._run_load(entry, timeout))
+        return path_result(await self.downloads.follow(entry, progress))
+
+    async def _run_load(self, entry: RunningDownload, timeout: float | None) -> Path:
+        uri = entry.uri
         providers = await self._providers(uri, timeout)
-        await progress({"bytesLoaded": 0, "bytesTotal": providers[0].size, "providers": len(providers)})
-        download = Download(self.store, uri, providers, progress)
+        download = entry.download = Download(self.store, uri, providers, _no_progress)
+        entry.phase = "queued"
         async with self._slots, self._file_lock(uri.sha1):
             path = await asyncio.to_thread(self.store.find_local, uri)
             if path is None:
-                try:
+                entry.phase = "downloading"
+                with self._counting(download):
                     path = await download.run()
-                finally:
-                    self.bytes_downloaded += download.bytes_fetched
-        if download.bad_providers:
-            await progress({"badProviders": download.bad_providers})
+        entry.phase = "done"
+        entry.bad_providers = download.bad_providers
         return path
+
+    @contextlib.contextmanager
+    def _counting(self, download: Download) -> Iterator[None]:
+        self._active.add(download)
+        try:
+            yield
+        finally:
+            self._active.discard(download)
+            self._bytes_done += download.bytes_received
 
     @contextlib.asynccontextmanager
     async def _file_lock(self, sha1: str) -> AsyncIterator[None]:
@@ -170,25 +195,32 @@ class Transfers:
     async def read_remote_range(
         self, uri: FileUri, start: int, end: int | None, timeout: float | None
     ) -> tuple[int, AsyncIterator[bytes]]:
-        """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them."""
+        """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them, each
+        range streamed as soon as the chunks covering it are verified."""
         providers = await self._providers(uri, timeout)
         size = providers[0].size
         last = size if end is None else min(end, size)
         if start > last:
             raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
+        reader = RangeReader(start, last)
 
-        async def no_progress(message: dict[str, Any]) -> None:
-            return None
+        async def run(entry: RunningDownload) -> Path | int:
+            download = entry.download = Download(self.store, uri, providers, _no_progress)
+            download.on_partial = reader.opened
+            download.on_verified = reader.verified
+            entry.phase = "queued"
+            async with self._slots, self._file_lock(uri.sha1):
+                path = await asyncio.to_thread(self.store.find_local, uri)
+                if path is not None:
+                    return path
+                entry.phase = "downloading"
+                with self._counting(download):
+                    fd, _size = await download.fetch_range(start, last)
+            return fd
 
-        download = Download(self.store, uri, providers, no_progress)
-        async with self._slots, self._file_lock(uri.sha1):
-            path = await asyncio.to_thread(self.store.find_local, uri)
-            if path is not None:
-                return last - start, read_file_range(path, start, last)
-            try:
-                fd, _size = await download.fetch_range(start, last)
-            finally:
-                self.bytes_downloaded += download.bytes_fetched
-        return last - start, read_fd_range(fd, start, last)
+        entry = self.downloads.start(uri, "read", run, share=False)
+        return last - start, reader.stream(entry)
 
 
+async def _no_progress(message: dict[str, Any]) -> None:
+    return None
