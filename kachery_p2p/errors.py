@@ -19,7 +19,7 @@ and exits with ``exc.exit_code``.
     ├── IdentityError                    the node key is unusable or unsafe
     ├── RemoteProtocolError              a peer broke the protocol (its fault)
     ├── LocalProtocolError               we misused a protocol object (our bug)
-    ├── DownloadCancelledError           a download was stopped on purpose
+    ├── FeedPermissionError              a feed owner refused our submitted message
     └── FileFormatError                  a file is not the text or JSON expected
 
 The error codes that carry these over the control endpoint and the peer protocol: ``error_codes.py``.
@@ -98,12 +98,20 @@ class LocalProtocolError(KacheryP2PError):
     """We used a protocol object in a way it does not allow (a bug in kachery-p2p)."""
 
 
+class TransferCancelledError(KacheryP2PError):
+    """The owner cancelled a download (``kachery-p2p-cancel`` or the dashboard); its verified chunks are kept."""
+
+
+class LoadFileError(NotFoundError):
+    """The original kachery-p2p's load error (its load_file returned None instead; so does ours)."""
+
+
+class FeedPermissionError(KacheryP2PError, PermissionError):
+    """A feed's owner refused a submitted message: this node is not in the subfeed's access rules."""
+
+
 class DaemonStoppedError(DaemonError):
     """The daemon stopped (or vanished) while a request was under way."""
-
-
-class DownloadCancelledError(KacheryP2PError):
-    """A download was stopped on purpose: cancelled by the user, or no client waits for it any more."""
 
 
 class FileFormatError(KacheryP2PError, ValueError):

@@ -12,15 +12,20 @@ URI grammar (accepted on input, see reference/storage-compat.md section 7)::
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import urllib.parse
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from .errors import InvalidChannelNameError, InvalidUriError, UsageError
 
 _HEX_LENGTH = {"sha1": 40, "md5": 32}
 _HEX_RE = re.compile(r"^[0-9a-fA-F]+\Z")
-_NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
+# 64 hex digits: node ids (Ed25519 public keys), rendezvous ids, channel proofs. The wire form is
+# lower-case (HEX64_RE); ids typed by people or stored by older versions may be in any case.
+HEX64_RE = re.compile(r"[0-9a-f]{64}")
+HEX64_ANY_CASE_RE = re.compile(r"[0-9a-fA-F]{64}")
 # Printable ASCII without spaces: covers plain names and the original's channel config URLs.
 _CHANNEL_RE = re.compile(r"^[\x21-\x7e]{1,200}\Z")
 SHA1_EMPTY = "da39a3ee5e6b4b0d3255bfef95601890afd80709"
@@ -140,7 +145,7 @@ def format_store_uri(sha1: str, basename: str, manifest_sha1: str | None) -> str
 
 def parse_node_id(text: str) -> str:
     """A node id is the 64 hex digits of an Ed25519 public key; returned lower-case."""
-    if not isinstance(text, str) or not _NODE_ID_RE.match(text):
+    if not is_hex64(text, any_case=True):
         raise UsageError(f"not a node id (need 64 hex digits): {text!r}")
     return text.lower()
 
@@ -157,3 +162,21 @@ def parse_channel_name(text: str) -> str:
 def is_sha1_hex(text: str) -> bool:
     """True for 40 lower- or upper-case hex digits."""
     return _is_hex(text, 40)
+
+
+def is_hex64(value: object, any_case: bool = False) -> TypeGuard[str]:
+    """True for exactly 64 hex digits (lower-case only unless ``any_case``)."""
+    pattern = HEX64_ANY_CASE_RE if any_case else HEX64_RE
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def format_address(address: tuple[object, ...]) -> str:
+    """ "host:port" of a socket address ("[v6]:port" for IPv6; IPv4-mapped IPv6 as IPv4)."""
+    host, port = str(address[0]), address[1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host}:{port}"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from ..ids import is_hex64
 from ..quic.identity import verify_signature
 
 MAGIC = b"KP2PLAN1"
@@ -56,8 +57,6 @@ SIGNATURE_SIZE = 64
 
 _MAX_PROTOCOL_CHARS = 32
 _LIFETIME_TOLERANCE = 1e-3  # float rounding in t + lifetime
-_HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
-_HEX64_ANY_CASE_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _B64_ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
 _PROTOCOL_RE = re.compile(r"^[\x21-\x7e]{1,32}\Z")
 _REPLACEMENT = "\ufffd"
@@ -148,7 +147,7 @@ def encode_announcement(
         raise LocalProtocolError(f"announcement lifetime must be in (0, {MAX_LIFETIME:g}] s, not {lifetime}")
     ids: list[str] = []
     for rid in rendezvous_ids:
-        if not isinstance(rid, str) or not _HEX64_ANY_CASE_RE.match(rid):
+        if not is_hex64(rid, any_case=True):
             raise LocalProtocolError(f"not a rendezvous id: {rid!r}")
         if rid.lower() not in ids:
             ids.append(rid.lower())
@@ -206,7 +205,7 @@ def decode_announcement(data: bytes, now: float, max_clock_skew: float = 120.0) 
     if not isinstance(protocol, str) or not _PROTOCOL_RE.match(protocol):
         raise _bad("announcement protocol 'v' missing or malformed")
     node_id = body.get("n")
-    if not isinstance(node_id, str) or not _HEX64_RE.match(node_id):
+    if not is_hex64(node_id):
         raise _bad("announcement node id 'n' is not 64 lower-case hex digits")
     label = body.get("l")
     if not isinstance(label, str) or len(label) > MAX_LABEL_CHARS or any(_is_bad_char(c) for c in label):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from ..ids import is_hex64
 from ..quic.identity import verify_signature
 from .announcements import Signer, clean_label
 
@@ -50,8 +51,6 @@ MAX_SIGNED_BYTES = 4096
 MAX_CANDIDATE_CHARS = 64
 
 _LIFETIME_TOLERANCE = 1e-3
-_HEX64_RE = re.compile(r"[0-9a-f]{64}")
-_HEX64_ANY_CASE_RE = re.compile(r"[0-9a-fA-F]{64}")
 _HEX128_RE = re.compile(r"[0-9a-f]{128}")
 _PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
 _UNSIGNED_KEYS = ("signature", "rendezvous_ids")
@@ -175,7 +174,7 @@ def encode_record(
         raise LocalProtocolError("record label must be a string")
     ids: list[str] = []
     for rid in rendezvous_ids:
-        if not isinstance(rid, str) or not _HEX64_ANY_CASE_RE.fullmatch(rid):
+        if not is_hex64(rid, any_case=True):
             raise LocalProtocolError(f"not a rendezvous id: {rid!r}")
         if rid.lower() not in ids:
             ids.append(rid.lower())
@@ -228,7 +227,7 @@ def _check_candidates(value: Any) -> tuple[str, ...]:
 def _check_ids(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_RENDEZVOUS_IDS:
         raise _bad(f"record 'rendezvous_ids' is not a list of at most {MAX_RENDEZVOUS_IDS} ids")
-    if not all(isinstance(rid, str) and _HEX64_RE.fullmatch(rid) for rid in value):
+    if not all(is_hex64(rid) for rid in value):
         raise _bad("record holds a rendezvous id that is not 64 lower-case hex digits")
     if len(set(value)) != len(value):
         raise _bad("record lists a rendezvous id twice")
@@ -247,14 +246,14 @@ def decode_record(obj: Mapping[str, Any], now: float, max_clock_skew: float = 12
     if obj.get("version") != VERSION:
         raise _bad(f"record version is not {VERSION!r}")
     node_id = obj.get("node_id")
-    if not isinstance(node_id, str) or not _HEX64_RE.fullmatch(node_id):
+    if not is_hex64(node_id):
         raise _bad("record 'node_id' is not 64 lower-case hex digits")
     label = obj.get("label")
     if not isinstance(label, str) or clean_label(label) != label:
         raise _bad("record 'label' is not text of at most 64 printable characters")
     candidates = _check_candidates(obj.get("candidates"))
     digest = obj.get("rendezvous_digest")
-    if not isinstance(digest, str) or not _HEX64_RE.fullmatch(digest):
+    if not is_hex64(digest):
         raise _bad("record 'rendezvous_digest' is not 64 lower-case hex digits")
     ids: tuple[str, ...] = ()
     if "rendezvous_ids" in obj:

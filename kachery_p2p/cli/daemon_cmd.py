@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 from ..config import (
     DEFAULT_UDP_PORT,
@@ -34,11 +35,12 @@ def start_daemon(
     relay_limits: RelayLimits,
     public_address: str | None,
     verbose: int,
+    log_file: str | None = None,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        **_log_target(log_file),
     )
     if len(label) > 64:
         raise ConfigError("--label is limited to 64 characters")
@@ -82,3 +84,14 @@ def _lan_interfaces(given: tuple[str, ...]) -> tuple[str, ...]:
     from ..daemon.lan import default_lan_interfaces
 
     return tuple(default_lan_interfaces())
+
+
+def _log_target(log_file: str | None) -> dict[str, Any]:
+    """basicConfig's stream or file arguments; a log file that cannot be opened is a ConfigError."""
+    if log_file is None:
+        return {"stream": sys.stderr}
+    try:
+        handle = open(log_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - the log's for the process
+    except OSError as exc:
+        raise ConfigError(f"cannot open --log-file {log_file}: {exc.strerror or exc}") from None
+    return {"stream": handle}

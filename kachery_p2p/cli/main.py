@@ -14,6 +14,7 @@ from .. import __version__
 from ..config import PROTOCOL_VERSION
 from ..errors import DaemonNotRunningError, KacheryP2PError, NotFoundError
 from .errors import Command, Group
+from .link import link_cmd
 
 
 @click.group(cls=Group, help="Share kachery files between your computers (peer to peer, over QUIC).")
@@ -44,6 +45,10 @@ def cli() -> None:
               help="Relay mode: most nodes registered at once.")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append the log here, not to stderr.")
+@click.option("--install-service", is_flag=True, help="Write a systemd unit running the daemon with these options "
+              "(user unit; system unit as root), enable and start it.")
+@click.option("--uninstall-service", is_flag=True, help="Stop, disable and remove that unit.")
 def start_daemon_cmd(
     label: str,
     udp_port: int | None,
@@ -60,8 +65,16 @@ def start_daemon_cmd(
     relay_max_nodes: int,
     public_address: str | None,
     verbose: int,
+    log_file: str | None,
+    install_service: bool,
+    uninstall_service: bool,
 ) -> None:
-    """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon)."""
+    """Run the daemon in the foreground (stop it with Ctrl-C or kachery-p2p-stop-daemon), or install it as a
+    systemd service (--install-service)."""
+    if install_service or uninstall_service:
+        from .service import run_service_flags
+
+        return run_service_flags(install_service, uninstall_service, relay_mode, verbose)
     from ..relay.limits import RelayLimits
     from .daemon_cmd import start_daemon
 
@@ -84,6 +97,7 @@ def start_daemon_cmd(
         ),
         public_address=public_address,
         verbose=verbose,
+        log_file=log_file,
     )
 
 
@@ -163,11 +177,12 @@ def get_channels_cmd() -> None:
 
 @cli.command("store", cls=Command)
 @click.argument("path", type=click.Path(dir_okay=False, path_type=str))
-def store_cmd(path: str) -> None:
-    """Store a file in the local content store and print its sha1:// URI."""
-    from ..client.api import store_file
+@click.option("--basename", default=None, help="Name in the URI (default: the file's name; none for stdin).")
+def store_cmd(path: str, basename: str | None) -> None:
+    """Store a file (or stdin, as -) in the local content store and print its sha1:// URI."""
+    from .store_cmds import store_path_or_stdin
 
-    click.echo(store_file(path))
+    click.echo(store_path_or_stdin(path, basename))
 
 
 @cli.command("load", cls=Command)
@@ -190,10 +205,11 @@ def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -
     with ProgressPrinter(as_json=as_json and dest != "-") as printer:
         path = fetch_file(uri, None if dest == "-" else dest, timeout_sec=timeout, progress=printer.update)
     if dest == "-":
-        from ..client.loading import stored_file_blocks
+        from ..client.api import iter_bytes
+        from ..client.loading import file_blocks
 
         out = sys.stdout.buffer
-        for block in stored_file_blocks(uri, Path(path)):
+        for block in file_blocks(Path(path), lambda: iter_bytes(uri)):
             out.write(block)
         out.flush()
         return
@@ -264,11 +280,18 @@ def _peer_line(peer: dict[str, Any]) -> str:
     return f"{peer['nodeId'][:12]}  {label:<16} {path:<8} {address:<22} {rtt_text:>9}  {channels}"
 
 
+from .store_cmds import du_cmd, ls_cmd, rm_cmd  # noqa: E402
+from .transfers_cmds import cancel_cmd, transfers_cmd  # noqa: E402
+
+for _command in (ls_cmd, du_cmd, rm_cmd, transfers_cmd, cancel_cmd):
+    cli.add_command(_command)
+
 # The seed's command names, each the very same command object.
 cli.add_command(store_cmd, "store-file")
 cli.add_command(load_cmd, "load-file")
 cli.add_command(cat_cmd, "cat-file")
 cli.add_command(find_cmd, "find-file")
+cli.add_command(link_cmd)  # kachery-p2p-link (cli/link.py)
 
 
 @cli.command("nat-check", cls=Command)

@@ -1,4 +1,4 @@
-"""Loading files through the daemon: whole files (with progress), byte ranges, and writing a copy.
+"""Writing a loaded file where the user asked (``--dest``), and decoding text and JSON.
 
 A copy (``dest``) is written the way ``cp`` and ``curl -o`` write: a regular file (or a symlink to
 one, which stays a symlink) is replaced atomically through a temp file in the same directory, keeping
@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..config import client_config_from_environ
-from ..errors import DaemonStoppedError, FileFormatError, NotFoundError, StoreError, UsageError
-from ..ids import FileUri
+from ..errors import FileFormatError, StoreError, UsageError
 from .http import ControlClient
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -29,38 +28,12 @@ def _client() -> ControlClient:
     return ControlClient(client_config_from_environ())
 
 
-def fetch_file(
-    uri: str,
-    dest: str | os.PathLike[str] | None = None,
-    *,
-    timeout_sec: float | None = None,
-    progress: ProgressCallback | None = None,
-) -> str:
-    """Like load_file, but raise NotFoundError (with the daemon's reason) instead of returning None."""
-    FileUri.parse(uri)
-    client = _client()
-    path: str | None = None
-    for message in client.post_json_lines("/load", {"uri": uri, "timeoutSec": timeout_sec}, what="the load"):
-        kind = message.get("type")
-        if kind == "progress" and progress is not None:
-            progress(message)
-        elif kind == "done":
-            path = str(message["path"])
-    if path is None:
-        raise DaemonStoppedError("the daemon stopped during the load")
-    if dest is None:
-        return path
-    write_dest(Path(dest), stored_file_blocks(uri, Path(path), client))
-    return str(dest)
-
-
-def stored_file_blocks(uri: str, source: Path, client: ControlClient | None = None) -> Iterator[bytes]:
-    """The stored file's bytes: read directly, or through the daemon if we may not read its store."""
-    client = client or _client()
+def file_blocks(source: Path, fallback: Callable[[], Iterator[bytes]]) -> Iterator[bytes]:
+    """The stored file's bytes: read directly, or ``fallback()`` (through the daemon) if we may not."""
     try:
         handle = open(source, "rb")  # noqa: SIM115 - closed below
     except PermissionError:
-        yield from client.read_frames("/read", {"uri": uri})
+        yield from fallback()
         return
     with handle:
         while block := handle.read(COPY_BLOCK):
@@ -126,40 +99,6 @@ def _new_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-def load_file(
-    uri: str,
-    dest: str | os.PathLike[str] | None = None,
-    *,
-    timeout_sec: float | None = None,
-    progress: ProgressCallback | None = None,
-) -> str | None:
-    """Make the file available locally; return its path (``dest`` if given), or None if not found."""
-    try:
-        return fetch_file(uri, dest, timeout_sec=timeout_sec, progress=progress)
-    except NotFoundError:
-        return None
-
-
-def iter_bytes(
-    uri: str, start: int | None = None, end: int | None = None, *, timeout_sec: float | None = None
-) -> Iterator[bytes]:
-    """Stream bytes [start, end) of the file, each part as soon as the daemon has verified it;
-    raises NotFoundError if no copy is found."""
-    FileUri.parse(uri)
-    payload: dict[str, Any] = {"uri": uri, "start": start, "end": end, "timeoutSec": timeout_sec}
-    yield from _client().read_frames("/read", payload)
-
-
-def load_bytes(
-    uri: str, start: int | None = None, end: int | None = None, *, timeout_sec: float | None = None
-) -> bytes | None:
-    """Bytes [start, end) of the file (end exclusive); None if not found."""
-    try:
-        return b"".join(iter_bytes(uri, start, end, timeout_sec=timeout_sec))
-    except NotFoundError:
-        return None
 
 
 def decode_text(data: bytes, uri: str) -> str:

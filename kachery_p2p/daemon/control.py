@@ -19,11 +19,16 @@ from aiohttp import web
 from ..error_codes import code_for
 from ..errors import KacheryP2PError, UsageError
 from ..ids import FileUri
+from . import control_guard
+from .control_api import add_api_routes
+from .control_feeds import register_feed_routes
 from .control_stream import Emit, framed_bytes, json_lines
+from .control_ui import add_ui_routes
 
 log = logging.getLogger("kachery_p2p.control")
 
 MAX_JSON_BODY = 64 * 1024
+MAX_TIMEOUT_SEC = 30 * 24 * 3600.0
 
 
 class NodeService(Protocol):
@@ -77,6 +82,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
             return error_response(500, "error", f"internal error: {exc}")
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_JSON_BODY)
+    control_guard.install(app)  # Host check, connection cap, header timeouts (before the token check)
     routes = _Routes(service)
     app.router.add_get("/probe", routes.probe)
     app.router.add_get("/node-info", routes.node_info)
@@ -90,12 +96,15 @@ def make_app(service: NodeService, token: str) -> web.Application:
     app.router.add_post("/find", routes.find)
     app.router.add_post("/read", routes.read)
     app.router.add_post("/halt", routes.halt)
+    register_feed_routes(app, service)
+    add_ui_routes(app, service)  # store listing, transfers, dashboard (control_ui.py)
+    add_api_routes(app, service)  # /link and /mutables/* (control_api.py)
     return app
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
-        data = await request.json()
+        data = await request.json(loads=control_guard.loads_strict)
     except (ValueError, UnicodeDecodeError):
         raise UsageError("request body is not JSON") from None
     if not isinstance(data, dict):
@@ -107,9 +116,7 @@ def _opt_number(data: dict[str, Any], key: str) -> float | None:
     value = data.get(key)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise UsageError(f"{key} must be a non-negative number")
-    return float(value)
+    return control_guard.number_in_range(value, key, 0, MAX_TIMEOUT_SEC)
 
 
 def _opt_int(data: dict[str, Any], key: str) -> int | None:

@@ -1,8 +1,10 @@
 """One UDP socket per node carrying QUIC (client and server roles at once) and, later, STUN/punch.
 
-A thin pump around aioquic's sans-IO ``QuicConnection``: datagrams are told apart by their first byte
-(QUIC always sets bit 0x40; STUN and our own probes never do) and QUIC packets are routed to
-connections by destination connection id, as aioquic's own server does. The clock is
+A thin pump around aioquic's sans-IO ``QuicConnection``. The one demultiplexer of the socket is
+``datagram_received``: ``relay.frames.classify`` tells QUIC, relay frames, STUN and probes apart by
+their first byte; QUIC packets (also those arriving inside a relay frame from one of our relays) are
+routed to connections by destination connection id, as aioquic's own server does; everything else
+goes to ``on_other_datagram(kind, data, addr)``. The clock is
 ``time.monotonic()`` (uvloop's ``loop.time()`` ticks in whole milliseconds, which makes aioquic's
 pacer spin; see reference/nat-lab.md).
 """
@@ -23,10 +25,11 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from ..errors import RemoteProtocolError
+from ..errors import ConfigError, RemoteProtocolError
 from ..quic.identity import NodeIdentity
 from ..quic.settings import quic_configuration, stream_send_buffered
-from .paths import RELAY_FROM, RELAYED_DATAGRAM_SIZE, Address, Path, RelayPath, datagram_size_for, relay_stable_address
+from ..relay.frames import DatagramKind, classify, decode_relay_frame
+from .paths import RELAYED_DATAGRAM_SIZE, Address, Path, RelayPath, datagram_size_for, relay_stable_address
 
 log = logging.getLogger("kachery_p2p.endpoint")
 
@@ -259,13 +262,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self,
         identity: NodeIdentity,
         on_incoming: Callable[[Link], None],
-        on_other_datagram: Callable[[bytes, Address], None] | None = None,
+        on_other_datagram: Callable[[DatagramKind, bytes, Address], None] | None = None,
         max_datagram_size: int = 1350,
         max_links: int = 512,
     ) -> None:
         self.identity = identity
         self.on_incoming = on_incoming
-        self.on_other_datagram = on_other_datagram or (lambda data, addr: None)
+        self.on_other_datagram = on_other_datagram or (lambda kind, data, addr: None)
         self.server_config = quic_configuration(identity, is_client=False, max_datagram_size=max_datagram_size)
         self._configs: dict[tuple[bool, int], QuicConfiguration] = {}
         self.relays: set[Address] = set()
@@ -291,8 +294,6 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                 lambda: self, local_addr=(host, port), family=socket.AF_INET
             )
         except OSError as exc:
-            from ..errors import ConfigError
-
             raise ConfigError(
                 f"cannot open UDP port {port} on {host} ({exc.strerror}); is another daemon using it? "
                 "Choose another with --port (0 picks a free one)"
@@ -336,15 +337,19 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         addr = (addr[0], addr[1])
         try:
-            if not data:
-                return
-            if data[0] & 0x40:
+            kind = classify(data)
+            if kind == "quic":
                 self._deliver(data, addr, None)
-            elif data[:1] == RELAY_FROM and addr in self.relays and len(data) > 33:
-                source = data[1:33].hex()
-                self._deliver(data[33:], relay_stable_address(addr, source), RelayPath(addr, source))
+            elif kind == "relay" and addr in self.relays:
+                frame = decode_relay_frame(data)  # ValueError: counted as malformed below
+                if frame.kind != "from_relay":
+                    raise ValueError("a relay frame to a relay")
+                source = frame.node_id
+                self._deliver(frame.payload, relay_stable_address(addr, source), RelayPath(addr, source))
             else:
-                self.on_other_datagram(data, addr)
+                self.on_other_datagram(kind, data, addr)
+        except ValueError:
+            self.stats["malformed"] += 1
         except Exception:  # a bad datagram must never take the socket down
             self.stats["malformed"] += 1
             log.exception("dropped a datagram from %s", addr)

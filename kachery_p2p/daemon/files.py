@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import DownloadCancelledError, StoreError
+from ..errors import StoreError, TransferCancelledError
 
 if TYPE_CHECKING:
     from ..store import PartialFile
@@ -87,7 +87,7 @@ class RangeReader:
         task = entry.task
         assert task is not None
         if not task.done():
-            entry.cancel(DownloadCancelledError("no client is reading any more"))
+            entry.cancel(TransferCancelledError("no client is reading any more"))
         elif not task.cancelled() and task.exception() is None and isinstance(task.result(), int):
             self._fds.add(task.result())
         for fd in self._fds:
@@ -105,7 +105,7 @@ class RangeReader:
                     data = await asyncio.to_thread(os.pread, self._fd, min(block, until - position), position)
                 elif task.done():
                     if task.cancelled():
-                        raise entry.error or DownloadCancelledError("the read was cancelled")
+                        raise entry.error or TransferCancelledError("the read was cancelled")
                     result = task.result()
                     fd = result if isinstance(result, int) else await asyncio.to_thread(os.open, result, os.O_RDONLY)
                     self._fds.add(fd)

@@ -3,9 +3,9 @@
 All protocol logic (format, signature, expiry, replay protection) lives in
 ``channels/announcements.py``; this module only moves datagrams and keeps counters.
 
-One UDP socket, bound to ``("", port)`` with SO_REUSEADDR and SO_REUSEPORT so that several daemons on
-one machine share the port (Linux delivers every multicast datagram to all of them). It joins the
-group on each configured interface, and sends each announcement once per interface (IP_MULTICAST_IF,
+One UDP socket, bound to ``("", port)`` with SO_REUSEADDR and SO_REUSEPORT (``sysnet.share_port``) so
+that several daemons on one machine share the port (Linux delivers every multicast datagram to all of them). It joins
+the group on each configured interface, and sends each announcement once per interface (IP_MULTICAST_IF,
 TTL 1: announcements never leave the link). A peer is dialed at (datagram source IP, quic_port).
 """
 
@@ -16,8 +16,6 @@ import contextlib
 import logging
 import random
 import socket
-import struct
-import sys
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -33,6 +31,7 @@ from ..channels.announcements import (
     encode_announcement,
 )
 from ..errors import RemoteProtocolError
+from .sysnet import lan_ipv4_addresses, only_joined_groups, share_port
 
 log = logging.getLogger("kachery_p2p.lan")
 
@@ -40,7 +39,6 @@ DEFAULT_GROUP = "239.255.73.117"  # organization-local scope (RFC 2365)
 DEFAULT_PORT = 21011
 DEFAULT_INTERVAL = 15.0
 _JITTER = 0.1  # each period is interval * uniform(0.9, 1.1), so daemons started together spread out
-_LINUX_IP_MULTICAST_ALL = 49
 
 OnAnnouncement = Callable[[Announcement, str], None]
 
@@ -120,14 +118,8 @@ class LanDiscovery:
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if hasattr(socket, "SO_REUSEPORT"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if sys.platform.startswith("linux"):
-                # Only the groups this socket joined, not every group joined by anyone on this port.
-                with contextlib.suppress(OSError):
-                    ip_multicast_all = getattr(socket, "IP_MULTICAST_ALL", _LINUX_IP_MULTICAST_ALL)
-                    sock.setsockopt(socket.IPPROTO_IP, ip_multicast_all, 0)
+            share_port(sock)
+            only_joined_groups(sock)
             sock.bind(("", self.port))
             group = socket.inet_aton(self.group)
             for iface in self.interfaces:
@@ -246,41 +238,6 @@ class LanDiscovery:
             log.exception("LAN discovery: error while handling a datagram from %s", addr[0])
 
 
-# Linux <linux/sockios.h> and <net/if.h>
-_SIOCGIFFLAGS = 0x8913
-_SIOCGIFADDR = 0x8915
-_IFF_UP = 0x1
-_IFF_LOOPBACK = 0x8
-_IFF_MULTICAST = 0x1000
-_IFREQ = struct.Struct("16s24x")  # struct ifreq: name + a 24-byte union (64-bit Linux)
-
-
 def default_lan_interfaces() -> list[str]:
-    """IPv4 addresses of the up, multicast-capable, non-loopback interfaces, then 127.0.0.1.
-
-    Only reads interface settings (ioctl); sends nothing. Linux only: elsewhere, and on any error,
-    returns ["127.0.0.1"].
-    """
-    fallback = ["127.0.0.1"]
-    if not sys.platform.startswith("linux"):
-        return fallback
-    try:
-        import fcntl
-
-        found: list[str] = []
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            for _index, name in socket.if_nameindex():
-                request = _IFREQ.pack(name.encode("utf-8", "replace")[:15])
-                try:
-                    flags = struct.unpack_from("H", fcntl.ioctl(probe.fileno(), _SIOCGIFFLAGS, request), 16)[0]
-                    if not flags & _IFF_UP or flags & _IFF_LOOPBACK or not flags & _IFF_MULTICAST:
-                        continue
-                    reply = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
-                except OSError:  # e.g. no IPv4 address on this interface
-                    continue
-                address = socket.inet_ntoa(reply[20:24])  # sockaddr_in.sin_addr
-                if address not in found and address not in ("0.0.0.0", "127.0.0.1"):
-                    found.append(address)
-        return [*found, "127.0.0.1"]
-    except Exception:
-        return fallback
+    """IPv4 addresses of the non-loopback interfaces, then 127.0.0.1 (``sysnet``: any platform)."""
+    return [*lan_ipv4_addresses(), "127.0.0.1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -15,18 +16,19 @@ from ..channels.announcements import Announcement
 from ..channels.membership import rendezvous_id
 from ..config import HostPort
 from ..errors import RemoteProtocolError
-from ..ids import FileUri
+from ..ids import FileUri, format_address
 from ..quic import messages
 from ..quic.identity import short_node_id
-from ..relay.frames import classify
+from ..relay.frames import DatagramKind
 from .endpoint import Link, LinkClosed, QuicEndpoint
 from .lan import LanDiscovery, default_lan_interfaces
 from .punch import PunchManager
-from .relay_server import RelayService, format_address
+from .relay_server import RelayService
 from .rendezvous import RETRY_DIRECT_SEC, RelayClient
 from .serve import FileServer
 from .session import PeerSession
 from .stun_client import StunClient
+from .tasks import Supervisor
 from .transfers import Transfers
 
 if TYPE_CHECKING:
@@ -60,15 +62,17 @@ class PeerNetwork:
         self.transfers = Transfers(self)
         self.local_address: tuple[str, int] | None = None
         self.lan: LanDiscovery | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = Supervisor()
         self.dialing: set[str] = set()
+        # Handlers of further request types (feeds), by message class: registered by their services.
+        self.request_handlers: dict[type, Callable[[PeerSession, Any], Awaitable[Any]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self.local_address = await self.endpoint.open(self.config.udp_host, self.config.udp_port)
         log.info("QUIC on udp %s:%d", *self.local_address)
         for address in self.config.bootstrap:
-            self.spawn(self._keep_dialing(address))
+            self.tasks.keep_running(functools.partial(self._keep_dialing, address), f"dial {address}")
         if self.config.lan_discovery and not self.config.relay_mode:
             self.lan = LanDiscovery(
                 self.identity,
@@ -81,11 +85,10 @@ class PeerNetwork:
                 interfaces=self.config.lan_interfaces,
             )
             await self.lan.start()
-        self.spawn(self._keepalive())
+        self.tasks.keep_running(self._keepalive, "keepalive")
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self.tasks.cancel_all()
         if self.lan is not None:
             await self.lan.stop()
         for sessions in self.sessions.values():
@@ -96,9 +99,7 @@ class PeerNetwork:
         self.endpoint.close()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(coro)
 
     # -- sessions ---------------------------------------------------------------------------------
     def new_session(self, link: Link, expected: str | None = None) -> PeerSession:
@@ -115,6 +116,9 @@ class PeerNetwork:
     async def _handle(
         self, session: PeerSession, request: messages.Request
     ) -> tuple[dict[str, Any], AsyncIterator[bytes] | None]:
+        extra = self.request_handlers.get(type(request))
+        if extra is not None:
+            return await extra(session, request)
         if isinstance(request, (messages.Publish, messages.Lookup, messages.Connect)):
             if self.relay is None:
                 raise RemoteProtocolError("this node is not a relay", code="bad_request")
@@ -126,12 +130,11 @@ class PeerNetwork:
             return await client.answer_punch(request), None
         return await self.server.handle(session, request)
 
-    def _on_other_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        kind = classify(data)
+    def _on_other_datagram(self, kind: DatagramKind, data: bytes, addr: tuple[str, int]) -> None:
         if kind == "probe":
             self.punch.datagram_received(data, addr)
         elif self.relay is not None:
-            self.relay.datagram_received(data, addr)
+            self.relay.datagram_received(kind, data, addr)
         elif kind == "stun":
             self.stun.datagram_received(data, addr)
 
@@ -171,7 +174,9 @@ class PeerNetwork:
             client = RelayClient(self, session)
             self.relay_clients[session.node_id] = client
             self.endpoint.relays.add(session.link.path.addr)
-            self.spawn(client.run())
+            self.tasks.keep_running(
+                client.run, f"rendezvous with {session.link.path.describe()}", lambda: not session.link.is_closed
+            )
 
     async def _watch(self, session: PeerSession) -> None:
         reason = await session.link.closed

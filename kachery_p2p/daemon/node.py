@@ -21,7 +21,10 @@ from ..errors import ConfigError, DaemonStoppedError, NotFoundError, StoreError,
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
+from ..store.filestore import open_regular_file
 from .control import make_app
+from .control_guard import GuardedSite
+from .feeds_service import FeedService
 from .files import read_file_range
 from .lock import write_secret_file
 from .running import DownloadRegistry
@@ -61,17 +64,19 @@ class Node:
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.downloads = DownloadRegistry()
+        self.feeds = FeedService(config.config_dir, identity.node_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         # The UDP port first: if it is taken we fail before anything else is set up.
         if self.remote is not None:
             await self.remote.start()
+        self.feeds.attach(self.remote)
         token = secrets.token_urlsafe(32)
         app = make_app(self, token)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port, reuse_address=True)
+        site = GuardedSite(self._runner, self.config.api_host, self.config.api_port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
@@ -102,6 +107,7 @@ class Node:
                 path.unlink()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.feeds.close()
         log.info("daemon stopped")
 
     def request_stop(self) -> None:
@@ -153,15 +159,14 @@ class Node:
     async def store_path(self, path: Path, name: str) -> dict[str, Any]:
         if not path.is_absolute():
             raise UsageError(f"store needs an absolute path, not {path}")
-        try:
-            fd = os.open(path, os.O_RDONLY)
+        try:  # off the loop, and never blocking on a FIFO (open_regular_file)
+            (await asyncio.to_thread(open_regular_file, path)).close()
         except PermissionError:
             return {"needUpload": True}
         except FileNotFoundError:
             raise UsageError(f"cannot read {path}: no such file") from None
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-        os.close(fd)
         stored = await asyncio.to_thread(self.store.store_file, path)
         return self._stored_reply(stored.sha1, stored.size, stored.manifest_sha1, name)
 

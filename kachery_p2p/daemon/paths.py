@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
+
+from ..relay.frames import MAX_PAYLOAD, to_relay_header
+from .sysnet import route_mtu
 
 Address = tuple[str, int]
-RELAY_TO = b"\x20"
-RELAY_FROM = b"\x21"
 
 LOOPBACK_DATAGRAM_SIZE = 16000  # aioquic breaks above 16383
 DEFAULT_DATAGRAM_SIZE = 1350  # safe on internet paths (aioquic has no path-MTU discovery)
-RELAYED_DATAGRAM_SIZE = 1200  # leaves room for the 33-byte relay frame header
+RELAYED_DATAGRAM_SIZE = 1200  # fits a relay frame on any path (MAX_PAYLOAD is 1439)
+assert RELAYED_DATAGRAM_SIZE <= MAX_PAYLOAD
 
 
 def datagram_size_for(addr: Address) -> int:
@@ -30,16 +31,10 @@ def datagram_size_for(addr: Address) -> int:
         return LOOPBACK_DATAGRAM_SIZE
     if ip.version != 4 or not (ip.is_private or ip.is_link_local):
         return DEFAULT_DATAGRAM_SIZE
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(addr)  # sends nothing: asks the kernel for the route and its MTU
-            mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
-    except OSError:
+    mtu = route_mtu(addr)
+    if mtu is None:
         return DEFAULT_DATAGRAM_SIZE
     return max(1200, min(LOOPBACK_DATAGRAM_SIZE, mtu - 28))
-
-
-IP_MTU = getattr(socket, "IP_MTU", 14)
 
 
 class Path:
@@ -66,7 +61,7 @@ class RelayPath(Path):
     def __init__(self, relay_addr: Address, peer_node_id: str) -> None:
         super().__init__(relay_addr)
         self.peer_node_id = peer_node_id
-        self._prefix = RELAY_TO + bytes.fromhex(peer_node_id)
+        self._prefix = to_relay_header(peer_node_id)
 
     def send(self, transport: asyncio.DatagramTransport, data: bytes) -> None:
         transport.sendto(self._prefix + data, self.addr)

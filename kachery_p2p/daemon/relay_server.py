@@ -13,9 +13,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RemoteProtocolError
+from ..ids import format_address
 from ..nat import stun
 from ..quic import messages
-from ..relay.frames import classify, decode_relay_frame, encode_from_relay
+from ..relay.frames import DatagramKind, decode_relay_frame, encode_from_relay
 from ..relay.limits import ForwardingPolicy, RelayLimits
 from ..relay.registry import Registry
 from .endpoint import Address
@@ -27,11 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kachery_p2p.relay")
 
 PUNCH_REQUEST_TIMEOUT = 5.0
-
-
-def format_address(addr: Address) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class RelayService:
@@ -93,19 +89,15 @@ class RelayService:
         raise RemoteProtocolError("a relay serves no files", code="not_authorized")
 
     # -- datagrams on the shared socket ------------------------------------------------------------
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        kind = classify(data)
+    def datagram_received(self, kind: DatagramKind, data: bytes, addr: Address) -> None:
         transport = self.network.endpoint.transport
         if transport is None:
             return
         if kind == "stun":
-            try:
-                message = stun.StunMessage.parse(data)
-            except ValueError:
-                return
-            if message.message_type == stun.BINDING_REQUEST:
+            answer = stun.binding_answer(data, addr)  # Binding requests of sane size only
+            if answer is not None:
                 self.stats["stun"] += 1
-                transport.sendto(stun.binding_success(message.transaction_id, addr), addr)
+                transport.sendto(answer, addr)
         elif kind == "relay":
             self._forward(data, addr, transport)
 

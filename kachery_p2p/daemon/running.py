@@ -4,7 +4,7 @@ A download runs as its own task while at least one client follows it (``follow``
 progress as bytes arrive and, when nothing changes, a heartbeat every ``HEARTBEAT_INTERVAL`` seconds:
 a client that hears nothing for much longer knows the daemon is stuck, not the link slow. When the
 last follower leaves, the download stops (verified chunks stay in the partial file for a resume) and
-one line is logged. ``list`` and ``cancel`` are what a transfers view needs.
+one line is logged. The transfers list and its cancel (``kachery-p2p-transfers``) are activity.py's.
 
 A download fails on its own only when no byte arrived for ``STALL_TIMEOUT`` seconds: slow is fine.
 """
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DaemonError, DownloadCancelledError, KacheryP2PError, NotFoundError
+from ..errors import DaemonError, KacheryP2PError, NotFoundError, TransferCancelledError
 from ..ids import FileUri
 
 if TYPE_CHECKING:
@@ -32,14 +30,12 @@ Progress = Callable[[dict[str, Any]], Awaitable[None]]
 HEARTBEAT_INTERVAL = 2.0
 PROGRESS_INTERVAL = 0.25
 STALL_TIMEOUT = 600.0
-RATE_WINDOW = 5.0
 
 
 class RunningDownload:
     """One download: its task, its live figures, and who waits for it."""
 
     def __init__(self, uri: FileUri, kind: str) -> None:
-        self.id = secrets.token_hex(4)
         self.uri = uri
         self.kind = kind
         self.phase = "searching"
@@ -50,22 +46,10 @@ class RunningDownload:
         self.error: KacheryP2PError | None = None
         self.bad_providers: list[str] = []
         self.first_byte_sec: float | None = None
-        self._started = time.monotonic()
-        self._samples: deque[tuple[float, int]] = deque()
 
     @property
     def bytes_received(self) -> int:
         return self.download.bytes_received if self.download is not None else 0
-
-    def rate(self, now: float | None = None) -> float:
-        """Bytes per second over the last few seconds."""
-        now = time.monotonic() if now is None else now
-        received = self.bytes_received
-        self._samples.append((now, received))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
-            self._samples.popleft()
-        first_time, first_bytes = self._samples[0]
-        return (received - first_bytes) / (now - first_time) if now - first_time >= 0.5 else 0.0
 
     def progress(self) -> dict[str, Any]:
         message: dict[str, Any] = {"phase": self.phase}
@@ -75,25 +59,6 @@ class RunningDownload:
             if download.first_byte_at is not None:
                 message["firstByteSec"] = round(download.first_byte_at - download.started, 4)
         return message
-
-    def info(self) -> dict[str, Any]:
-        """What a transfers list shows."""
-        progress = self.progress()
-        download = self.download
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "uri": str(self.uri),
-            "sha1": self.uri.hash,
-            "phase": self.phase,
-            "bytesLoaded": progress.get("bytesLoaded", 0),
-            "bytesTotal": progress.get("bytesTotal"),
-            "bytesPerSec": round(self.rate(), 1),
-            "providers": [p.node_id for p in download.providers] if download is not None else [],
-            "waitingClients": self.waiting,
-            "startedAt": self.started_at,
-            "elapsedSec": round(time.monotonic() - self._started, 3),
-        }
 
     def stalled(self, now: float) -> bool:
         download = self.download
@@ -110,10 +75,10 @@ class RunningDownload:
 
 
 class DownloadRegistry:
-    """Running downloads by id; loads of one file share one entry."""
+    """Running downloads; loads of one file share one entry."""
 
     def __init__(self) -> None:
-        self._by_id: dict[str, RunningDownload] = {}
+        self._running: set[RunningDownload] = set()
         self._shared: dict[str, RunningDownload] = {}
         self.stopped = False
 
@@ -128,34 +93,21 @@ class DownloadRegistry:
                 return entry
         entry = RunningDownload(uri, kind)
         entry.task = asyncio.ensure_future(run(entry))
-        self._by_id[entry.id] = entry
+        self._running.add(entry)
         if share:
             self._shared[key] = entry
 
         def forget(_task: asyncio.Task[Any]) -> None:
-            self._by_id.pop(entry.id, None)
+            self._running.discard(entry)
             if self._shared.get(key) is entry:
                 del self._shared[key]
 
         entry.task.add_done_callback(forget)
         return entry
 
-    def list(self) -> list[dict[str, Any]]:
-        return [entry.info() for entry in self._by_id.values()]
-
-    def get(self, download_id: str) -> RunningDownload | None:
-        return self._by_id.get(download_id)
-
-    def cancel(self, download_id: str, reason: str = "the download was cancelled") -> bool:
-        entry = self._by_id.get(download_id)
-        if entry is None:
-            return False
-        log.info("%s of %s cancelled", entry.kind, entry.uri.hash)
-        return entry.cancel(DownloadCancelledError(reason))
-
     def stop_all(self, error: KacheryP2PError) -> None:
         self.stopped = True
-        for entry in list(self._by_id.values()):
+        for entry in list(self._running):
             entry.cancel(error)
 
     async def follow(self, entry: RunningDownload, progress: Progress | None) -> Any:
@@ -181,7 +133,7 @@ class DownloadRegistry:
                     await progress(message)
                     last, sent_at = message, now
             if task.cancelled():
-                raise entry.error or DownloadCancelledError("the download was cancelled")
+                raise entry.error or TransferCancelledError("the download was cancelled")
             result = task.result()
             if progress is not None:
                 await progress(entry.progress())
@@ -195,7 +147,7 @@ class DownloadRegistry:
 
     def _abandon(self, entry: RunningDownload) -> None:
         received = entry.bytes_received
-        entry.cancel(DownloadCancelledError("no client is waiting for the download any more"))
+        entry.cancel(TransferCancelledError("no client is waiting for the download any more"))
         log.info(
             "%s of %s stopped: no client is waiting any more (%d bytes received; verified chunks kept)",
             entry.kind, entry.uri.hash, received,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,9 @@ from ..errors import RemoteProtocolError
 from ..ids import FileUri
 from ..quic import messages
 from ..store import CHUNK_SIZE, ContentStore, ManifestBuilder
+from ..store.links import LinkedChunks
 from .files import read_file_range
+from .linked_serve import verified_linked_range
 
 if TYPE_CHECKING:
     from .session import PeerSession
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kachery_p2p.serve")
 
 Reply = tuple[dict[str, Any], AsyncIterator[bytes] | None]
+# (peer node id, peer label, path kind, sha1, file size, blocks) -> the same blocks, counted as they go
+RangeHook = Callable[[str, str, str, str, int, AsyncIterator[bytes]], AsyncIterator[bytes]]
 
 
 class FileServer:
@@ -30,8 +34,12 @@ class FileServer:
         self.store = store
         self._manifests: OrderedDict[str, bytes] = OrderedDict()
         self._manifest_cache_size = manifest_cache_size
-        self._manifest_locks: dict[str, asyncio.Lock] = {}
+        # One lock per manifest being computed, with how many requests use it: an entry lives only
+        # while a request for that sha1 is in progress (failed requests included).
+        self._manifest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.bytes_served = 0
+        self.on_range: RangeHook | None = None  # set by Transfers: uploads in progress
+        self.linked = LinkedChunks(store)
 
     async def handle(self, session: PeerSession, request: messages.Request) -> Reply:
         # Checked where the request is served: a peer that shares no channel gets nothing.
@@ -49,9 +57,14 @@ class FileServer:
             if request.end > size:
                 raise RemoteProtocolError(f"range ends at {request.end}, after the file's end {size}")
             self.bytes_served += request.end - request.start
-            return {"ok": True, "length": request.end - request.start}, read_file_range(
-                path, request.start, request.end
-            )
+            if path != self.store.content_path(request.sha1):  # a linked file: each chunk re-hashed first
+                blocks = await verified_linked_range(self.linked, request.sha1, request.start, request.end)
+            else:
+                blocks = read_file_range(path, request.start, request.end)
+            if self.on_range is not None:
+                peer, kind = session.node_id or "", session.link.path.kind
+                blocks = self.on_range(peer, session.label, kind, request.sha1, size, blocks)
+            return {"ok": True, "length": request.end - request.start}, blocks
         raise RemoteProtocolError("unsupported request")
 
     async def _path(self, sha1: str) -> Path:
@@ -65,22 +78,32 @@ class FileServer:
         if cached is not None:
             self._manifests.move_to_end(sha1)
             return cached
-        lock = self._manifest_locks.setdefault(sha1, asyncio.Lock())
-        async with lock:
-            cached = self._manifests.get(sha1)
-            if cached is not None:
-                return cached
-            path = await self._path(sha1)
-            if path.stat().st_size <= CHUNK_SIZE:
-                raise RemoteProtocolError("the file is a single chunk and has no manifest", code="not_found")
-            data = await asyncio.to_thread(_compute_manifest, path, sha1)
-            if data is None:
-                raise RemoteProtocolError("our copy does not match its hash", code="not_found")
-            await asyncio.to_thread(self.store.store_bytes, data)
-            self._manifests[sha1] = data
-            while len(self._manifests) > self._manifest_cache_size:
-                self._manifests.popitem(last=False)
-        self._manifest_locks.pop(sha1, None)
+        lock, users = self._manifest_locks.get(sha1, (asyncio.Lock(), 0))
+        self._manifest_locks[sha1] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._compute_and_cache(sha1)
+        finally:
+            lock, users = self._manifest_locks[sha1]
+            if users == 1:
+                del self._manifest_locks[sha1]
+            else:
+                self._manifest_locks[sha1] = (lock, users - 1)
+
+    async def _compute_and_cache(self, sha1: str) -> bytes:
+        cached = self._manifests.get(sha1)
+        if cached is not None:
+            return cached
+        path = await self._path(sha1)
+        if path.stat().st_size <= CHUNK_SIZE:
+            raise RemoteProtocolError("the file is a single chunk and has no manifest", code="not_found")
+        data = await asyncio.to_thread(_compute_manifest, path, sha1)
+        if data is None:
+            raise RemoteProtocolError("our copy does not match its hash", code="not_found")
+        await asyncio.to_thread(self.store.store_bytes, data)
+        self._manifests[sha1] = data
+        while len(self._manifests) > self._manifest_cache_size:
+            self._manifests.popitem(last=False)
         return data
 
 

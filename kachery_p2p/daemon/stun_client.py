@@ -50,6 +50,8 @@ class StunClient:
         return result
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        if stun.header_transaction_id(data) not in self._pending:
+            return  # unsolicited: dropped after the header check, never parsed
         try:
             message = stun.StunMessage.parse(data)
         except ValueError:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NotFoundError, RemoteProtocolError, UsageError
 from ..ids import FileUri
 from ..quic import messages
+from .activity import ActivityPump
 from .download import Download, Provider
 from .endpoint import LinkClosed
 from .files import RangeReader
@@ -39,6 +40,8 @@ class Transfers:
         self._file_locks: dict[str, asyncio.Lock] = {}
         self._bytes_done = 0
         self._active: set[Download] = set()
+        self.activity = ActivityPump()  # downloads and uploads in progress (kachery-p2p-transfers)
+        network.server.on_range = self.activity.count_upload
 
     async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
         try:
@@ -161,7 +164,15 @@ class Transfers:
     async def _run_load(self, entry: RunningDownload, timeout: float | None) -> Path:
         uri = entry.uri
         providers = await self._providers(uri, timeout)
-        download = entry.download = Download(self.store, uri, providers, _no_progress)
+        ids, size = [p.node_id for p in providers], providers[0].size
+        # Listed by kachery-p2p-transfers (activity.py), which can cancel it; followers: running.py.
+        return await self.activity.track_load(
+            str(uri), uri.sha1, size, ids, _no_progress, lambda tracked: self._load(entry, providers, tracked)
+        )
+
+    async def _load(self, entry: RunningDownload, providers: list[Provider], progress: Progress) -> Path:
+        uri = entry.uri
+        download = entry.download = Download(self.store, uri, providers, progress)
         entry.phase = "queued"
         async with self._slots, self._file_lock(uri.sha1):
             path = await asyncio.to_thread(self.store.find_local, uri)

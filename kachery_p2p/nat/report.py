@@ -13,6 +13,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import ids
+
 Address = tuple[str, int]
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
@@ -45,10 +47,8 @@ def _family(host: str) -> int:
 
 
 def format_address(addr: Address | None) -> str | None:
-    if addr is None:
-        return None
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """``ids.format_address``, passing None through."""
+    return None if addr is None else ids.format_address(addr)
 
 
 def _is_local(reflexive: Address, local: Address | None, local_ips: Collection[str]) -> bool:

@@ -39,6 +39,14 @@ OTHER_ADDRESS = 0x802C  # RFC 5780: the server's alternate address (it can honou
 
 _COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
 
+# Parse cost is bounded: no answer or request we deal in is near these sizes (a Binding response
+# is < 100 bytes), and a forged 64 KB message of 16k attributes used to cost ~29 ms to parse.
+MAX_MESSAGE_SIZE = 1500
+MAX_ATTRIBUTES = 32
+# Requests a relay answers: plain Binding requests of a sane size (RFC 8489 asks senders to stay
+# under 576 bytes without path MTU knowledge); the answer is then never much larger than the request.
+MAX_BINDING_REQUEST = 548
+
 # Retransmission (RFC 8489 section 6.2.1), with WebRTC's 250 ms initial RTO.
 INITIAL_RTO = 0.25
 MAX_SENDS = 7  # Rc
@@ -173,6 +181,8 @@ class StunMessage:
         """Parse one whole datagram. Raises ValueError for anything malformed."""
         if len(data) < HEADER_LENGTH:
             raise ValueError(f"STUN message too short ({len(data)} bytes)")
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise ValueError(f"STUN message too long ({len(data)} bytes, at most {MAX_MESSAGE_SIZE})")
         message_type, length, cookie = struct.unpack("!HHI", data[:8])
         if message_type & 0xC000:
             raise ValueError("STUN message must start with two zero bits")
@@ -183,9 +193,13 @@ class StunMessage:
         tid = bytes(data[8:20])
         attributes: dict[str, Any] = {}
         pos = HEADER_LENGTH
+        count = 0
         while pos < len(data):
             if "FINGERPRINT" in attributes:
                 raise ValueError("STUN attribute after FINGERPRINT")
+            count += 1
+            if count > MAX_ATTRIBUTES:
+                raise ValueError(f"STUN message with more than {MAX_ATTRIBUTES} attributes")
             attr_type, attr_len = struct.unpack("!HH", data[pos : pos + 4])
             end = pos + 4 + attr_len
             if end + _pad(attr_len) > len(data):
@@ -206,6 +220,25 @@ def is_stun(data: bytes) -> bool:
         return False
     length = (data[2] << 8) | data[3]
     return length % 4 == 0 and HEADER_LENGTH + length == len(data) and data[4:8] == _COOKIE_BYTES
+
+
+def header_transaction_id(data: bytes) -> bytes | None:
+    """The transaction id of a datagram that passes the cheap header check (``is_stun``), else None.
+    A node looks it up among its pending transactions before parsing anything more: unsolicited
+    STUN is dropped here."""
+    return bytes(data[8:20]) if is_stun(data) else None
+
+
+def binding_answer(data: bytes, addr: Address) -> bytes | None:
+    """A relay's answer to one datagram: a Binding success for a Binding request of sane size,
+    None (drop) for anything else, decided on the header before any attribute is parsed."""
+    if len(data) > MAX_BINDING_REQUEST or not is_stun(data) or (data[0] << 8 | data[1]) != BINDING_REQUEST:
+        return None
+    try:
+        message = StunMessage.parse(data)
+    except ValueError:
+        return None
+    return binding_success(message.transaction_id, addr)
 
 
 def binding_request(transaction_id: bytes, fingerprint: bool = True) -> bytes:

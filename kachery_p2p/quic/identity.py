@@ -11,7 +11,6 @@ import contextlib
 import datetime
 import hashlib
 import os
-import re
 from pathlib import Path
 
 from cryptography import x509
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import NameOID
 
 from ..errors import IdentityError, RemoteProtocolError
+from ..ids import is_hex64
 
 PRIVATE_KEY_FILE = "private.pem"
 PUBLIC_KEY_FILE = "public.pem"
@@ -31,7 +31,6 @@ SAN_DNS_SUFFIX = "kachery-p2p.invalid"
 CERT_NOT_BEFORE = datetime.datetime(2020, 1, 1, 0, 0, 0, tzinfo=datetime.timezone.utc)
 CERT_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
 
-_NODE_ID_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
 def _raw_public_key(key: Ed25519PublicKey) -> bytes:
@@ -187,7 +186,7 @@ def _load_key_file(path: Path) -> NodeIdentity:
 def verify_signature(node_id: str, signature: bytes, data: bytes) -> bool:
     """True if ``signature`` is node ``node_id``'s Ed25519 signature of ``data``; never raises."""
     try:
-        if not isinstance(node_id, str) or not _NODE_ID_RE.match(node_id):
+        if not is_hex64(node_id, any_case=True):
             return False
         if not isinstance(signature, (bytes, bytearray)) or len(signature) != 64:
             return False

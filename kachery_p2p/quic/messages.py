@@ -13,6 +13,13 @@ Requests, each on a new bidirectional stream opened by either side once authenti
     {"op": "get", "sha1", "start", "end"}     -> {"ok": true, "length"} + bytes [start, end)
     {"op": "channels", "nonce", "channelProofs"} -> {"ok": true, "channelProofs"}
 
+Feed requests (channel peers only; see kachery_p2p.daemon.feeds_peers):
+    {"op": "feed-has", "feedId", "subfeedHash"}         -> {"ok": true, "owner", "numMessages"}
+    {"op": "feed-subscribe", "feedId", "subfeedHash", "position"}
+        -> {"ok": true, "owner", "numMessages"} + signed messages from position, one JSON object a line,
+           then every new message as it is appended, until either side ends the stream
+    {"op": "feed-submit", "feedId", "subfeedHash", "message"} -> {"ok": true, "messageNumber"}
+
 Relay requests (a node to a relay, or a relay to a node for "punch"):
     {"op": "publish", "record": {signed rendezvous record}}  -> {"ok": true, "observed": "ip:port"}
     {"op": "lookup", "rendezvousIds": [hex64, ...]}          -> {"ok": true, "peers": [{"record", "observed"}]}
@@ -30,12 +37,13 @@ from typing import Any
 
 from ..error_codes import PEER_ERROR_CODES
 from ..errors import RemoteProtocolError
+from ..ids import HEX64_RE
 
 ERROR_CODES = PEER_ERROR_CODES
 MAX_PROOFS = 256
 MAX_LABEL = 64
 _HEX40 = re.compile(r"^[0-9a-f]{40}\Z")
-_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX64 = HEX64_RE
 _HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
 _HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 
@@ -57,7 +65,7 @@ def _uint(value: Any, name: str) -> int:
 
 
 def _hex(value: Any, pattern: re.Pattern[str], name: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise _bad(f"bad {name}")
     return value
 
@@ -135,7 +143,30 @@ class Punch:
     candidates: tuple[str, ...]
 
 
-Request = Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
+@dataclass(frozen=True)
+class FeedHas:
+    feed_id: str
+    subfeed_hash: str
+
+
+@dataclass(frozen=True)
+class FeedSubscribe:
+    feed_id: str
+    subfeed_hash: str
+    position: int
+
+
+@dataclass(frozen=True)
+class FeedSubmit:
+    feed_id: str
+    subfeed_hash: str
+    message: dict[str, Any]
+
+
+Request = (
+    Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
+    | FeedHas | FeedSubscribe | FeedSubmit
+)
 MAX_CANDIDATES = 16
 _CANDIDATE = re.compile(r"^[0-9a-fA-F.:\[\]]{3,60}:[0-9]{1,5}\Z")
 
@@ -198,7 +229,22 @@ def parse_request(header: dict[str, Any]) -> Request:
         token = _hex(header.get("token"), _HEX32, "token")
         candidates = parse_candidates(header.get("candidates", []))
         return Connect(node_id, token, candidates) if op == "connect" else Punch(node_id, token, candidates)
+    if op in ("feed-has", "feed-subscribe", "feed-submit"):
+        return _parse_feed_request(op, header)
     raise _bad(f"unknown op {str(op)[:40]!r}")
+
+
+def _parse_feed_request(op: str, header: dict[str, Any]) -> FeedHas | FeedSubscribe | FeedSubmit:
+    feed_id = _hex(header.get("feedId"), _HEX64, "feedId")
+    subfeed_hash = _hex(header.get("subfeedHash"), _HEX40, "subfeedHash")
+    if op == "feed-has":
+        return FeedHas(feed_id, subfeed_hash)
+    if op == "feed-subscribe":
+        return FeedSubscribe(feed_id, subfeed_hash, _uint(header.get("position"), "position"))
+    message = header.get("message")
+    if not isinstance(message, dict):
+        raise _bad("message must be a JSON object")
+    return FeedSubmit(feed_id, subfeed_hash, message)
 
 
 def error(code: str, message: str) -> dict[str, Any]:

@@ -22,9 +22,10 @@ QUIC ``max_datagram_size`` of any connection that may run over a relay must be <
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
+
+from ..ids import is_hex64
 
 TO_RELAY = 0x20
 FROM_RELAY = 0x21
@@ -42,7 +43,6 @@ Buffer = bytes | bytearray | memoryview
 FrameKind = Literal["to_relay", "from_relay"]
 DatagramKind = Literal["quic", "stun", "relay", "probe", "unknown"]
 
-_NODE_ID_RE = re.compile(r"[0-9a-fA-F]{64}")
 _KIND_BYTES: dict[int, FrameKind] = {TO_RELAY: "to_relay", FROM_RELAY: "from_relay"}
 
 
@@ -66,7 +66,7 @@ class Probe:
 
 
 def _node_id_bytes(node_id: str) -> bytes:
-    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
+    if not is_hex64(node_id, any_case=True):
         raise ValueError(f"not a node id (64 hex digits): {node_id!r}")
     return bytes.fromhex(node_id)
 
@@ -86,6 +86,12 @@ def encode_to_relay(target_node_id: str, payload: Buffer) -> bytes:
     ValueError for a malformed node id or an empty or too large payload.
     """
     return bytes([TO_RELAY]) + _node_id_bytes(target_node_id) + _check_payload(payload)
+
+
+def to_relay_header(target_node_id: str) -> bytes:
+    """The header of every frame to ``target_node_id`` (``encode_to_relay`` without the payload), for
+    a sender that prefixes many payloads to one target and checks their size itself."""
+    return bytes([TO_RELAY]) + _node_id_bytes(target_node_id)
 
 
 def encode_from_relay(source_node_id: str, payload: Buffer) -> bytes:

@@ -27,18 +27,17 @@ Rules:
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..channels.rendezvous import MAX_LIFETIME, RendezvousRecord, decode_record, format_candidate
+from ..channels.rendezvous import MAX_LIFETIME, RendezvousRecord, decode_record
 from ..errors import LocalProtocolError, RemoteProtocolError
+from ..ids import format_address, is_hex64
 
 Address = tuple[str, int]
 
-_HEX64_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass
@@ -50,14 +49,6 @@ class _Entry:
 def _address(address: tuple[Any, ...]) -> Address:
     """(host, port) from a socket address (IPv6 ones have 4 items)."""
     return (str(address[0]), int(address[1]))
-
-
-def format_address(address: Address) -> str:
-    """ "host:port" of an observed address, canonical when it is an IP address."""
-    try:
-        return format_candidate(address[0], address[1])
-    except ValueError:
-        return f"{address[0]}:{address[1]}"
 
 
 class Registry:
@@ -174,7 +165,7 @@ class Registry:
         RemoteProtocolError("bad_request") for malformed ids or more than ``max_ids_per_node``."""
         asked: list[str] = []
         for rid in rendezvous_ids:
-            if not isinstance(rid, str) or not _HEX64_RE.fullmatch(rid):
+            if not is_hex64(rid, any_case=True):
                 raise self._refuse("bad_request", "lookup holds a malformed rendezvous id")
             if rid.lower() not in asked:
                 asked.append(rid.lower())

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,10 +86,16 @@ def fsync_dir(directory: Path) -> None:
 
 
 class TempFile:
-    """A unique file ``<directory>/<prefix>-XXXXXXXX.tmp`` opened for writing (mode 0600)."""
+    """A unique file ``<directory>/<prefix>-XXXXXXXX.tmp`` opened for writing (mode 0600).
+
+    The writer holds an flock on it while it is open: a temp file nobody holds a lock on belongs to
+    a writer that is gone (finished or killed) and can never be resumed (``is_abandoned``).
+    """
 
     def __init__(self, directory: Path, prefix: str) -> None:
         fd, name = tempfile.mkstemp(prefix=f"{prefix}-", suffix=".tmp", dir=directory)
+        with contextlib.suppress(OSError):  # a filesystem without flock: the age rule still applies
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.fd: int = fd
         self.path = Path(name)
 
@@ -109,6 +116,25 @@ class TempFile:
             fd, self.fd = self.fd, -1
             close_quietly(fd)
         remove_quietly(self.path)
+
+
+def remove_if_abandoned(path: Path) -> bool:
+    """Delete a TempFile whose writer is gone (no one holds its flock); True if it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: a live writer holds it
+        close_quietly(fd)
+        return False
+    try:
+        return remove_quietly(path)
+    finally:
+        close_quietly(fd)
 
 
 class LockFile:

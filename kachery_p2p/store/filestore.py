@@ -14,6 +14,7 @@ content files only.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -36,6 +37,9 @@ from .partial import PartialFile
 __all__ = ["BlobWriter", "ContentStore", "PartialFile", "StoredFile"]
 
 _PARTIAL_RE = re.compile(r"partial-([0-9a-f]{40})\.(data|json|lock)")
+# Our own temp files (``_io.TempFile``): removed as soon as no writer holds their lock, whatever
+# their age, since they can never be resumed (a kill -9 during a store leaves one behind).
+_OWN_TEMP_RE = re.compile(r"(store|blob|partial-[0-9a-f]{40}\.json)-[a-z0-9_]+\.tmp")
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,7 @@ class ContentStore:
         """Copy a local file into the store in one pass (hash + manifest + write); idempotent."""
         source = Path(path)
         try:
-            st = os.stat(source)
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"cannot read {source}: not a regular file")
-            f = open(source, "rb", buffering=0)  # noqa: SIM115 - closed below
+            f = open_regular_file(source)
         except OSError as exc:
             raise StoreError(f"cannot read {source}: {exc.strerror or exc}") from exc
         with f:
@@ -190,7 +191,8 @@ class ContentStore:
     # -- housekeeping --------------------------------------------------------------------------
 
     def cleanup_temp(self, max_age_sec: float, now: float | None = None) -> int:
-        """Delete files in ``<root>/tmp`` not modified for ``max_age_sec``; how many were deleted.
+        """Delete files in ``<root>/tmp`` not modified for ``max_age_sec``, and our own temp files no
+        writer holds (whatever their age); how many were deleted.
 
         Sub-directories (other tools' temp dirs) are left alone, as is anything outside ``tmp``.
         A partial download counts as one unit: its files go together when all are stale and no
@@ -207,6 +209,8 @@ class ContentStore:
             match = _PARTIAL_RE.fullmatch(entry.name)
             if match:
                 partials[match.group(1)].append(entry)
+            elif _OWN_TEMP_RE.fullmatch(entry.name) and _io.remove_if_abandoned(Path(entry.path)):
+                removed += 1
             elif not entry.is_dir(follow_symlinks=False) and _mtime(entry) < cutoff:
                 removed += _io.remove_quietly(Path(entry.path))
         for sha1, group in partials.items():
@@ -227,6 +231,22 @@ class ContentStore:
         removed = sum(_io.remove_quietly(Path(e.path)) for e in files)
         lock.release(remove=True)
         return removed + (len(group) - len(files))
+
+
+def open_regular_file(path: Path) -> FileIO:
+    """Open a regular file for reading without ever blocking on a FIFO or device: opened with
+    O_NONBLOCK (a FIFO without writer would block a plain open forever) and checked on the open
+    descriptor, so a path swapped to a FIFO after an earlier check is refused too. OSError
+    (EINVAL "not a regular file") otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        return FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _mtime(entry: os.DirEntry[str]) -> float:

@@ -21,7 +21,11 @@ class RunsCommands(Protocol):
 
 
 def wait_until(
-    condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1, output: Callable[[], str] | None = None
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    output: Callable[[], str] | None = None,
 ) -> T:
     """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds
     (showing the end of ``output()`` if given)."""

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,8 +218,8 @@ def test_crash_before_rename_leaves_only_a_temp(store: ContentStore, tmp_path: P
     assert proc.exitcode == 7
     assert not store.has(sha1) and content_files(store) == []
     assert len(temp_files(store)) == 1
-    assert store.cleanup_temp(3600) == 0  # fresh: could belong to a running writer
-    assert store.cleanup_temp(3600, now=time.time() + 7200) == 1
+    # Fresh, but its writer is gone (no one holds its lock): it can never be finished, so it goes now.
+    assert store.cleanup_temp(7 * 24 * 3600) == 1
     assert temp_files(store) == []
     assert store.store_file(src).sha1 == sha1
 
@@ -300,9 +301,39 @@ def test_read_error_midway_cleans_up(store: ContentStore, tmp_path: Path, monkey
 # -- cleanup ---------------------------------------------------------------------------------
 
 
+def _store_forever(root: str, ready: Any) -> None:
+    def blocks() -> Iterator[memoryview]:
+        yield memoryview(b"x" * 4096)
+        ready.set()
+        while True:
+            time.sleep(0.05)
+            yield memoryview(b"x" * 4096)
+
+    ContentStore(Path(root))._store_blocks(blocks(), "an endless stream")
+
+
+def test_kill_9_during_store_leaves_a_temp_removed_at_the_next_start(store: ContentStore) -> None:
+    """Issue 10 #8: the 7-day age rule kept files that can never resume (20 kills: 4.71 GB)."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_store_forever, args=(str(store.root), ready))
+    proc.start()
+    try:
+        assert ready.wait(60)
+        assert [n for n in temp_files(store) if n.startswith("store-")]
+        assert store.cleanup_temp(7 * 24 * 3600) == 0  # a live writer's temp stays
+        assert [n for n in temp_files(store) if n.startswith("store-")]
+    finally:
+        assert proc.pid is not None
+        os.kill(proc.pid, 9)
+        proc.join(30)
+    assert store.cleanup_temp(7 * 24 * 3600) == 1  # what the daemon runs at start
+    assert temp_files(store) == []
+
+
 def test_cleanup_temp_by_age(store: ContentStore) -> None:
     now = time.time()
-    old, fresh = store.temp_dir / "store-abc.tmp", store.temp_dir / "blob-def.tmp"
+    old, fresh = store.temp_dir / "other-abc.tmp", store.temp_dir / "other-def.tmp"  # another tool's
     old.write_bytes(b"old")
     fresh.write_bytes(b"fresh")
     os.utime(old, (now - 7200, now - 7200))
@@ -313,7 +344,7 @@ def test_cleanup_temp_by_age(store: ContentStore) -> None:
     content = store.store_bytes(b"content")
     os.utime(content.path, (now - 7200, now - 7200))
     assert store.cleanup_temp(3600, now=now) == 1
-    assert temp_files(store) == ["blob-def.tmp", "tmpq1w2e3"]
+    assert temp_files(store) == ["other-def.tmp", "tmpq1w2e3"]
     assert (foreign_dir / "inner").exists()
     assert store.cleanup_temp(0, now=now + 1) == 1
     assert temp_files(store) == ["tmpq1w2e3"]
