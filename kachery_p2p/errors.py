@@ -20,7 +20,8 @@ and exits with ``exc.exit_code``.
     ├── RemoteProtocolError              a peer broke the protocol (its fault)
     ├── LocalProtocolError               we misused a protocol object (our bug)
     ├── FeedPermissionError              a feed owner refused our submitted message
-    └── FileFormatError                  a file is not the text or JSON expected
+    ├── FileFormatError                  a file is not the text or JSON expected
+    └── PortInUseError                   the daemon cannot listen on a port
 
 The error codes that carry these over the control endpoint and the peer protocol: ``error_codes.py``.
 """
@@ -116,3 +117,11 @@ class DaemonStoppedError(DaemonError):
 
 class FileFormatError(KacheryP2PError, ValueError):
     """A file is not the text or JSON that a function expected (``load_text`` on binary bytes)."""
+
+
+class PortInUseError(KacheryP2PError):
+    """The daemon cannot listen on a port (taken, or not allowed): not bad input, so exit 1."""
+
+    def __init__(self, message: str, kind: str = "udp") -> None:
+        super().__init__(message)
+        self.kind = kind  # "udp" (the QUIC port) or "control" (the control endpoint)

@@ -12,7 +12,7 @@ import click
 
 from .. import __version__
 from ..config import PROTOCOL_VERSION
-from ..errors import DaemonNotRunningError, KacheryP2PError, NotFoundError
+from ..errors import DaemonNotRunningError, NotFoundError
 from .errors import Command, Group
 from .link import link_cmd
 
@@ -280,6 +280,7 @@ def _peer_line(peer: dict[str, Any]) -> str:
     return f"{peer['nodeId'][:12]}  {label:<16} {path:<8} {address:<22} {rtt_text:>9}  {channels}"
 
 
+from .nat_cmd import nat_check_cmd  # noqa: E402
 from .store_cmds import du_cmd, ls_cmd, rm_cmd  # noqa: E402
 from .transfers_cmds import cancel_cmd, transfers_cmd  # noqa: E402
 
@@ -292,28 +293,4 @@ cli.add_command(load_cmd, "load-file")
 cli.add_command(cat_cmd, "cat-file")
 cli.add_command(find_cmd, "find-file")
 cli.add_command(link_cmd)  # kachery-p2p-link (cli/link.py)
-
-
-@cli.command("nat-check", cls=Command)
-@click.option("--server", "servers", multiple=True, help="STUN server HOST:PORT (a relay; repeatable). "
-              "Default: $KACHERY_P2P_BOOTSTRAP.")
-@click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds to wait for answers.")
-@click.option("--no-rfc3489", is_flag=True, help="Skip the classic pystun3 (RFC 3489) classification.")
-def nat_check_cmd(servers: tuple[str, ...], timeout: float, no_rfc3489: bool) -> None:
-    """Report this machine's NAT situation: reflexive address, mapping behaviour, whether UDP works."""
-    from ..config import HostPort, bootstrap_from_environ
-    from ..errors import ConfigError
-    from .nat_check import run_nat_check
-
-    addresses = [HostPort.parse(s) for s in servers] or list(bootstrap_from_environ())
-    if not addresses:
-        raise ConfigError("give a STUN server with --server HOST:PORT (any kachery-p2p relay answers STUN)")
-    report = run_nat_check([(a.host, a.port) for a in addresses], timeout=timeout, use_pystun=not no_rfc3489)
-    try:
-        from ..client.api import get_node_info
-
-        info = get_node_info()
-        report["daemon"] = {"candidates": info.get("candidates"), "relays": info.get("relays")}
-    except KacheryP2PError:
-        report["daemon"] = None
-    click.echo(json.dumps(report, indent=2))
+cli.add_command(nat_check_cmd)  # kachery-p2p-nat-check (cli/nat_cmd.py)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from ..errors import ConfigError, RemoteProtocolError
+from ..errors import PortInUseError, RemoteProtocolError
 from ..quic.identity import NodeIdentity
 from ..quic.settings import quic_configuration, stream_send_buffered
 from ..relay.frames import DatagramKind, classify, decode_relay_frame
@@ -294,9 +295,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                 lambda: self, local_addr=(host, port), family=socket.AF_INET
             )
         except OSError as exc:
-            raise ConfigError(
-                f"cannot open UDP port {port} on {host} ({exc.strerror}); is another daemon using it? "
-                "Choose another with --port (0 picks a free one)"
+            reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+            raise PortInUseError(
+                f"cannot open UDP port {port} on {host} ({reason}): is another daemon or program using it?", "udp"
             ) from None
         sock = transport.get_extra_info("socket")
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):

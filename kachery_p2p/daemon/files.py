@@ -9,13 +9,23 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import StoreError, TransferCancelledError
+from ..errors import StoreError, TransferCancelledError, UsageError
+from ..ids import FileUri
 
 if TYPE_CHECKING:
     from ..store import PartialFile
     from .running import RunningDownload
 
 READ_BLOCK = 1 << 20
+
+
+def refuse_peer_lookup(uri: FileUri) -> None:
+    """Peers are asked by sha1 only: an md5:// URI can name a local file, never be looked up on peers."""
+    if uri.algorithm != "sha1":
+        raise UsageError(
+            f"{uri.algorithm}:// URIs are not supported: peers are asked for files by sha1 only, and this"
+            " node's store has no such file; use the file's sha1:// URI (kachery-p2p-store prints it)"
+        )
 
 
 async def read_file_range(path: Path, start: int, end: int, block: int = READ_BLOCK) -> AsyncIterator[bytes]:

@@ -17,7 +17,7 @@ from aiohttp import web
 from .. import __version__
 from ..channels.membership import JoinedChannels
 from ..config import CHANNELS_FILENAME, PROTOCOL_VERSION, DaemonConfig
-from ..errors import ConfigError, DaemonStoppedError, NotFoundError, StoreError, UsageError
+from ..errors import DaemonStoppedError, NotFoundError, PortInUseError, StoreError, UsageError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
@@ -25,7 +25,7 @@ from ..store.filestore import open_regular_file
 from .control import make_app
 from .control_guard import GuardedSite
 from .feeds_service import FeedService
-from .files import read_file_range
+from .files import read_file_range, refuse_peer_lookup
 from .lock import write_secret_file
 from .running import DownloadRegistry
 
@@ -80,9 +80,10 @@ class Node:
         try:
             await site.start()
         except OSError as exc:
-            raise ConfigError(
+            reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+            raise PortInUseError(
                 f"cannot listen on {self.config.api_host}:{self.config.api_port} for the control endpoint "
-                f"({exc.strerror}); is another daemon using it? Set KACHERY_P2P_API_PORT to choose another port"
+                f"({reason}): is another daemon or program using it?", "control"
             ) from None
         write_secret_file(self.config.token_path, token)
         write_secret_file(self.config.api_port_path, f"{self.config.api_port}\n")
@@ -211,7 +212,8 @@ class Node:
             parent = self.store.find_local(FileUri(algorithm="sha1", hash=uri.chunk_of.sha1))
             if parent is not None:
                 return await asyncio.to_thread(self._extract_chunk, uri, parent)
-        if self.remote is None or uri.algorithm != "sha1":
+        refuse_peer_lookup(uri)
+        if self.remote is None:
             raise NotFoundError(f"{uri.hash} is not in the local store and no peer network is running")
         # Loads of one file share one download (see running.py).
         return await self.remote.load(uri, timeout, progress)
@@ -238,6 +240,8 @@ class Node:
                 "fileSize": path.stat().st_size,
                 "fileKey": {"sha1": uri.hash},
             }
+        elif uri.algorithm != "sha1":
+            refuse_peer_lookup(uri)
         if self.remote is not None and uri.algorithm == "sha1":
             async for provider in self.remote.find(uri, timeout):
                 yield provider
@@ -247,7 +251,9 @@ class Node:
     ) -> tuple[int, AsyncIterator[bytes]]:
         first = start or 0
         path = await asyncio.to_thread(self.local_path, uri)
-        if path is None and self.remote is not None and uri.algorithm == "sha1":
+        if path is None:
+            refuse_peer_lookup(uri)
+        if path is None and self.remote is not None:
             return await self.remote.read_remote_range(uri, first, end, timeout)
         if path is None:
             raise NotFoundError(f"{uri.hash} is not in the local store")

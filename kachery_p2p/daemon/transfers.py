@@ -138,14 +138,25 @@ class Transfers:
 
     async def _providers(self, uri: FileUri, timeout: float | None) -> list[Provider]:
         wait = FIND_TIMEOUT if timeout is None else timeout
+        started = time.monotonic()
         providers = await self._collect(uri.sha1, wait)
         if not providers:
-            peers = len(self.network.channel_peers())
-            raise NotFoundError(
-                f"file not found: no peer has {uri.sha1} (asked {peers} channel peer{'s' if peers != 1 else ''}"
-                f" for {wait:g} s)"
-            )
+            raise NotFoundError(self._not_found(uri, time.monotonic() - started))
         return providers
+
+    def _not_found(self, uri: FileUri, elapsed: float) -> str:
+        """Who was asked, for how long, and what the user can do about it."""
+        peers = len(self.network.channel_peers())
+        asked = f"asked {peers} channel peer{'s' if peers != 1 else ''}, searched {elapsed:.1f} s"
+        message = f"file not found: no peer has {uri.sha1} ({asked})"
+        if not self.network.node.channels.names():
+            return message + "; this node has joined no channel: join one with kachery-p2p-join-channel NAME"
+        if peers == 0:
+            return message + (
+                "; no peer shares a channel with this node yet: start the daemon with --bootstrap HOST:PORT"
+                " (a relay or a peer) or run a peer on this LAN"
+            )
+        return message
 
     @property
     def downloads(self) -> DownloadRegistry:
