@@ -25,9 +25,11 @@ def cli() -> None:
 
 @cli.command("start-daemon", cls=Command)
 @click.option("--label", default="", help="A short name for this node, shown to peers.")
-@click.option("--port", "udp_port", type=int, default=None, help="UDP port for QUIC (0 picks a free one).")
+@click.option("--port", "udp_port", type=int, default=None,
+              help="UDP port for QUIC (0 picks a free one) [default: 14507].")
 @click.option("--bind", "udp_host", default="0.0.0.0", show_default=True, help="Local IPv4 address for the UDP socket.")
-@click.option("--api-port", type=int, default=None, help="Control port (default $KACHERY_P2P_API_PORT or 20431).")
+@click.option("--api-port", type=int, default=None,
+              help="Control port, recorded in the config dir for clients [default: $KACHERY_P2P_API_PORT or 20431].")
 @click.option("--bootstrap", multiple=True, help="Relay or peer to dial: HOST:PORT or NODEID@HOST:PORT (repeatable).")
 @click.option("--lan-discovery/--no-lan-discovery", default=True, help="Find channel peers on the LAN by multicast.")
 @click.option(
@@ -194,7 +196,9 @@ def store_cmd(path: str, basename: str | None) -> None:
     " written through; '-' writes the bytes to stdout (and prints no path).",
 )
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), default=None, help="Seconds to look for providers before giving up."
+    "--timeout", type=click.FloatRange(min=0), default=None,
+    help="Seconds to look for providers before giving up (default 5). Once found, a download is never given up"
+    " for being slow: only if no byte arrives for 10 minutes, or the daemon says nothing for 60 s.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print progress and the result as JSON lines.")
 def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -> None:
@@ -224,7 +228,8 @@ def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -
 @click.option("--start", type=click.IntRange(min=0), default=None, help="First byte (default 0).")
 @click.option("--end", type=click.IntRange(min=0), default=None, help="End byte, exclusive (default: file size).")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), default=None, help="Seconds to look for providers before giving up."
+    "--timeout", type=click.FloatRange(min=0), default=None,
+    help="Seconds to look for providers before giving up (default 5).",
 )
 def cat_cmd(uri: str, start: int | None, end: int | None, timeout: float | None) -> None:
     """Write the file's bytes (or a range of them) to stdout."""
@@ -243,16 +248,30 @@ def cat_cmd(uri: str, start: int | None, end: int | None, timeout: float | None)
 @click.option(
     "--timeout", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds to wait for answers."
 )
-def find_cmd(uri: str, timeout: float) -> None:
-    """List the nodes that have a file, one JSON object per line."""
+@click.option(
+    "--original-format", is_flag=True,
+    help='Print what the original kachery-p2p printed: {"nodeId", "fileKey", "fileSize"}, indented.',
+)
+def find_cmd(uri: str, timeout: float, original_format: bool) -> None:
+    """List the nodes that have a file, one JSON object per line as answers arrive:
+    {"nodeId": hex, "label": text, "size": bytes, "local": true if it is this node}."""
     from ..client.api import find_file
 
     found = False
     for provider in find_file(uri, timeout_sec=timeout):
         found = True
-        click.echo(json.dumps(provider))
+        click.echo(json.dumps(find_record(provider, original_format), indent=4 if original_format else None))
     if not found:
         raise NotFoundError(f"no provider found for {uri}")
+
+
+def find_record(provider: dict[str, Any], original_format: bool) -> dict[str, Any]:
+    """One provider in the documented schema, or in the original kachery-p2p's."""
+    node_id = provider.get("nodeId", provider.get("node_id"))
+    size = provider.get("size", provider.get("fileSize"))
+    if original_format:
+        return {"nodeId": node_id, "fileKey": provider.get("fileKey"), "fileSize": size}
+    return {"nodeId": node_id, "label": provider.get("label"), "size": size, "local": bool(provider.get("local"))}
 
 
 @cli.command("peers", cls=Command)

@@ -104,7 +104,7 @@ class Download:
             await self._fetch(plan, partial)
             path = await asyncio.to_thread(partial.finish)
         finally:
-            await asyncio.to_thread(partial.close)
+            partial.close()  # quick, and not cancellable half-way: the next open of this file needs the lock
         await self._report(plan, force=True)
         return path
 
@@ -131,7 +131,7 @@ class Download:
             # the file away from under us.
             fd = os.open(partial.data_path, os.O_RDONLY)
         finally:
-            await asyncio.to_thread(partial.close)
+            partial.close()  # quick, and not cancellable half-way: the next open of this file needs the lock
         return fd, size
 
     async def _manifest(self, size: int) -> Manifest | None:

@@ -295,7 +295,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                 lambda: self, local_addr=(host, port), family=socket.AF_INET
             )
         except OSError as exc:
-            reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+            reason = exc.strerror or _bind_error(host, port) or str(exc)
             raise PortInUseError(
                 f"cannot open UDP port {port} on {host} ({reason}): is another daemon or program using it?", "udp"
             ) from None
@@ -398,3 +398,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         conn.connect(addr, now=time.monotonic())
         link.transmit()
         return link
+
+
+def _bind_error(host: str, port: int) -> str | None:
+    """Why binding fails, from a plain socket (uvloop's error carries no strerror)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or (os.strerror(exc.errno) if exc.errno else None)
+    return None

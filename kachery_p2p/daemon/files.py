@@ -56,6 +56,7 @@ class RangeReader:
         self._fd: int | None = None
         self._fds: set[int] = set()
         self._entry: RunningDownload | None = None
+        self._complete = False  # every byte went out: let the download finish on its own
         self._starts: list[int] = []
         self._ends: list[int] = []
         self._verified: set[int] = set()
@@ -97,7 +98,9 @@ class RangeReader:
         task = entry.task
         assert task is not None
         if not task.done():
-            entry.cancel(TransferCancelledError("no client is reading any more"))
+            task.add_done_callback(_close_result_fd)  # the descriptor fetch_range may still return
+            if not self._complete:
+                entry.cancel(TransferCancelledError("no client is reading any more"))
         elif not task.cancelled() and task.exception() is None and isinstance(task.result(), int):
             self._fds.add(task.result())
         for fd in self._fds:
@@ -121,6 +124,7 @@ class RangeReader:
                     self._fds.add(fd)
                     async for data in _pread_blocks(fd, position, self.end, block):
                         yield data
+                    self._complete = True
                     return
                 else:
                     self._changed.clear()
@@ -133,6 +137,7 @@ class RangeReader:
                 if not data:
                     raise StoreError("file is shorter than expected")
                 position += len(data)
+                self._complete = position >= self.end
                 yield data
         finally:
             self.close()
@@ -156,6 +161,11 @@ class RangeStream:
             await self._blocks.aclose()  # type: ignore[attr-defined]
         finally:
             self._on_close()
+
+
+def _close_result_fd(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is None and isinstance(task.result(), int):
+        os.close(task.result())  # type: ignore[arg-type]
 
 
 async def _pread_blocks(fd: int, start: int, end: int, block: int) -> AsyncIterator[bytes]:

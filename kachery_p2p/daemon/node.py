@@ -143,12 +143,16 @@ class Node:
 
     def join_channel(self, name: str) -> bool:
         changed = self.channels.join(name)
+        if changed:
+            log.info("joined channel %r", name)
         if changed and self.remote is not None:
             self.remote.channels_changed()
         return changed
 
     def leave_channel(self, name: str) -> bool:
         changed = self.channels.leave(name)
+        if changed:
+            log.info("left channel %r", name)
         if changed and self.remote is not None:
             self.remote.channels_changed()
         return changed

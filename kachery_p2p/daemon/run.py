@@ -50,7 +50,7 @@ async def serve(config: DaemonConfig, identity: NodeIdentity, store: ContentStor
         loop.add_signal_handler(signum, node.request_stop)
     try:
         await node.start()
-        print(f"kachery-p2p daemon running: node {identity.node_id}", file=sys.stderr, flush=True)
+        print(start_line(node), file=sys.stderr, flush=True)
         await node.wait_stopped()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -66,3 +66,15 @@ def run_daemon(config: DaemonConfig) -> None:
         asyncio.run(serve(config, identity, store))
     finally:
         lock.release()
+
+
+def start_line(node: Node) -> str:
+    """What the user needs to know once the daemon runs: who it is, where it listens, where it stores."""
+    info = node.node_info()
+    config = node.config
+    dials = ", ".join(str(address) for address in config.bootstrap) or "none (LAN discovery only)"
+    role = "relay, " if config.relay_mode else ""
+    return (
+        f"kachery-p2p daemon running: {role}node {node.identity.node_id}, control {config.api_host}:{config.api_port},"
+        f" QUIC udp {info.get('udpAddress', '-')}, store {node.store.root}, bootstrap {dials}"
+    )

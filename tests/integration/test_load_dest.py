@@ -213,3 +213,55 @@ def test_load_json_of_a_binary_file_raises_an_error_of_the_project(daemon_factor
     text_uri = stored(d, tmp_path, b"{not json", "t.json")
     with pytest.raises(kp.KacheryP2PError, match="not JSON"):
         d.api("load_json", text_uri)
+
+
+# ---- item 12: one schema for find, --version everywhere, errors under --json -----------------------------
+
+
+def test_find_prints_one_documented_schema_and_the_original_on_request(daemon_factory: Any, tmp_path: Path) -> None:
+    """Before: every line repeated fields (node_id/nodeId, size/fileSize) next to fileKey."""
+    import json
+
+    d = daemon_factory.start("a")
+    uri = stored(d, tmp_path, b"0123456789")
+    found = d.run("find", uri)
+    assert found.returncode == 0, found.stderr
+    record = json.loads(found.stdout)
+    assert record == {"nodeId": d.node_id, "label": "a", "size": 10, "local": True}
+    original = json.loads(d.run("find", uri, "--original-format").stdout)
+    sha1 = uri.split("/")[2]
+    assert original == {"nodeId": d.node_id, "fileKey": {"sha1": sha1}, "fileSize": 10}
+
+
+def test_every_command_has_version_and_help_shows_defaults_and_environment(daemon_factory: Any) -> None:
+    d = daemon_factory.new("a")
+    for command in ("load", "cat", "find", "store", "node-info", "start-daemon", "nat-check", "peers"):
+        version = d.run(command, "--version")
+        assert version.returncode == 0 and "0." in version.stdout, (command, version.stderr)
+        helped = d.run(command, "--help")
+        assert "KACHERY_P2P_CONFIG_DIR" in helped.stdout, command
+    assert "[default: 5.0" in d.run("find", "--help").stdout
+
+
+def test_errors_under_json_are_json(daemon_factory: Any) -> None:
+    import json
+
+    d = daemon_factory.start("a")
+    result = d.run("load", "sha1://" + "2" * 40 + "/x", "--timeout", "0.5", "--json")
+    assert result.returncode == 3
+    error = json.loads(result.stdout.strip().splitlines()[-1])
+    assert error["type"] == "error" and error["code"] == "not_found" and "no peer has" in error["message"]
+    bad = d.run("node-info", "--json", "--nope")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["code"] == "bad_request"
+
+
+def test_the_readme_python_snippet_works_as_written(daemon_factory: Any, tmp_path: Path) -> None:
+    """Before: ``kp.load_json(uri)`` on the binary file it had just stored raised UnicodeDecodeError."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("```python\\nimport kachery_p2p as kp")
+    snippet = readme[start + len("```python\\n") : readme.index("```", start + 10)]
+    d = daemon_factory.start("a")
+    result = subprocess.run([sys.executable, "-c", snippet], env=d.env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "](../" not in readme  # no links outside the repository

@@ -336,7 +336,9 @@ def test_the_daemon_stopping_mid_load_is_named(daemon_factory: Any, sig: int) ->
             load.close()
             provider.release()
     assert code == 1, (code, load.stderr)
-    assert load.stderr.strip().splitlines() == ["Error: the daemon stopped during the load"], load.stderr
+    errors = [m for m in load.seen if m.get("type") == "error"]  # under --json the error is JSON on stdout
+    assert [(e["code"], e["message"]) for e in errors] == [("daemon_stopped", "the daemon stopped during the load")]
+    assert load.stderr == ""
 
 
 # ---- item 5: a daemon on another control port -----------------------------------------------------------
