@@ -258,8 +258,8 @@ def test_errors_under_json_are_json(daemon_factory: Any) -> None:
 def test_the_readme_python_snippet_works_as_written(daemon_factory: Any, tmp_path: Path) -> None:
     """Before: ``kp.load_json(uri)`` on the binary file it had just stored raised UnicodeDecodeError."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    start = readme.index("```python\\nimport kachery_p2p as kp")
-    snippet = readme[start + len("```python\\n") : readme.index("```", start + 10)]
+    start = readme.index("```python\nimport kachery_p2p as kp")
+    snippet = readme[start + len("```python\n") : readme.index("```", start + 10)]
     d = daemon_factory.start("a")
     result = subprocess.run([sys.executable, "-c", snippet], env=d.env, cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)
