@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration netns bench clean
+.PHONY: run test lint unit integration netns bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ netns: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Long mutation fuzzing of every network decoder (tests/fuzz/run.py --help); counts per decoder.
+FUZZ_ARGS ?= --count 1000000 --seconds 120
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/run.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

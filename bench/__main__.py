@@ -22,6 +22,8 @@ The suite, in order (letters as in the performance issue):
   (g) shaped-load    goodput over a 100 Mbit/s link, without loss and with 1% loss, as a fraction of it
       local-store    store / load / cat of a large file in one daemon, vs a plain copy
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
+      feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
+      soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
 
 To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
 per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
@@ -36,9 +38,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+# Benchmark daemons talk only to loopback and to the lab's namespaces: never to this machine's router.
+os.environ.setdefault("KACHERY_P2P_PORT_MAPPING", "0")
+
 from bench import (
     daemon_memory,
     daemon_transfer,
+    feeds,
     lan_transfer,
     local_store,
     multi_provider,
@@ -47,6 +53,7 @@ from bench import (
     raw_aioquic,
     shaped_load,
     small_load,
+    soak,
 )
 from bench.common import print_table
 
@@ -64,6 +71,8 @@ REGISTRY: dict[str, BenchFn] = {
     local_store.NAME: local_store.run,
     nat_transfer.NAME: nat_transfer.run,
     multi_provider.NAME: multi_provider.run,
+    feeds.NAME: feeds.run,
+    soak.NAME: soak.run,
 }
 
 

@@ -93,11 +93,14 @@ class DaemonConfig:
     lan_discovery: bool = True
     relay_mode: bool = False
     hole_punching: bool = True
+    port_mapping: bool = True  # ask the gateway for a mapping (PCP, NAT-PMP, UPnP IGD); never blocks start-up
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     public_address: HostPort | None = None
     multicast_group: str = "239.255.73.117"
     multicast_port: int = 21011
     lan_interfaces: tuple[str, ...] = ("127.0.0.1",)
+    auth_group: str | None = None  # --auth-group: token readable by this unix group
+    api_public_host: str | None = None  # --api-host: control endpoint also on this address, HTTPS
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -152,7 +155,7 @@ def client_config_from_environ(environ: Mapping[str, str] | None = None) -> Clie
         port = api_port_from_environ(env)
     else:
         port = recorded_api_port(config_dir) or DEFAULT_API_PORT
-    return ClientConfig(config_dir=config_dir, api_port=port)
+    return ClientConfig(config_dir=config_dir, api_port=port, api_host=env.get("KACHERY_P2P_API_HOST") or "127.0.0.1")
 
 
 def recorded_api_port(config_dir: Path) -> int | None:

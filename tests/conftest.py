@@ -34,6 +34,9 @@ READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 BIN_DIR = os.path.dirname(sys.executable)
 SAFE_ARGS = ("--port", "0", "--no-lan-discovery")
+# Daemons started by tests never ask this machine's router for a port mapping (tests talk only to loopback and
+# to their own namespaces); a test that wants port mapping passes --port-mapping explicitly.
+os.environ["KACHERY_P2P_PORT_MAPPING"] = "0"
 
 
 def free_tcp_port() -> int:

@@ -31,10 +31,13 @@ def start_daemon(
     lan_discovery: bool,
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
+    port_mapping: bool = True,
     relay_mode: bool,
     relay_limits: RelayLimits,
     public_address: str | None,
     verbose: int,
+    auth_group: str | None = None,
+    api_host: str | None = None,
     log_file: str | None = None,
 ) -> None:
     logging.basicConfig(
@@ -57,9 +60,12 @@ def start_daemon(
         lan_discovery=lan_discovery,
         lan_interfaces=_lan_interfaces(lan_interfaces) if lan_discovery else (),
         hole_punching=hole_punching,
+        port_mapping=port_mapping,
         relay_mode=relay_mode,
         relay_limits=relay_limits,
         public_address=HostPort.parse(public_address) if public_address else None,
+        auth_group=_auth_group(auth_group),
+        api_public_host=_api_host(api_host),
     )
     from ..daemon.run import run_daemon
 
@@ -95,6 +101,22 @@ def _lan_interfaces(given: tuple[str, ...]) -> tuple[str, ...]:
     from ..daemon.lan import default_lan_interfaces
 
     return tuple(default_lan_interfaces())
+
+
+def _auth_group(group: str | None) -> str | None:
+    """--auth-group (a daemon shared by a lab's unix group), checked before anything starts."""
+    from ..daemon.control_access import group_id
+
+    if group is not None:
+        group_id(group)
+    return group
+
+
+def _api_host(host: str | None) -> str | None:
+    """--api-host: one specific non-loopback address, checked before anything starts."""
+    from ..daemon.control_access import check_api_host
+
+    return check_api_host(host) if host else None
 
 
 def _log_target(log_file: str | None) -> dict[str, Any]:

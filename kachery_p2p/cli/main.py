@@ -36,6 +36,8 @@ def cli() -> None:
     "--lan-interface", "lan_interfaces", multiple=True, help="IPv4 address to announce on (repeatable; default: all)."
 )
 @click.option("--hole-punching/--no-hole-punching", default=True, help="Try direct paths to relayed peers.")
+@click.option("--port-mapping/--no-port-mapping", default=True, envvar="KACHERY_P2P_PORT_MAPPING", show_default=True,
+              help="Ask the router for a port mapping (PCP, NAT-PMP, UPnP IGD) [env KACHERY_P2P_PORT_MAPPING=0].")
 @click.option("--relay", "relay_mode", is_flag=True, help="Run as a relay node (on a public server).")
 @click.option("--relay-rate", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
               help="Relay mode: MB/s each node may relay.")
@@ -46,6 +48,9 @@ def cli() -> None:
 @click.option("--relay-max-nodes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Relay mode: most nodes registered at once.")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
+@click.option("--auth-group", default=None, help="Unix group whose members may use this daemon (token file 0640).")
+@click.option("--api-host", default=None,
+              help="Also serve the control endpoint on this address over HTTPS (pinned certificate) for other hosts.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append the log here, not to stderr.")
 @click.option("--install-service", is_flag=True, help="Write a systemd unit running the daemon with these options "
@@ -60,12 +65,15 @@ def start_daemon_cmd(
     lan_discovery: bool,
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
+    port_mapping: bool,
     relay_mode: bool,
     relay_rate: float,
     relay_quota: float,
     relay_max_peers: int,
     relay_max_nodes: int,
     public_address: str | None,
+    auth_group: str | None,
+    api_host: str | None,
     verbose: int,
     log_file: str | None,
     install_service: bool,
@@ -89,6 +97,7 @@ def start_daemon_cmd(
         lan_discovery=lan_discovery,
         lan_interfaces=lan_interfaces,
         hole_punching=hole_punching,
+        port_mapping=port_mapping,
         relay_mode=relay_mode,
         relay_limits=RelayLimits(
             max_registrations=relay_max_nodes,
@@ -99,6 +108,8 @@ def start_daemon_cmd(
         ),
         public_address=public_address,
         verbose=verbose,
+        auth_group=auth_group,
+        api_host=api_host,
         log_file=log_file,
     )
 
@@ -302,8 +313,9 @@ def _peer_line(peer: dict[str, Any]) -> str:
 from .nat_cmd import nat_check_cmd  # noqa: E402
 from .store_cmds import du_cmd, ls_cmd, rm_cmd  # noqa: E402
 from .transfers_cmds import cancel_cmd, transfers_cmd  # noqa: E402
+from .ui_cmd import ui_cmd  # noqa: E402
 
-for _command in (ls_cmd, du_cmd, rm_cmd, transfers_cmd, cancel_cmd):
+for _command in (ls_cmd, du_cmd, rm_cmd, transfers_cmd, cancel_cmd, ui_cmd):
     cli.add_command(_command)
 
 # The seed's command names, each the very same command object.
@@ -313,3 +325,7 @@ cli.add_command(cat_cmd, "cat-file")
 cli.add_command(find_cmd, "find-file")
 cli.add_command(link_cmd)  # kachery-p2p-link (cli/link.py)
 cli.add_command(nat_check_cmd)  # kachery-p2p-nat-check (cli/nat_cmd.py)
+from .feeds_cmds import append_message_cmd, create_feed_cmd, feeds_cmd, print_messages_cmd  # noqa: E402
+
+for _command in (feeds_cmd, print_messages_cmd, create_feed_cmd, append_message_cmd):
+    cli.add_command(_command)

@@ -136,6 +136,9 @@ def install_service(ctx: click.Context, relay: bool, verbose: int, environ: Mapp
     click.echo(f"Wrote {path}")
     scope = "" if system else "--user "
     name = unit_name(relay)
+    if _daemon_running():
+        click.echo("Note: a daemon is running now with these settings; the service can start only after "
+                   "kachery-p2p-stop-daemon (one daemon per config dir).", err=True)
     reason = _can_manage(environ)
     if reason is None:
         ok, message = _systemctl(system, "daemon-reload")
@@ -189,3 +192,14 @@ def run_service_flags(install: bool, uninstall: bool, relay: bool, verbose: int)
         uninstall_service(relay, os.environ)
     else:
         install_service(click.get_current_context(), relay, verbose, os.environ)
+
+
+def _daemon_running() -> bool:
+    from ..client.api import probe
+    from ..errors import KacheryP2PError
+
+    try:
+        probe()
+    except KacheryP2PError:
+        return False
+    return True

@@ -23,6 +23,7 @@ from ..config import client_config_from_environ, storage_dir_from_environ
 from ..errors import DaemonStoppedError, NotFoundError, StoreError, UsageError, VerificationError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from . import legacy_dirs, local
+from .connect import LOOPBACK
 from .http import ControlClient
 from .loading import decode_text, file_blocks, parse_json, write_dest
 
@@ -256,7 +257,10 @@ def store_file(path: str | os.PathLike[str], basename: str | None = None) -> str
     try:
         with open(source, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            result = client.post_json("/store", {"path": str(source), "name": name}, timeout=3600.0)
+            remote = client.config.api_host not in LOOPBACK  # its files are not ours: send the bytes
+            result = {"needUpload": True} if remote else client.post_json(
+                "/store", {"path": str(source), "name": name}, timeout=3600.0
+            )
             if result.get("needUpload"):
                 result = client.post_stream("/upload", handle, size, name)
     except PermissionError:

@@ -125,6 +125,12 @@ def list_feeds() -> list[dict[str, Any]]:
     return list(_client().get_json("/feed/list")["feeds"])
 
 
+def feed_faults() -> list[dict[str, Any]]:
+    """Logs refused from peers since the daemon started: ``peer``, ``feedId``, ``subfeedHash``, ``kind``
+    (forged, reordered, truncated, malformed, too large), ``message``, ``time``."""
+    return list(_client().get_json("/feed/list")["faults"])
+
+
 # -- classes ----------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 from ..config import ClientConfig
 from ..error_codes import exception_for
 from ..errors import DaemonAuthError, DaemonError, DaemonNotRunningError, DaemonStoppedError
+from .connect import make_connection
 
 # The daemon sends progress or a heartbeat at least every 2 s during a load or a read (daemon/running.py):
 # this long without a word means it is stuck, however slow the transfer.
@@ -64,9 +65,7 @@ class ControlClient:
         all_headers = dict(headers or {})
         if auth:
             all_headers["Authorization"] = f"Bearer {self._read_token()}"
-        conn = http.client.HTTPConnection(
-            self.config.api_host, self.config.api_port, timeout=timeout or self.timeout
-        )
+        conn = make_connection(self.config, timeout or self.timeout)  # client/connect.py: HTTPS when remote
         try:
             conn.request(method, path, body=body, headers=all_headers)
             response = conn.getresponse()

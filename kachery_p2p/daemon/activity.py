@@ -23,6 +23,7 @@ from ..quic.identity import short_node_id
 log = logging.getLogger("kachery_p2p.transfers")
 
 RATE_WINDOW = 3.0
+STALLED = 15.0  # no progress for this long: the rate shows 0
 UPLOAD_IDLE = 3.0
 RECENT = 20
 
@@ -41,10 +42,11 @@ class RateMeter:
             self._samples.popleft()
 
     def rate(self, now: float) -> float:
+        """Bytes since the oldest sample kept, over the time since then (progress may come in bursts)."""
         if len(self._samples) < 2:
             return 0.0
         (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
-        if now - t1 > RATE_WINDOW:
+        if now - t1 > STALLED:
             return 0.0
         return (b1 - b0) / max(now - t0, 1e-3)
 

@@ -23,7 +23,7 @@ from . import control_guard
 from .control_api import add_api_routes
 from .control_feeds import register_feed_routes
 from .control_stream import Emit, framed_bytes, json_lines
-from .control_ui import add_ui_routes
+from .control_ui import add_ui_routes, is_dashboard_path
 
 log = logging.getLogger("kachery_p2p.control")
 
@@ -64,7 +64,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
     async def guard(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path != "/probe":
+        if request.path != "/probe" and not is_dashboard_path(request.path):  # /ui checks its own cookie
             given = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(given, expected):
                 return error_response(401, "unauthorized", "missing or wrong control token")

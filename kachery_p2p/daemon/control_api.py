@@ -16,10 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import DaemonConfig
 from ..errors import UsageError
 from ..ids import format_store_uri
 from ..store import ContentStore
 from ..store.links import link_file
+from .control_access import group_may_read
 from .mutables import Mutables
 
 
@@ -27,9 +29,9 @@ def add_api_routes(app: web.Application, service: object) -> None:
     """Add the routes when the service is a real node (it has a store and a config dir)."""
     store = getattr(service, "store", None)
     config = getattr(service, "config", None)
-    if not isinstance(store, ContentStore) or config is None:
+    if not isinstance(store, ContentStore) or not isinstance(config, DaemonConfig):
         return
-    routes = _ApiRoutes(store, Mutables(Path(config.config_dir)))
+    routes = _ApiRoutes(store, Mutables(Path(config.config_dir)), config)
     app.router.add_post("/link", routes.link)
     app.router.add_post("/mutables/get", routes.get)
     app.router.add_post("/mutables/set", routes.set)
@@ -53,9 +55,10 @@ def _key(data: dict[str, Any]) -> Any:
 
 
 class _ApiRoutes:
-    def __init__(self, store: ContentStore, mutables: Mutables) -> None:
+    def __init__(self, store: ContentStore, mutables: Mutables, config: DaemonConfig) -> None:
         self.store = store
         self.mutables = mutables
+        self.config = config
 
     async def link(self, request: web.Request) -> web.Response:
         data = await _json(request)
@@ -64,6 +67,8 @@ class _ApiRoutes:
             raise UsageError("link needs a path and a name")
         if not Path(path).is_absolute():
             raise UsageError(f"link needs an absolute path, not {path}")
+        if not group_may_read(self.config, Path(path)):
+            raise UsageError(f"cannot link {path}: this daemon is shared (--auth-group); link files the group can read")
         linked = await asyncio.to_thread(link_file, self.store, Path(path))
         return web.json_response({
             "uri": format_store_uri(linked.sha1, name, linked.manifest_sha1),

@@ -197,6 +197,7 @@ class GuardedSite(web.TCPSite):
 
         self._server = await asyncio.get_running_loop().create_server(
             factory, self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address,
+            ssl=self._ssl_context,
         )
 
 
@@ -212,7 +213,9 @@ def install(app: web.Application) -> ConnectionGuard:
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
         port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else -1
-        if not host_allowed(request.headers.get("Host"), port):
+        # Over TLS (--api-host, pinned self-signed certificate) a browser cannot be rebound to us.
+        tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+        if not tls and not host_allowed(request.headers.get("Host"), port):
             return web.json_response(
                 {"error": {"code": "forbidden_host", "message": "the control endpoint answers local Host names only"}},
                 status=403,

@@ -12,7 +12,6 @@ pacer spin; see reference/nat-lab.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from ..errors import PortInUseError, RemoteProtocolError
 from ..quic.identity import NodeIdentity
 from ..quic.settings import quic_configuration, stream_send_buffered
 from ..relay.frames import DatagramKind, classify, decode_relay_frame
+from . import udp
 from .paths import RELAYED_DATAGRAM_SIZE, Address, Path, RelayPath, datagram_size_for, relay_stable_address
 
 log = logging.getLogger("kachery_p2p.endpoint")
@@ -289,22 +289,14 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         return config
 
     async def open(self, host: str, port: int) -> Address:
-        loop = asyncio.get_running_loop()
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: self, local_addr=(host, port), family=socket.AF_INET
-            )
+            transport, _ = await udp.open_udp(lambda: self, host, port)
         except OSError as exc:
             reason = exc.strerror or _bind_error(host, port) or str(exc)
             raise PortInUseError(
                 f"cannot open UDP port {port} on {host} ({reason}): is another daemon or program using it?", "udp"
             ) from None
-        sock = transport.get_extra_info("socket")
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
-        local: Address = transport.get_extra_info("sockname")[:2]
-        return local
+        return udp.local_address(transport)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..errors import FeedPermissionError, NotFoundError, RemoteProtocolError, UsageError
@@ -80,30 +80,50 @@ class Subscription:
     async def run(self) -> None:
         try:
             while time.monotonic() - self.wanted_at < IDLE_SEC:
-                self._open_streams()
                 self.wake.clear()
+                await self._open_streams()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), LOOP_SEC)
         finally:
             for task in self.streams.values():
                 task.cancel()
-            self.peers.subscriptions.pop((self.feed_id, self.subfeed_hash), None)
+            key = (self.feed_id, self.subfeed_hash)
+            if self.peers.subscriptions.get(key) is self:
+                del self.peers.subscriptions[key]
 
-    def _open_streams(self) -> None:
-        now = time.monotonic()
-        if self.owner_streams:
+    async def _open_streams(self) -> None:
+        """Ask the channel peers we are not following whether they have the subfeed (``feed-has``); follow
+        the owner if one answers, else up to MAX_SOURCES copy holders."""
+        if self.owner_streams or len(self.streams) >= MAX_SOURCES:
             return
-        for session in self.peers.network.channel_peers():
+        now = time.monotonic()
+        candidates = [
+            s for s in self.peers.network.channel_peers()
+            if (s.node_id or "") not in self.streams
+            and now - self.banned.get(s.node_id or "", -BAN_SEC) >= BAN_SEC
+            and now - self.refused.get(s.node_id or "", -RECHECK_SEC) >= RECHECK_SEC
+        ]
+        if not candidates:
+            return
+        answers = await asyncio.gather(*(self._has(s) for s in candidates))
+        holders = [(s, owner) for s, owner in zip(candidates, answers, strict=True) if owner is not None]
+        if any(owner for _s, owner in holders):
+            holders = [(s, owner) for s, owner in holders if owner]
+        for session, _owner in holders[: MAX_SOURCES - len(self.streams)]:
             node_id = session.node_id or ""
-            if len(self.streams) >= MAX_SOURCES:
-                return
-            if node_id in self.streams or now - self.banned.get(node_id, -BAN_SEC) < BAN_SEC:
-                continue
-            if now - self.refused.get(node_id, -RECHECK_SEC) < RECHECK_SEC:
-                continue
             task = asyncio.ensure_future(self._follow(session, node_id))
             self.streams[node_id] = task
             task.add_done_callback(functools.partial(self._ended, node_id))
+
+    async def _has(self, session: PeerSession) -> bool | None:
+        """True: the peer owns the feed; False: it holds a copy; None: neither (or no answer)."""
+        header = {"op": "feed-has", "feedId": self.feed_id, "subfeedHash": self.subfeed_hash}
+        try:
+            reply, _ = await session.request(header, timeout=OWNER_TIMEOUT)
+            return messages.check_ok(reply).get("owner") is True
+        except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, OSError):
+            self.refused[session.node_id or ""] = time.monotonic()
+            return None
 
     def _ended(self, node_id: str, _task: asyncio.Task[None]) -> None:
         self.streams.pop(node_id, None)
@@ -121,15 +141,17 @@ class Subscription:
             nonlocal expected
             if failed.done():
                 return
+            batch: list[dict[str, Any]] = []
             try:
-                batch = []
-                for line in splitter.feed(data):
-                    signed = _parse_line(line, expected)
-                    expected += 1
-                    if expected > entry.count:  # older numbers came from another source already
-                        batch.append(signed)
-                if batch:
-                    service.ingest(self.feed_id, self.subfeed_hash, batch)
+                try:
+                    for line in splitter.feed(data):
+                        signed = _parse_line(line, expected)
+                        expected += 1
+                        if expected > entry.count:  # older numbers came from another source already
+                            batch.append(signed)
+                finally:  # what verified before a bad line is kept
+                    if batch:
+                        service.ingest(self.feed_id, self.subfeed_hash, batch)
             except LogError as exc:
                 failed.set_result(exc)
             except UsageError as exc:  # over a subfeed limit
@@ -182,8 +204,7 @@ def _parse_line(line: bytes, expected: int) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         raise LogError("malformed", f"message #{expected} is not a signed message") from None
     if number != expected:
-        kind = "truncated" if isinstance(number, int) and number > expected else "reordered"
-        raise LogError(kind, f"the stream skipped from #{expected} to #{number}")
+        raise LogError("reordered", f"the stream went from #{expected - 1} to #{number}")
     return dict(signed)
 
 
@@ -207,6 +228,13 @@ class FeedPeers:
         for subscription in list(self.subscriptions.values()):
             subscription.task.cancel()
 
+    def forget(self, feed_id: str) -> None:
+        """Stop following a deleted feed."""
+        for (feed, _subfeed), subscription in list(self.subscriptions.items()):
+            if feed == feed_id:
+                subscription.task.cancel()
+                del self.subscriptions[(feed, _subfeed)]
+
     def info(self) -> dict[str, Any]:
         return {
             "subscriptions": [{"feedId": f, "subfeedHash": s, "sources": sorted(sub.streams)}
@@ -219,7 +247,7 @@ class FeedPeers:
         """A local reader waits on this subfeed: follow it live (again) for IDLE_SEC."""
         key = (feed_id, subfeed_hash)
         subscription = self.subscriptions.get(key)
-        if subscription is not None:
+        if subscription is not None and not subscription.task.done():
             subscription.wanted_at = time.monotonic()
             return
         if len(self.subscriptions) >= MAX_LOCAL_SUBSCRIPTIONS:
@@ -297,27 +325,59 @@ class FeedPeers:
         if not owner:
             self.want(feed_id, subfeed_hash)  # keep our copy live while a peer follows it through us
         reply = {"ok": True, "owner": owner, "numMessages": count}
-        return reply, self._stream(session, node_id, feed_id, subfeed_hash, request.position, owner)
+        body = self._stream(session, feed_id, subfeed_hash, request.position, owner)
+        return reply, _Counted(body, functools.partial(self._release, node_id))
+
+    def _release(self, node_id: str) -> None:
+        left = self._serving.get(node_id, 1) - 1
+        if left > 0:
+            self._serving[node_id] = left
+        else:
+            self._serving.pop(node_id, None)
 
     async def _stream(
-        self, session: PeerSession, node_id: str, feed_id: str, subfeed_hash: str, position: int, owner: bool
+        self, session: PeerSession, feed_id: str, subfeed_hash: str, position: int, owner: bool
     ) -> AsyncIterator[bytes]:
+        entry = self.service.subfeed(feed_id, subfeed_hash)
+        while not session.link.is_closed:
+            texts = self.service.read_texts(feed_id, subfeed_hash, position, SERVE_BATCH)
+            if texts:
+                position += len(texts)
+                yield ("\n".join(texts) + "\n").encode("utf-8")
+                continue
+            waiting: set[asyncio.Future[Any]] = {entry.changed(), session.link.closed}
+            await asyncio.wait(waiting, timeout=IDLE_SEC / 5, return_when=asyncio.FIRST_COMPLETED)
+            if not owner:
+                self.want(feed_id, subfeed_hash)
+
+
+class _Counted:
+    """An async iterator that calls ``release`` once when it ends, is closed, or is dropped unstarted."""
+
+    def __init__(self, inner: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            entry = self.service.subfeed(feed_id, subfeed_hash)
-            while not session.link.is_closed:
-                texts = self.service.read_texts(feed_id, subfeed_hash, position, SERVE_BATCH)
-                if texts:
-                    position += len(texts)
-                    yield ("\n".join(texts) + "\n").encode("utf-8")
-                    continue
-                waiting: set[asyncio.Future[Any]] = {entry.changed(), session.link.closed}
-                await asyncio.wait(waiting, timeout=IDLE_SEC / 5,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if not owner:
-                    self.want(feed_id, subfeed_hash)
-        finally:
-            left = self._serving.get(node_id, 1) - 1
-            if left > 0:
-                self._serving[node_id] = left
-            else:
-                self._serving.pop(node_id, None)
+            return await self._inner.__anext__()
+        except BaseException:
+            self._done()
+            raise
+
+    async def aclose(self) -> None:
+        self._done()
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __del__(self) -> None:
+        self._done()

@@ -67,12 +67,10 @@ class FeedService:
         self.faults: deque[dict[str, Any]] = deque(maxlen=MAX_FAULTS)
         self.peers: Any = None  # FeedPeers, once the peer network is up
 
-    def attach(self, network: Any) -> None:
-        """Replicate with channel peers over ``network`` (a PeerNetwork)."""
-        if network is not None and hasattr(network, "request_handlers"):
-            from .feeds_peers import FeedPeers
-
-            self.peers = FeedPeers(self, network)
+    def attach(self, peers: Any) -> None:
+        """Replicate with channel peers through ``peers`` (a FeedPeers, built by the node, which
+        imports both modules: feeds_peers imports this one, so this one must not import it)."""
+        self.peers = peers
 
     def close(self) -> None:
         if self.peers is not None:
@@ -105,6 +103,8 @@ class FeedService:
         check_feed_id(feed_id)
         for key in [k for k in self._logs if k[0] == feed_id]:
             del self._logs[key]
+        if self.peers is not None:
+            self.peers.forget(feed_id)
         return self.store.delete_feed(feed_id)
 
     def list_feeds(self) -> list[dict[str, Any]]:
@@ -133,9 +133,9 @@ class FeedService:
             signed = []
             tail = ChainVerifier(feed_id, subfeed_hash, entry.count, entry.verifier.last_signature)
             now_ms = int(time.time() * 1000)
-            for message in checked:
-                signed.append(tail.accept(sign_message(key, subfeed_hash, tail.count, tail.last_signature, message,
-                                                       now_ms)))
+            for message in checked:  # signed here, by the key we hold: nothing to verify
+                signed.append(tail.advance(sign_message(key, subfeed_hash, tail.count, tail.last_signature, message,
+                                                        now_ms)))
             self._store(entry, feed_id, subfeed_hash, signed)
         return entry.count
 
@@ -166,8 +166,8 @@ class FeedService:
         if entry.size + added > MAX_SUBFEED_BYTES:
             raise UsageError(f"a subfeed holds at most {MAX_SUBFEED_BYTES} bytes of messages")
         self.store.append(feed_id, subfeed_hash, entry.count, signed)
-        for message in signed:
-            entry.verifier.accept(message)
+        for message in signed:  # verified by the caller (or signed by us)
+            entry.verifier.advance(message)
         entry.size += added
         entry.notify()
 
@@ -199,6 +199,10 @@ class FeedService:
             feed_id, subfeed_hash = check_feed_id(watch.get("feedId")), check_subfeed_hash(watch.get("subfeedHash"))
             parsed.append((name, feed_id, subfeed_hash, position))
         deadline = time.monotonic() + min(max(0.0, wait_msec), MAX_WAIT_MSEC) / 1000
+        if self.peers is not None:  # follow other nodes' subfeeds even for readers that do not wait
+            for _name, feed_id, subfeed_hash, _position in parsed:
+                if not self.is_owner(feed_id):
+                    self.peers.want(feed_id, subfeed_hash)
         while True:
             result = self._collect(parsed, signed, max_num_messages)
             if any(result.values()):
@@ -206,11 +210,7 @@ class FeedService:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return result
-            waiting = set()
-            for _name, feed_id, subfeed_hash, _position in parsed:
-                waiting.add(self.subfeed(feed_id, subfeed_hash).changed())
-                if self.peers is not None and not self.is_owner(feed_id):
-                    self.peers.want(feed_id, subfeed_hash)
+            waiting = {self.subfeed(feed_id, subfeed_hash).changed() for _n, feed_id, subfeed_hash, _p in parsed}
             await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
     def _collect(self, parsed: list[tuple[str, str, str, int]], signed: bool, limit: int) -> dict[str, list[Any]]:

@@ -50,9 +50,10 @@ class RangeReader:
     the entry's task is a path (the file was or became local) or an open descriptor on the partial data
     (every covering chunk verified), which the stream closes."""
 
-    def __init__(self, start: int, end: int) -> None:
+    def __init__(self, start: int, end: int | None) -> None:
         self.start = start
-        self.end = end
+        self.end = end if end is not None else 1 << 62  # set to the proven end before streaming
+        self._size: int | None = None
         self._fd: int | None = None
         self._fds: set[int] = set()
         self._entry: RunningDownload | None = None
@@ -65,6 +66,7 @@ class RangeReader:
     def opened(self, partial: PartialFile) -> None:
         self._fd = os.open(partial.data_path, os.O_RDONLY)
         self._fds.add(self._fd)
+        self._size = partial.size  # opened() is only called with a proven manifest (or a one-chunk file)
         self._starts = [chunk.start for chunk in partial.chunks]
         self._ends = [chunk.end for chunk in partial.chunks]
         self._verified = set(partial.verified_chunks())
@@ -82,6 +84,37 @@ class RangeReader:
         if index < 0 or index not in self._verified:
             return None
         return min(self._ends[index], self.end)
+
+    async def proven_size(self, entry: RunningDownload) -> int:
+        """The file's size once it is proven; the download's error if it fails first."""
+        task = entry.task
+        assert task is not None
+        try:
+            while self._size is None and not task.done():
+                self._changed.clear()
+                waiter = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+            if self._size is not None:
+                return self._size
+            if task.cancelled():
+                raise entry.error or TransferCancelledError("the read was cancelled")
+            result = task.result()
+            if isinstance(result, int):
+                self._fds.add(result)
+                return os.fstat(result).st_size
+            return (await asyncio.to_thread(os.stat, result)).st_size
+        except BaseException:
+            self.abandon(entry)
+            raise
+
+    def abandon(self, entry: RunningDownload) -> None:
+        """Nobody will read: stop the download and close what is open."""
+        self._entry = entry
+        entry.waiting += 1
+        self.close()
 
     def stream(self, entry: RunningDownload) -> RangeStream:
         """The bytes, as an async iterator whose ``aclose`` also stops the download (if still running)."""

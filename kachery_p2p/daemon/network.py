@@ -22,6 +22,7 @@ from ..quic.identity import short_node_id
 from ..relay.frames import DatagramKind
 from .endpoint import Link, LinkClosed, QuicEndpoint
 from .lan import LanDiscovery, default_lan_interfaces
+from .portmap import PortMapping
 from .punch import PunchManager
 from .relay_server import RelayService
 from .rendezvous import RETRY_DIRECT_SEC, RelayClient
@@ -62,6 +63,7 @@ class PeerNetwork:
         self.transfers = Transfers(self)
         self.local_address: tuple[str, int] | None = None
         self.lan: LanDiscovery | None = None
+        self.port_mapping: PortMapping | None = None
         self.tasks = Supervisor()
         self.dialing: set[str] = set()
         # Handlers of further request types (feeds), by message class: registered by their services.
@@ -71,6 +73,9 @@ class PeerNetwork:
     async def start(self) -> None:
         self.local_address = await self.endpoint.open(self.config.udp_host, self.config.udp_port)
         log.info("QUIC on udp %s:%d", *self.local_address)
+        if self.config.port_mapping and not self.config.relay_mode:
+            self.port_mapping = PortMapping(self.local_address[1], on_change=lambda _a: self.channels_changed())
+            self.spawn(self.port_mapping.run())
         for address in self.config.bootstrap:
             self.tasks.keep_running(functools.partial(self._keep_dialing, address), f"dial {address}")
         if self.config.lan_discovery and not self.config.relay_mode:
@@ -89,6 +94,8 @@ class PeerNetwork:
 
     async def stop(self) -> None:
         self.tasks.cancel_all()
+        if self.port_mapping is not None:
+            await self.port_mapping.stop()
         if self.lan is not None:
             await self.lan.stop()
         for sessions in self.sessions.values():
@@ -239,7 +246,9 @@ class PeerNetwork:
         """Addresses a peer may reach us at: reflexive ones seen by relays, then local interfaces."""
         found: list[str] = []
         reflexive = [format_address(a) for a in self.stun.reflexive.values()]
-        for text in [*(c.observed for c in self.relay_clients.values() if c.observed), *reflexive]:
+        given = [format_address((a.host, a.port)) for a in [self.config.public_address] if a and _is_ip(a.host)]
+        mapped = [format_address(a) for a in [self.port_mapping and self.port_mapping.external] if a]
+        for text in [*given, *mapped, *(c.observed for c in self.relay_clients.values() if c.observed), *reflexive]:
             if text not in found:
                 found.append(text)
         if self.local_address is not None:
@@ -341,6 +350,7 @@ class PeerNetwork:
             "punch": dict(self.punch.stats),
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self.connecting),
+            "portMapping": self.port_mapping.info() if self.port_mapping else None,
             "bytesServed": self.server.bytes_served,
             "bytesDownloaded": self.transfers.bytes_downloaded,
         }
@@ -373,3 +383,13 @@ class PeerNetwork:
 async def _quiet(awaitable: Awaitable[Any]) -> None:
     with contextlib.suppress(Exception):
         await awaitable
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

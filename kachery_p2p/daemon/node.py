@@ -17,13 +17,14 @@ from aiohttp import web
 from .. import __version__
 from ..channels.membership import JoinedChannels
 from ..config import CHANNELS_FILENAME, PROTOCOL_VERSION, DaemonConfig
-from ..errors import DaemonStoppedError, NotFoundError, PortInUseError, StoreError, UsageError
+from ..errors import DaemonStoppedError, NotFoundError, StoreError, UsageError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
 from ..store.filestore import open_regular_file
+from . import control_access
 from .control import make_app
-from .control_guard import GuardedSite
+from .feeds_peers import FeedPeers
 from .feeds_service import FeedService
 from .files import read_file_range, refuse_peer_lookup
 from .lock import write_secret_file
@@ -71,22 +72,16 @@ class Node:
         # The UDP port first: if it is taken we fail before anything else is set up.
         if self.remote is not None:
             await self.remote.start()
-        self.feeds.attach(self.remote)
+        if self.remote is not None and hasattr(self.remote, "request_handlers"):
+            self.feeds.attach(FeedPeers(self.feeds, self.remote))
         token = secrets.token_urlsafe(32)
         app = make_app(self, token)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = GuardedSite(self._runner, self.config.api_host, self.config.api_port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
-            raise PortInUseError(
-                f"cannot listen on {self.config.api_host}:{self.config.api_port} for the control endpoint "
-                f"({reason}): is another daemon or program using it?", "control"
-            ) from None
-        write_secret_file(self.config.token_path, token)
-        write_secret_file(self.config.api_port_path, f"{self.config.api_port}\n")
+        fingerprint = await control_access.start_sites(self._runner, self.config)  # loopback (+ --api-host)
+        control_access.publish(self.config, token, fingerprint)  # token (+ --auth-group, cert fingerprint)
+        write_secret_file(self.config.api_port_path, f"{self.config.api_port}\n")  # where clients find us
+        os.chmod(self.config.api_port_path, 0o644)  # not a secret: group members of --auth-group read it too
         removed = await asyncio.to_thread(self.store.cleanup_temp, TEMP_MAX_AGE_SEC)
         if removed:
             log.info("removed %d stale temp files from %s", removed, self.store.temp_dir)
@@ -106,6 +101,7 @@ class Node:
         for path in (self.config.token_path, self.config.api_port_path):
             with contextlib.suppress(OSError):
                 path.unlink()
+        control_access.unpublish(self.config)
         if self._runner is not None:
             await self._runner.cleanup()
         self.feeds.close()
@@ -164,6 +160,8 @@ class Node:
     async def store_path(self, path: Path, name: str) -> dict[str, Any]:
         if not path.is_absolute():
             raise UsageError(f"store needs an absolute path, not {path}")
+        if not control_access.group_may_read(self.config, path):  # --auth-group: members send their bytes
+            return {"needUpload": True}
         try:  # off the loop, and never blocking on a FIFO (open_regular_file)
             (await asyncio.to_thread(open_regular_file, path)).close()
         except PermissionError:

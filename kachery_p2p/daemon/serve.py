@@ -16,6 +16,7 @@ from ..store import CHUNK_SIZE, ContentStore, ManifestBuilder
 from ..store.links import LinkedChunks
 from .files import read_file_range
 from .linked_serve import verified_linked_range
+from .serve_budget import SERVE_BLOCK, ServeBudget, budgeted, stream_reservation
 
 if TYPE_CHECKING:
     from .session import PeerSession
@@ -38,6 +39,7 @@ class FileServer:
         # while a request for that sha1 is in progress (failed requests included).
         self._manifest_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.bytes_served = 0
+        self.budget = ServeBudget()
         self.on_range: RangeHook | None = None  # set by Transfers: uploads in progress
         self.linked = LinkedChunks(store)
 
@@ -56,15 +58,23 @@ class FileServer:
             size = path.stat().st_size
             if request.end > size:
                 raise RemoteProtocolError(f"range ends at {request.end}, after the file's end {size}")
-            self.bytes_served += request.end - request.start
-            if path != self.store.content_path(request.sha1):  # a linked file: each chunk re-hashed first
-                blocks = await verified_linked_range(self.linked, request.sha1, request.start, request.end)
-            else:
-                blocks = read_file_range(path, request.start, request.end)
+            length = request.end - request.start
+            peer = session.node_id or ""
+            reserved = stream_reservation(length)
+            if not self.budget.try_reserve(peer, reserved):
+                raise RemoteProtocolError("serving memory budget in use; try again later", code="busy")
+            try:
+                if path != self.store.content_path(request.sha1):  # a linked file: each chunk re-hashed first
+                    blocks = await verified_linked_range(self.linked, request.sha1, request.start, request.end)
+                else:
+                    blocks = read_file_range(path, request.start, request.end, block=SERVE_BLOCK)
+            except BaseException:
+                self.budget.release(peer, reserved)
+                raise
+            self.bytes_served += length
             if self.on_range is not None:
-                peer, kind = session.node_id or "", session.link.path.kind
-                blocks = self.on_range(peer, session.label, kind, request.sha1, size, blocks)
-            return {"ok": True, "length": request.end - request.start}, blocks
+                blocks = self.on_range(peer, session.label, session.link.path.kind, request.sha1, size, blocks)
+            return {"ok": True, "length": length}, budgeted(blocks, self.budget, peer, reserved)
         raise RemoteProtocolError("unsupported request")
 
     async def _path(self, sha1: str) -> Path:

@@ -21,6 +21,7 @@ from ..quic.frames import FrameReader, encode_frame
 from ..quic.identity import NodeIdentity, check_peer_certificate, short_node_id
 from ..quic.settings import peer_certificate, smoothed_rtt
 from .endpoint import Link, LinkClosed
+from .serve_budget import send_body
 
 log = logging.getLogger("kachery_p2p.session")
 
@@ -278,10 +279,7 @@ class PeerSession:
                 reply_header, body = await self.handler(self, request)
                 self.link.send(stream_id, encode_frame(reply_header), end=body is None)
                 if body is not None:
-                    async for block in body:
-                        self.link.send(stream_id, block)
-                        await self.link.drain(stream_id)
-                    self.link.send(stream_id, b"", end=True)
+                    await send_body(self.link, stream_id, body)  # stall timeout, body always closed
             finally:
                 self._incoming -= 1
         except RemoteProtocolError as exc:

@@ -220,11 +220,7 @@ class Transfers:
         """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them, each
         range streamed as soon as the chunks covering it are verified."""
         providers = await self._providers(uri, timeout)
-        size = providers[0].size
-        last = size if end is None else min(end, size)
-        if start > last:
-            raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
-        reader = RangeReader(start, last)
+        reader = RangeReader(start, end)
 
         async def run(entry: RunningDownload) -> Path | int:
             download = entry.download = Download(self.store, uri, providers, _no_progress)
@@ -237,10 +233,17 @@ class Transfers:
                     return path
                 entry.phase = "downloading"
                 with self._counting(download):
-                    fd, _size = await download.fetch_range(start, last)
+                    fd, _size = await download.fetch_range(start, end if end is not None else 1 << 62)
             return fd
 
         entry = self.downloads.start(uri, "read", run, share=False)
+        # The verified size (the URI's manifest, or the whole file checked), not a provider's claim.
+        size = await reader.proven_size(entry)
+        last = size if end is None else min(end, size)
+        if start > last:
+            reader.abandon(entry)
+            raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
+        reader.end = last
         return last - start, reader.stream(entry)
 
 

@@ -9,7 +9,9 @@ A signed message is, as in the original kachery-p2p::
 Canonical JSON = sorted keys, no spaces, UTF-8 (the original's ``JSONStringifyDeterministic``). Unlike the
 original, ``metaData.subfeedHash`` is required and signed, so a log cannot be replayed as another subfeed.
 A reader checks every message in order with ``ChainVerifier``: number, previous signature, subfeed and
-signature; the first failure says which of forged / reordered / truncated / malformed it is.
+signature; the first failure says whether it is forged (bad signature, or signed for another subfeed),
+reordered (a number out of sequence: missing, repeated or swapped messages) or malformed. A log that
+ends before the count its sender announced is "truncated" (detected by the receiver, feeds_peers).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def sign_message(
 
 
 class LogError(Exception):
-    """A message that does not continue the log; ``kind`` is forged, reordered, truncated or malformed."""
+    """A message that does not continue the log; ``kind`` is forged, reordered, truncated, malformed or too large."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -152,8 +154,7 @@ class ChainVerifier:
         except InvalidSignature:
             raise LogError("forged", f"message #{n}: the signature is not the feed's") from None
         if number != n:
-            kind = "truncated" if number > n else "reordered"
-            raise LogError(kind, f"expected message #{n}, got #{number}")
+            raise LogError("reordered", f"expected message #{n}, got #{number}")
         if body.get("previousSignature") != self.last_signature:
             raise LogError("reordered", f"message #{n} does not follow message #{n - 1}")
         return signed
@@ -161,6 +162,10 @@ class ChainVerifier:
     def accept(self, signed: Any) -> dict[str, Any]:
         """check, then advance the tail."""
         self.check(signed)
+        return self.advance(signed)
+
+    def advance(self, signed: dict[str, Any]) -> dict[str, Any]:
+        """Advance the tail over a message already checked (or just signed by us), without checking again."""
         self.count += 1
         self.last_signature = signed["signature"]
         return dict(signed)

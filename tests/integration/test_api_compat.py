@@ -148,3 +148,38 @@ def test_offline_store_gives_the_daemons_uri(daemon_factory: Any, tmp_path: Path
     manifest = uri.split("manifest=")[1]
     rel = f"sha1/{manifest[:2]}/{manifest[2:4]}/{manifest[4:6]}/{manifest}"
     assert (tmp_path / "offline" / rel).read_bytes() == (a.storage_dir / rel).read_bytes()
+
+
+def test_original_test_1_and_transfer_test(pair: tuple[Any, Any]) -> None:
+    """test/test_1.py (each node stores a dict of 1,000,000 ints, each loads the other's) and
+    devel/transfer_test (a meshgrid .npy big enough for a manifest), with the original's calls."""
+    a, b = pair
+    uri_a = a.api("store_object", dict(data=list(range(1_000_000)), node="a"))
+    uri_b = b.api("store_object", dict(data=list(range(1_000_000)), node="b"))
+    assert b.api("load_object", uri_a)["node"] == "a"
+    other = a.api("load_object", uri_b)
+    assert other["node"] == "b" and other["data"][-1] == 999_999
+    x, y = np.meshgrid(np.arange(1002), np.arange(2600))
+    array = (x * 1.5 + y).astype(np.float64)  # 20,841,600 bytes of data: two chunks
+    uri = a.api("store_npy", array)
+    assert "?manifest=" in uri
+    back = b.api("load_npy", uri)
+    assert back.shape == (2600, 1002) and np.array_equal(back, array)
+
+
+def test_sha1dir_and_chunk_of_across_daemons(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    inner = a.api("store_text", "inside a legacy directory")
+    data = os.urandom(50_000)
+    parent = a.api("store_bytes", data)
+    directory = {"files": {}, "dirs": {"rec": {"files": {"raw.txt": {"size": 25, "sha1": inner.split("/")[2]}},
+                                               "dirs": {}}}}
+    dir_hash = a.api("store_json", directory).split("/")[2]
+    # B has neither the directory object nor the file: both come from A.
+    assert b.api("load_text", f"sha1dir://{dir_hash}.recording/rec/raw.txt") == "inside a legacy directory"
+    assert b.api("load_file", f"sha1dir://{dir_hash}.recording/rec/missing.txt") is None
+    chunk = data[10_000:30_000]
+    chunk_uri = f"sha1://{hashlib.sha1(chunk).hexdigest()}?chunkOf={parent.split('/')[2]}~10000~30000"
+    path = b.api("load_file", chunk_uri)
+    assert path is not None and Path(path).read_bytes() == chunk
+    assert b.api("load_bytes", chunk_uri, 100, 200) == chunk[100:200]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,3 +123,34 @@ def test_bad_input_gets_one_clear_error(daemon: Any) -> None:
     with pytest.raises(UsageError, match="no feed named"):
         kp.load_feed("never-made")
     assert subfeed.get_num_local_messages() == 0
+
+
+def test_commands_create_append_list_and_stream(daemon: Any) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    created = daemon.run("create-feed", "cli-feed")
+    assert created.returncode == 0, created.stderr
+    uri = created.stdout.strip() + "/main"
+    assert daemon.run("append-message", uri, '{"n": 1}').returncode == 0
+    listed = daemon.run("feeds")
+    assert created.stdout.strip() in listed.stdout and "owned" in listed.stdout and "1 messages" in listed.stdout
+    script = shutil.which("kachery-p2p-print-messages", path=str(Path(sys.executable).parent))
+    assert script is not None
+    proc = subprocess.Popen([script, uri], env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline()) == {"n": 1}
+        assert daemon.run("append-message", uri, '{"n": 2}').returncode == 0
+        assert json.loads(proc.stdout.readline()) == {"n": 2}  # streamed live, the command still running
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130 and "Traceback" not in err
+    bad = daemon.run("print-messages", "feed://nothex/main")
+    assert bad.returncode == 2 and bad.stderr.startswith("Error:") and len(bad.stderr.splitlines()) == 1
+    bad = daemon.run("append-message", uri, "[1")
+    assert bad.returncode == 2 and "JSON object" in bad.stderr

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,10 @@ from conftest import environ_applied
 from helpers import peer_entry, udp_port, wait_until
 
 import kachery_p2p as kp
+from kachery_p2p.client.http import ControlClient
+from kachery_p2p.config import ClientConfig
 from kachery_p2p.errors import FeedPermissionError
+from kachery_p2p.feeds.names import parse_feed_uri, subfeed_hash
 
 CONNECT_TIMEOUT = 30.0
 
@@ -52,21 +56,28 @@ def on(daemon: Any, fn: Callable[[], Any]) -> Any:
         return fn()
 
 
+def control(daemon: Any) -> ControlClient:
+    """A client of ``daemon``'s control endpoint that does not read os.environ (safe in threads)."""
+    env = daemon.env
+    return ControlClient(ClientConfig(Path(env["KACHERY_P2P_CONFIG_DIR"]), int(env["KACHERY_P2P_API_PORT"])))
+
+
 class Reader(threading.Thread):
-    """Waits on a daemon for the next messages of a subfeed and notes when they arrived."""
+    """Waits on a daemon for the next messages of a subfeed (a long-poll /feed/watch, as
+    Subfeed.get_next_messages sends it) and notes when they arrived."""
 
     def __init__(self, daemon: Any, uri: str, position: int = 0, wait_msec: int = 10_000) -> None:
         super().__init__(daemon=True)
-        self.daemon_handle, self.uri, self.position, self.wait_msec = daemon, uri, position, wait_msec
+        self.client, self.position, self.wait_msec = control(daemon), position, wait_msec
+        parsed = parse_feed_uri(uri)
+        self.watch = {"feedId": parsed.feed_id, "subfeedHash": subfeed_hash(parsed.subfeed_name or "")}
         self.messages: list[Any] = []
         self.at = 0.0
 
     def run(self) -> None:
-        with environ_applied(self.daemon_handle.env):
-            subfeed = kp.load_subfeed(self.uri)
-            subfeed.set_position(self.position)
-            self.messages = subfeed.get_next_messages(wait_msec=self.wait_msec)
-            self.at = time.monotonic()
+        payload = {"watches": {"w": {**self.watch, "position": self.position}}, "waitMsec": self.wait_msec}
+        self.messages = self.client.post_json("/feed/watch", payload, timeout=60)["messages"]["w"]
+        self.at = time.monotonic()
 
 
 def read_all(daemon: Any, uri: str, count: int, timeout: float = 30.0) -> list[Any]:
@@ -162,3 +173,22 @@ def test_snapshot_round_trip_across_nodes(daemon_factory: Any) -> None:
     sub_uri = copy.get_subfeed({"d": 1}).get_uri()
     assert "?subfeedName=" in sub_uri
     assert on(b, lambda: kp.load_subfeed(sub_uri).get_next_messages()) == [{"dict": True}]
+
+
+def test_a_copy_holder_serves_a_peer_that_cannot_reach_the_owner(daemon_factory: Any) -> None:
+    """A - B - C in a line (C knows only B): C follows A's subfeed through B's verified copy, live."""
+    (a, b), channel = start_connected(daemon_factory, ["la", "lb"])
+    c = daemon_factory.start("lc", ["-v", "--bootstrap", f"127.0.0.1:{udp_port(b)}"])
+    assert c.run("join-channel", channel).returncode == 0
+    connect_wait(c, b, channel)
+    subfeed = on(a, lambda: kp.create_feed().get_subfeed("chain"))
+    on(a, lambda: subfeed.append_message({"n": 0}))
+    uri = subfeed.get_uri()
+    assert read_all(b, uri, 1) == [{"n": 0}]
+    assert read_all(c, uri, 1) == [{"n": 0}]
+    reader = Reader(c, uri, position=1)
+    reader.start()
+    on(a, lambda: subfeed.append_message({"n": 1}))
+    reader.join(15)
+    assert reader.messages == [{"n": 1}]
+    assert peer_entry(c, a.node_id) is None  # it really came through B

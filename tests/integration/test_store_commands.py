@@ -78,10 +78,10 @@ def test_ls_du_rm_and_store_from_stdin(daemon_factory: Any, tmp_path: Path) -> N
 
 def test_rm_only_removes_from_this_node(daemon_factory: Any, tmp_path: Path) -> None:
     channel = f"ls-{uuid.uuid4().hex[:8]}"
-    a = daemon_factory.start("a")
+    a = daemon_factory.start("a", ["-v"])
     a.run("join-channel", channel, check=True)
     port = json.loads(a.run("node-info", "--json", check=True).stdout)["udpPort"]
-    b = daemon_factory.start("b", ["--bootstrap", f"{a.node_id}@127.0.0.1:{port}"])
+    b = daemon_factory.start("b", ["-v", "--bootstrap", f"{a.node_id}@127.0.0.1:{port}"])
     b.run("join-channel", channel, check=True)
     source = tmp_path / "shared.txt"
     source.write_text("shared between two\n")
@@ -91,6 +91,9 @@ def test_rm_only_removes_from_this_node(daemon_factory: Any, tmp_path: Path) -> 
         return b.run("load", uri, "--timeout", "2").returncode == 0
 
     wait_until(loaded, 30.0, "b to load the file from a", 0.2)
+    # One INFO line each: the load on b, the file served on a (once b has been idle for a moment).
+    assert "loaded sha1://" in b.log_text() and "MB/s) from 1 provider (direct)" in b.log_text()
+    wait_until(lambda: "served sha1://" in a.log_text(), 10.0, "a's line for the file served", 0.2)
     assert b.run("rm", "--yes", uri).returncode == 0
     assert _ls(b) == []
     assert [e["uri"] for e in _ls(a)] == [uri.rsplit("/", 1)[0]]

@@ -287,6 +287,16 @@ class Lab:
         self.hosts[name] = host
         return host
 
+    def add_address(self, host: Host) -> str:
+        """A second public address on a public host's interface (a floating or failover IP); returns it.
+
+        The host's primary address (``host.ip``) stays the kernel's choice for traffic it starts itself."""
+        if host.router_ns:
+            raise ValueError("add_address is for public hosts")
+        addr = self._alloc_public()
+        self._ip(host.ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        return addr
+
     # -- impairments -----------------------------------------------------------------------------
     def _edge(self, host: Host) -> tuple[str, str]:
         """(namespace, interface) where the host meets the internet: the NAT's wan, or a public host's eth0."""

@@ -1,0 +1,217 @@
+"""The node's one UDP socket as an asyncio datagram transport: dual-stack, answers from the address asked, reads
+in batches.
+
+Why not ``loop.create_datagram_endpoint``:
+
+- Answer from the address asked. On a host with several addresses (a floating or failover IP, a second address
+  of the interface, a 1:1 NAT) a socket bound to the wildcard lets the kernel pick the source of every reply:
+  the primary address, which a NAT on the path drops as coming from a stranger. This transport learns each
+  datagram's destination address (IP_PKTINFO / IPV6_RECVPKTINFO) and sends everything to that remote from
+  that same local address (IP_PKTINFO / IPV6_PKTINFO on ``sendmsg``): STUN answers, QUIC, relay frames and
+  punch probes alike, without any layer above knowing. The remote -> local table is bounded
+  (``REPLY_TABLE_SIZE``, oldest entry dropped) since remotes are chosen by whoever sends to us.
+- IPv6. With the default wildcard bind the socket is AF_INET6 with IPV6_V6ONLY off, so IPv4 and IPv6 share the
+  one port; IPv4 addresses reach the protocol as plain "a.b.c.d" (never "::ffff:a.b.c.d"), so nothing above
+  changes for IPv4 peers.
+- One wake-up per burst: the reader drains up to ``READ_BATCH`` datagrams each time the socket is readable.
+
+Platforms without IP_PKTINFO (or where it cannot be set) fall back to plain reads and kernel-chosen sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("kachery_p2p.udp")
+
+Address = tuple[str, int]
+REPLY_TABLE_SIZE = 4096
+READ_BATCH = 64
+MAX_DATAGRAM = 65535
+# Linux values; Python's socket module does not export IP_PKTINFO.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
+ANCILLARY_SIZE = socket.CMSG_SPACE(32)
+
+
+def normalize(addr: Any) -> Address:
+    """(host, port) of a socket address, with IPv4-mapped IPv6 addresses written as IPv4."""
+    host = addr[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, addr[1]
+
+
+class UdpTransport(asyncio.DatagramTransport):
+    """A datagram transport over one non-blocking socket (see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.DatagramProtocol,
+                 pktinfo: bool) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        self._family = sock.family
+        self._pktinfo = pktinfo
+        self._reply_from: dict[Address, str] = {}
+        self._closing = False
+        self.stats = {"received": 0, "sent": 0, "send_errors": 0}
+        self._extra = {"socket": sock, "sockname": sock.getsockname()}
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    # -- asyncio.DatagramTransport --------------------------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        if self._closing or addr is None:
+            return
+        remote = (addr[0], addr[1])
+        source = self._reply_from.get(remote) if self._pktinfo else None
+        try:
+            dest = self._sock_address(remote)
+            if source is None:
+                self._sock.sendto(data, dest)
+            else:
+                self._sock.sendmsg([data], [self._source_cmsg(source)], 0, dest)
+            self.stats["sent"] += 1
+        except (BlockingIOError, InterruptedError):
+            self.stats["send_errors"] += 1  # a full buffer drops the datagram, as UDP may; QUIC retransmits
+        except OSError as exc:
+            self.stats["send_errors"] += 1
+            if source is not None:  # the address may have gone away: forget it, the kernel picks next time
+                self._reply_from.pop(remote, None)
+            self._protocol.error_received(exc)
+
+    # -- internals --------------------------------------------------------------------------------
+    def _sock_address(self, remote: Address) -> tuple[Any, ...]:
+        if self._family != socket.AF_INET6:
+            return remote
+        host = remote[0]
+        if ":" not in host:
+            host = "::ffff:" + host
+        return host, remote[1], 0, 0
+
+    def _source_cmsg(self, source: str) -> tuple[int, int, bytes]:
+        if ":" in source:
+            return socket.IPPROTO_IPV6, IPV6_PKTINFO or 0, socket.inet_pton(socket.AF_INET6, source) + bytes(4)
+        return socket.IPPROTO_IP, IP_PKTINFO or 0, struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4))
+
+    def _destination(self, ancillary: list[tuple[int, int, bytes]]) -> str | None:
+        for level, kind, data in ancillary:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+                return socket.inet_ntoa(data[8:12])
+            if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
+                host = socket.inet_ntop(socket.AF_INET6, data[:16])
+                return host[7:] if host.startswith("::ffff:") and "." in host else host
+        return None
+
+    def _on_readable(self) -> None:
+        sock, protocol, table = self._sock, self._protocol, self._reply_from
+        for _ in range(READ_BATCH):
+            if self._closing:
+                return
+            try:
+                data, ancillary, _flags, source = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            remote = normalize(source)
+            if ancillary:
+                local = self._destination(ancillary)
+                if local is not None and table.get(remote) != local:
+                    table.pop(remote, None)
+                    table[remote] = local
+                    if len(table) > REPLY_TABLE_SIZE:
+                        del table[next(iter(table))]
+            self.stats["received"] += 1
+            protocol.datagram_received(data, remote)
+
+
+def _enable_pktinfo(sock: socket.socket) -> bool:
+    enabled = False
+    if IP_PKTINFO is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            enabled = True
+    if sock.family == socket.AF_INET6 and IPV6_RECVPKTINFO is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        except OSError:
+            return False
+    return enabled
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket on (host, port); the IPv4 wildcard becomes a dual-stack socket where possible."""
+    if host in ("", "0.0.0.0") and socket.has_ipv6:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (97, 99, 47):  # EAFNOSUPPORT / EADDRNOTAVAIL (no IPv6 here): fall back to IPv4
+                raise
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host or "0.0.0.0", port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def open_udp(protocol_factory: Callable[[], asyncio.DatagramProtocol], host: str, port: int
+                   ) -> tuple[UdpTransport, asyncio.DatagramProtocol]:
+    """Bind and start reading; OSError when the address cannot be bound (the caller words the message)."""
+    loop = asyncio.get_running_loop()
+    sock = _bind(host, port)
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+    protocol = protocol_factory()
+    transport = UdpTransport(loop, sock, protocol, _enable_pktinfo(sock))
+    protocol.connection_made(transport)
+    return transport, protocol
+
+
+def local_address(transport: UdpTransport) -> Address:
+    """(host, port) the socket is bound to, with the dual-stack wildcard written "0.0.0.0" as for IPv4."""
+    host, port = normalize(transport.get_extra_info("sockname"))
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified:
+            host = "0.0.0.0"
+    return host, port
