@@ -24,6 +24,7 @@ The suite, in order (letters as in the performance issue):
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
       feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
       soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
+  Not in the suite: relay-load (N simulated nodes register, publish, look up: RSS per node, lookup p50/p99)
 
 To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
 per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
@@ -51,6 +52,7 @@ from bench import (
     nat_cold,
     nat_transfer,
     raw_aioquic,
+    relay_load,
     shaped_load,
     small_load,
     soak,
@@ -74,6 +76,8 @@ REGISTRY: dict[str, BenchFn] = {
     feeds.NAME: feeds.run,
     soak.NAME: soak.run,
 }
+# Not in the default suite (long at 1,000+ nodes): python -m bench relay-load --nodes N
+EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run}
 
 
 def _machine() -> str:
@@ -99,6 +103,8 @@ def main(argv: list[str]) -> int:
             return 2
     if argv and not argv[0].startswith("-"):
         name, rest = argv[0], argv[1:]
+        if name in EXTRA:
+            REGISTRY[name] = EXTRA[name]
         if name not in REGISTRY:
             print(f"unknown benchmark {name!r}; available: {', '.join(REGISTRY)}", file=sys.stderr)
             return 2

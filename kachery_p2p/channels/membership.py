@@ -14,9 +14,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from ..ids import parse_channel_name
 
+# Proofs of all channels travel in one auth message (<= 16 KiB frame): 200 fit with room to spare.
+MAX_CHANNELS = 200
 _KEY_CONTEXT = b"kachery-p2p channel key v1\x00"
 _RENDEZVOUS_CONTEXT = b"kachery-p2p rendezvous v1\x00"
 _PROOF_CONTEXT = b"kachery-p2p channel proof v1\x00"
@@ -69,10 +71,13 @@ class JoinedChannels:
         return list(self._names)
 
     def join(self, name: str) -> bool:
-        """Join; False when already joined."""
+        """Join; False when already joined. UsageError beyond MAX_CHANNELS (the proofs of every
+        channel travel in one authentication message, which has a size limit)."""
         name = parse_channel_name(name)
         if name in self._names:
             return False
+        if len(self._names) >= MAX_CHANNELS:
+            raise UsageError(f"a node can join at most {MAX_CHANNELS} channels; leave one first")
         self._names.append(name)
         self._save()
         return True

@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from ..transfer.plan import DownloadPlan, Piece
 from ..transfer.policy import Attempt, DownloadPolicy, fits_on_disk
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
 from .endpoint import LinkClosed
-from .session import PeerSession
+from .slow import Provider, request_while_alive
 
 log = logging.getLogger("kachery_p2p.download")
 
@@ -47,30 +46,6 @@ MAX_BUSY = 50
 MANIFEST_THRESHOLD = 20_000_000
 MAX_MANIFEST_BYTES = 16 << 20
 disk_usage = shutil.disk_usage  # replaced in tests
-
-
-@dataclass
-class Provider:
-    """A peer that has the file. Its session is looked up at each use, so a provider reached through
-    a relay moves to the direct path as soon as one opens."""
-
-    first_session: PeerSession
-    size: int
-    resolve: Callable[[str], PeerSession | None] | None = None
-
-    @property
-    def node_id(self) -> str:
-        assert self.first_session.node_id is not None
-        return self.first_session.node_id
-
-    @property
-    def session(self) -> PeerSession:
-        best = self.resolve(self.node_id) if self.resolve is not None else None
-        return best or self.first_session
-
-    @property
-    def alive(self) -> bool:
-        return not self.session.link.is_closed
 
 
 class Download:
@@ -386,7 +361,7 @@ class Download:
 
         session = provider.session
         header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
-        reply = await self._request_while_alive(session, header, sink)
+        reply = await request_while_alive(session, header, sink, PIECE_TIMEOUT)
         messages.check_ok(reply)
         if written + len(buffer) != piece.end:
             raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")
@@ -399,44 +374,6 @@ class Download:
             return True
         flush()
         return plan.claim_write(piece, node_id)
-
-    async def _request_while_alive(
-        self, session: PeerSession, header: dict[str, Any], sink: Callable[[bytes], None]
-    ) -> dict[str, Any]:
-        """The request, given up only when no byte arrived for PIECE_TIMEOUT (a slow link is not a failure)."""
-        last = [time.monotonic()]
-
-        def counting(data: bytes) -> None:
-            last[0] = time.monotonic()
-            sink(data)
-
-        task = asyncio.ensure_future(session.request(header, sink=counting))
-        try:
-            while True:
-                idle = time.monotonic() - last[0]
-                done, _ = await asyncio.wait({task}, timeout=max(0.05, PIECE_TIMEOUT - idle))
-                if done:
-                    return task.result()[0]
-                if time.monotonic() - last[0] >= PIECE_TIMEOUT:
-                    raise asyncio.TimeoutError()
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-
-    def live_progress(self) -> dict[str, Any]:
-        """Bytes so far, counted as they arrive (resumed chunks included), for progress lines."""
-        plan = self.plan
-        banned = plan.banned if plan is not None else set()
-        message: dict[str, Any] = {"providers": len([p for p in self.providers if p.node_id not in banned])}
-        if plan is None and self.providers:
-            message.update(bytesLoaded=0, bytesTotal=self.providers[0].size)
-        elif plan is not None:
-            loaded = plan.total_bytes if plan.finished else plan.bytes_resumed + self.bytes_received
-            message.update(bytesLoaded=min(loaded, plan.total_bytes), bytesTotal=plan.total_bytes)
-            message["paths"] = sorted({p.session.link.path.kind for p in self.providers})
-        return message
 
     async def _report(self, plan: DownloadPlan, force: bool = False) -> None:
         now = time.monotonic()

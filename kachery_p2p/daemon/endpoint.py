@@ -4,9 +4,11 @@ A thin pump around aioquic's sans-IO ``QuicConnection``. The one demultiplexer o
 ``datagram_received``: ``relay.frames.classify`` tells QUIC, relay frames, STUN and probes apart by
 their first byte; QUIC packets (also those arriving inside a relay frame from one of our relays) are
 routed to connections by destination connection id, as aioquic's own server does; everything else
-goes to ``on_other_datagram(kind, data, addr)``. The clock is
-``time.monotonic()`` (uvloop's ``loop.time()`` ticks in whole milliseconds, which makes aioquic's
-pacer spin; see reference/nat-lab.md).
+goes to ``on_other_datagram(kind, data, addr)``.
+
+A connection to a peer reached through a relay has a ``PeerPath``; when a hole punch to that peer is
+confirmed, ``direct_found`` moves every such connection to the direct address (same connection, same
+streams, no new handshake).
 """
 
 from __future__ import annotations
@@ -17,243 +19,28 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aioquic.buffer import Buffer
-from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from ..errors import PortInUseError, RemoteProtocolError
+from ..errors import PortInUseError
+from ..peering.path import PathKind
 from ..quic.identity import NodeIdentity
-from ..quic.settings import quic_configuration, stream_send_buffered
+from ..quic.settings import quic_configuration
 from ..relay.frames import DatagramKind, classify, decode_relay_frame
 from . import udp
-from .paths import RELAYED_DATAGRAM_SIZE, Address, Path, RelayPath, datagram_size_for, relay_stable_address
+from .link import Link, LinkClosed, StreamHandler
+from .paths import RELAYED_DATAGRAM_SIZE, Address, Path, PeerPath, datagram_size_for, relay_stable_address
+
+__all__ = ["Address", "Link", "LinkClosed", "QuicEndpoint", "StreamHandler"]
 
 log = logging.getLogger("kachery_p2p.endpoint")
 
 CID_LENGTH = 8
-SEND_HIGH_WATER = 1 << 20
-SEND_LOW_WATER = 256 * 1024
-
-
-class StreamHandler(Protocol):
-    def on_data(self, data: bytes, end: bool) -> None: ...
-    def on_reset(self, error: Exception) -> None: ...
-
-
-class LinkClosed(ConnectionError):
-    """The QUIC connection ended; ``code`` and ``reason`` are what the peer or aioquic said."""
-
-    def __init__(self, reason: str, code: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-
-
-def describe_close(event: events.ConnectionTerminated) -> str:
-    if event.error_code == 0x178:
-        return "the peer speaks another protocol version (no common ALPN)"
-    reason = event.reason_phrase or "no reason given"
-    return f"connection closed ({reason}, code {event.error_code:#x})"
-
-
-class Link:
-    """One QUIC connection on the shared socket."""
-
-    def __init__(
-        self, endpoint: QuicEndpoint, conn: QuicConnection, addr: Address, is_client: bool, path: Path | None = None
-    ) -> None:
-        self.endpoint = endpoint
-        self.conn = conn
-        # The address aioquic sees never changes; ``path`` decides where datagrams really go.
-        self.addr = addr
-        self.path = path or Path(addr)
-        self.is_client = is_client
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self.handshake: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[LinkClosed] = loop.create_future()
-        self.on_new_stream: Callable[[int], StreamHandler | None] = lambda stream_id: None
-        self.on_handshake: Callable[[], None] = lambda: None
-        self._streams: dict[int, StreamHandler] = {}
-        self._cids: set[bytes] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._transmit_pending = False
-        self._send_waiters: dict[int, asyncio.Future[None]] = {}
-        self._pings: dict[int, asyncio.Future[None]] = {}
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.last_activity = time.monotonic()
-
-    # -- io from the endpoint -------------------------------------------------------------------
-    def datagram_received(self, data: bytes) -> None:
-        self.bytes_received += len(data)
-        self.last_activity = time.monotonic()
-        self.conn.receive_datagram(data, self.addr, now=time.monotonic())
-        self._process_events()
-        # Datagrams that arrive together are answered together: one ACK for a burst, not one each.
-        self.transmit_soon()
-
-    def transmit(self) -> None:
-        self._transmit_pending = False
-        transport = self.endpoint.transport
-        if transport is None:
-            return
-        path = self.path
-        for data, _addr in self.conn.datagrams_to_send(now=time.monotonic()):
-            self.bytes_sent += len(data)
-            path.send(transport, data)
-        self._arm_timer()
-        self._wake_writers()
-
-    def transmit_soon(self) -> None:
-        if not self._transmit_pending:
-            self._transmit_pending = True
-            self._loop.call_soon(self.transmit)
-
-    def _arm_timer(self) -> None:
-        at = self.conn.get_timer()
-        if at == self._timer_at and self._timer is not None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None:
-            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.conn.handle_timer(now=time.monotonic())
-        self._process_events()
-        self.transmit()
-
-    def _process_events(self) -> None:
-        event = self.conn.next_event()
-        while event is not None:
-            if isinstance(event, events.StreamDataReceived):
-                handler = self._streams.get(event.stream_id)
-                if handler is None:
-                    handler = self.on_new_stream(event.stream_id)
-                    if handler is None:
-                        if self._can_stop(event.stream_id):
-                            self.conn.stop_stream(event.stream_id, 1)
-                        event = self.conn.next_event()
-                        continue
-                    self._streams[event.stream_id] = handler
-                if event.end_stream:
-                    self._streams.pop(event.stream_id, None)
-                handler.on_data(event.data, event.end_stream)
-            elif isinstance(event, events.StreamReset):
-                handler = self._streams.pop(event.stream_id, None)
-                if handler is not None:
-                    handler.on_reset(RemoteProtocolError("the peer reset the stream", code="stream_reset"))
-            elif isinstance(event, events.HandshakeCompleted):
-                if not self.handshake.done():
-                    self.handshake.set_result(None)
-                self.on_handshake()
-            elif isinstance(event, events.ConnectionIdIssued):
-                self.endpoint.register_cid(event.connection_id, self)
-            elif isinstance(event, events.ConnectionIdRetired):
-                self.endpoint.unregister_cid(event.connection_id)
-            elif isinstance(event, events.PingAcknowledged):
-                waiter = self._pings.pop(event.uid, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-            elif isinstance(event, events.ConnectionTerminated):
-                self._terminated(LinkClosed(describe_close(event), event.error_code))
-            event = self.conn.next_event()
-
-    def _can_stop(self, stream_id: int) -> bool:
-        # Only streams the peer opened and that can carry data to us can be stopped.
-        return not (stream_id & 2 and (stream_id & 1) == (0 if self.is_client else 1))
-
-    def _terminated(self, error: LinkClosed) -> None:
-        if self.closed.done():
-            return
-        self.closed.set_result(error)
-        if not self.handshake.done():
-            self.handshake.set_exception(error)
-            self.handshake.exception()  # mark retrieved: nobody may be waiting
-        for handler in list(self._streams.values()):
-            handler.on_reset(error)
-        self._streams.clear()
-        for waiter in [*self._send_waiters.values(), *self._pings.values()]:
-            if not waiter.done():
-                waiter.set_exception(error)
-                waiter.exception()
-        self._send_waiters.clear()
-        self._pings.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.endpoint.forget(self)
-
-    # -- api for sessions -----------------------------------------------------------------------
-    @property
-    def is_closed(self) -> bool:
-        return self.closed.done()
-
-    def open_stream(self, handler: StreamHandler | None, unidirectional: bool = False) -> int:
-        if self.is_closed:
-            raise self.closed.result()
-        stream_id = self.conn.get_next_available_stream_id(is_unidirectional=unidirectional)
-        if handler is not None:
-            self._streams[stream_id] = handler
-        return stream_id
-
-    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
-        if self.is_closed:
-            raise self.closed.result()
-        self.conn.send_stream_data(stream_id, data, end_stream=end)
-        self.transmit_soon()
-
-    async def drain(self, stream_id: int) -> None:
-        """Wait until the stream's unacknowledged data falls below the low-water mark."""
-        while stream_send_buffered(self.conn, stream_id) > SEND_HIGH_WATER:
-            if self.is_closed:
-                raise self.closed.result()
-            waiter = self._send_waiters.get(stream_id)
-            if waiter is None or waiter.done():
-                waiter = self._loop.create_future()
-                self._send_waiters[stream_id] = waiter
-            await waiter
-
-    def _wake_writers(self) -> None:
-        if not self._send_waiters:
-            return
-        for stream_id, waiter in list(self._send_waiters.items()):
-            if stream_send_buffered(self.conn, stream_id) <= SEND_LOW_WATER and not waiter.done():
-                waiter.set_result(None)
-                del self._send_waiters[stream_id]
-
-    def reset(self, stream_id: int, code: int = 1) -> None:
-        self._streams.pop(stream_id, None)
-        if self.is_closed:
-            return
-        try:
-            self.conn.reset_stream(stream_id, code)
-        except (ValueError, AssertionError):
-            return
-        self.transmit_soon()
-
-    async def ping(self) -> None:
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._pings[id(waiter)] = waiter
-        self.conn.send_ping(id(waiter))
-        self.transmit()
-        await waiter
-
-    def close(self, reason: str = "", code: int = 0) -> None:
-        if self.is_closed:
-            return
-        self.conn.close(error_code=code, reason_phrase=reason)
-        self.transmit()
+PENDING_DIRECT_SEC = 10.0
 
 
 class QuicEndpoint(asyncio.DatagramProtocol):
@@ -275,6 +62,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.relays: set[Address] = set()
         self.transport: asyncio.DatagramTransport | None = None
         self.links: set[Link] = set()
+        self._peer_paths: dict[str, set[PeerPath]] = {}
+        self._pending_direct: dict[str, tuple[Address, float]] = {}
         self._by_cid: dict[bytes, Link] = {}
         self.max_links = max_links
         self.stats: dict[str, int] = {"malformed": 0, "unroutable": 0, "refused": 0}
@@ -293,7 +82,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             transport, _ = await udp.open_udp(lambda: self, host, port)
         except OSError as exc:
             reason = exc.strerror or _bind_error(host, port) or str(exc)
-            raise PortInUseError(
+            raise PortInUseError(  # start-daemon adds which option chooses another port
                 f"cannot open UDP port {port} on {host} ({reason}): is another daemon or program using it?", "udp"
             ) from None
         return udp.local_address(transport)
@@ -323,6 +112,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     def forget(self, link: Link) -> None:
         self.links.discard(link)
+        if isinstance(link.path, PeerPath):
+            paths = self._peer_paths.get(link.path.peer_node_id, set())
+            paths.discard(link.path)
+            if not paths:
+                self._peer_paths.pop(link.path.peer_node_id, None)
         for cid in list(link._cids):
             self._by_cid.pop(cid, None)
         link._cids.clear()
@@ -332,13 +126,12 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         try:
             kind = classify(data)
             if kind == "quic":
-                self._deliver(data, addr, None)
+                self._deliver(data, "direct", addr, None)
             elif kind == "relay" and addr in self.relays:
                 frame = decode_relay_frame(data)  # ValueError: counted as malformed below
                 if frame.kind != "from_relay":
                     raise ValueError("a relay frame to a relay")
-                source = frame.node_id
-                self._deliver(frame.payload, relay_stable_address(addr, source), RelayPath(addr, source))
+                self._deliver(frame.payload, "relayed", addr, frame.node_id)
             else:
                 self.on_other_datagram(kind, data, addr)
         except ValueError:
@@ -347,7 +140,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self.stats["malformed"] += 1
             log.exception("dropped a datagram from %s", addr)
 
-    def _deliver(self, data: bytes, addr: Address, path: Path | None) -> None:
+    def _deliver(self, data: bytes, via: PathKind, source: Address, peer: str | None) -> None:
+        """A QUIC packet from ``source`` (a relay, for one from ``peer``) to the link owning its CID."""
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
         except ValueError:
@@ -355,10 +149,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             return
         link = self._by_cid.get(header.destination_cid)
         if link is None:
-            link = self._accept(data, header, addr, path)
+            if peer is None:
+                link = self._accept(data, header, source, None)
+            else:
+                link = self._accept(data, header, relay_stable_address(source, peer), PeerPath(source, peer))
             if link is None:
                 return
-        link.datagram_received(data)
+        link.datagram_received(data, via, source)
 
     def _accept(self, data: bytes, header: Any, addr: Address, path: Path | None) -> Link | None:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
@@ -374,28 +171,56 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             configuration=self.config_for(False, addr, relayed=path is not None),
             original_destination_connection_id=header.destination_cid,
         )
-        link = Link(self, conn, addr, is_client=False, path=path)
-        self.links.add(link)
+        link = self._new_link(conn, addr, False, path)
         self.register_cid(header.destination_cid, link)
         self.register_cid(conn.host_cid, link)
         self.on_incoming(link)
         return link
 
     def connect(self, addr: Address, path: Path | None = None) -> Link:
-        """Dial ``addr`` (a real address, or a stable relay address with its RelayPath)."""
+        """Dial ``addr`` (a real address, or a stable relay address with its PeerPath)."""
         conn = QuicConnection(configuration=self.config_for(True, addr, relayed=path is not None))
-        link = Link(self, conn, addr, is_client=True, path=path)
-        self.links.add(link)
+        link = self._new_link(conn, addr, True, path)
         self.register_cid(conn.host_cid, link)
         conn.connect(addr, now=time.monotonic())
         link.transmit()
         return link
 
+    def _new_link(self, conn: QuicConnection, addr: Address, is_client: bool, path: Path | None) -> Link:
+        link = Link(self, conn, addr, is_client=is_client, path=path)
+        self.links.add(link)
+        if isinstance(path, PeerPath):
+            self._peer_paths.setdefault(path.peer_node_id, set()).add(path)
+            pending = self._pending_direct.pop(path.peer_node_id, None)
+            if pending is not None and time.monotonic() - pending[1] < PENDING_DIRECT_SEC:
+                path.direct_found(pending[0])
+        return link
+
+    # -- paths ------------------------------------------------------------------------------------
+    def direct_found(self, peer_node_id: str, address: Address) -> int:
+        """A hole punch to ``peer_node_id`` was confirmed at ``address``: move its relayed connections
+        there (a connection set up in the next seconds moves too). Returns how many moved."""
+        paths = self._peer_paths.get(peer_node_id, set())
+        if not paths:
+            self._pending_direct[peer_node_id] = (address, time.monotonic())
+        moved = 0
+        for path in paths:
+            if path.direct_found(address):
+                moved += 1
+                log.info("connection to %s moved to the direct path %s", peer_node_id[:8], path.describe())
+        return moved
+
+    def has_peer_path(self, peer_node_id: str) -> bool:
+        return any(
+            not link.is_closed and isinstance(link.path, PeerPath) and link.path.peer_node_id == peer_node_id
+            for link in self.links
+        )
+
 
 def _bind_error(host: str, port: int) -> str | None:
     """Why binding fails, from a plain socket (uvloop's error carries no strerror)."""
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((host, port))
     except OSError as exc:
         return exc.strerror or (os.strerror(exc.errno) if exc.errno else None)

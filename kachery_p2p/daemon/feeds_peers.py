@@ -29,7 +29,7 @@ from ..feeds.signing import MAX_SIGNED_BYTES, LogError
 from ..quic import messages
 from ..quic.frames import encode_frame
 from .endpoint import LinkClosed
-from .feeds_service import FeedService
+from .feeds_service import FeedService, SubfeedLog
 from .session import FrameCollector, PeerSession
 
 log = logging.getLogger("kachery_p2p.feeds")
@@ -41,6 +41,7 @@ MAX_SOURCES = 3
 IDLE_SEC = 300.0
 BAN_SEC = 600.0
 RECHECK_SEC = 5.0
+STALL_SEC = 10.0  # a source below the count it announced that sends nothing this long is truncating its log
 LOOP_SEC = 1.0
 SERVE_BATCH = 500
 OWNER_TIMEOUT = 5.0
@@ -132,13 +133,23 @@ class Subscription:
 
     async def _follow(self, session: PeerSession, node_id: str) -> None:
         service = self.peers.service
-        entry = service.subfeed(self.feed_id, self.subfeed_hash)
+        entry = service.acquire(self.feed_id, self.subfeed_hash)
+        try:
+            await self._follow_entry(session, node_id, entry)
+        finally:
+            service.release(self.feed_id, self.subfeed_hash, entry)
+
+    async def _follow_entry(self, session: PeerSession, node_id: str, entry: SubfeedLog) -> None:
+        service = self.peers.service
         splitter = LineSplitter(MAX_SIGNED_BYTES)
         expected = entry.count
         failed: asyncio.Future[LogError] = asyncio.get_running_loop().create_future()
 
+        last_data = time.monotonic()
+
         def sink(data: bytes) -> None:
-            nonlocal expected
+            nonlocal expected, last_data
+            last_data = time.monotonic()
             if failed.done():
                 return
             batch: list[dict[str, Any]] = []
@@ -180,7 +191,12 @@ class Subscription:
                     task.cancel()
         try:
             waiting: set[asyncio.Future[Any]] = {collector.done, failed}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            while not (collector.done.done() or failed.done()):
+                await asyncio.wait(waiting, timeout=STALL_SEC / 4, return_when=asyncio.FIRST_COMPLETED)
+                behind = isinstance(announced, int) and expected < announced
+                if behind and not failed.done() and time.monotonic() - last_data > STALL_SEC:
+                    raise LogError("truncated", f"announced {announced} messages, sent up to #{expected - 1} and "
+                                                f"then nothing for {STALL_SEC:g} s")
             if failed.done():
                 raise failed.result()
             collector.done.result()  # a clean end: the peer must have sent all it announced
@@ -305,7 +321,7 @@ class FeedPeers:
             raise RemoteProtocolError("no such feed here", code="not_found")
         owner = service.is_owner(feed_id)
         if isinstance(request, messages.FeedHas):
-            return {"ok": True, "owner": owner, "numMessages": service.num_messages(feed_id, subfeed_hash)}, None
+            return {"ok": True, "owner": owner, "numMessages": service.peek_count(feed_id, subfeed_hash)}, None
         if isinstance(request, messages.FeedSubmit):
             if not owner:
                 raise RemoteProtocolError("this node does not own the feed", code="not_found")
@@ -320,15 +336,17 @@ class FeedPeers:
         node_id = session.node_id or ""
         if self._serving.get(node_id, 0) >= MAX_SUBSCRIPTIONS_PER_PEER:
             raise RemoteProtocolError(f"at most {MAX_SUBSCRIPTIONS_PER_PEER} subscriptions per peer", code="busy")
-        count = service.num_messages(feed_id, subfeed_hash)
+        entry = service.acquire(feed_id, subfeed_hash)
+        count = entry.count
         self._serving[node_id] = self._serving.get(node_id, 0) + 1
         if not owner:
             self.want(feed_id, subfeed_hash)  # keep our copy live while a peer follows it through us
         reply = {"ok": True, "owner": owner, "numMessages": count}
-        body = self._stream(session, feed_id, subfeed_hash, request.position, owner)
-        return reply, _Counted(body, functools.partial(self._release, node_id))
+        body = self._stream(session, entry, feed_id, subfeed_hash, request.position, owner)
+        return reply, _Counted(body, functools.partial(self._release, node_id, feed_id, subfeed_hash, entry))
 
-    def _release(self, node_id: str) -> None:
+    def _release(self, node_id: str, feed_id: str, subfeed_hash: str, entry: SubfeedLog) -> None:
+        self.service.release(feed_id, subfeed_hash, entry)
         left = self._serving.get(node_id, 1) - 1
         if left > 0:
             self._serving[node_id] = left
@@ -336,9 +354,8 @@ class FeedPeers:
             self._serving.pop(node_id, None)
 
     async def _stream(
-        self, session: PeerSession, feed_id: str, subfeed_hash: str, position: int, owner: bool
+        self, session: PeerSession, entry: SubfeedLog, feed_id: str, subfeed_hash: str, position: int, owner: bool
     ) -> AsyncIterator[bytes]:
-        entry = self.service.subfeed(feed_id, subfeed_hash)
         while not session.link.is_closed:
             texts = self.service.read_texts(feed_id, subfeed_hash, position, SERVE_BATCH)
             if texts:

@@ -44,6 +44,7 @@ class SubfeedLog:
         self.verifier = verifier
         self.size = size
         self.lock = asyncio.Lock()
+        self.users = 0  # readers and streams holding this entry (an empty one is dropped when none is left)
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -121,6 +122,18 @@ class FeedService:
             verifier, size = self.store.open_log(feed_id, subfeed_hash)
             entry = self._logs[key] = SubfeedLog(verifier, size)
         return entry
+
+    def acquire(self, feed_id: str, subfeed_hash: str) -> SubfeedLog:
+        entry = self.subfeed(feed_id, subfeed_hash)
+        entry.users += 1
+        return entry
+
+    def release(self, feed_id: str, subfeed_hash: str, entry: SubfeedLog) -> None:
+        """Undo acquire; an entry of an empty subfeed nobody holds is forgotten (peers may name any hash)."""
+        entry.users -= 1
+        key = (feed_id, subfeed_hash)
+        if entry.users <= 0 and entry.count == 0 and not entry.lock.locked() and self._logs.get(key) is entry:
+            del self._logs[key]
 
     async def append(self, feed_id: str, subfeed_hash: str, messages: list[Any]) -> int:
         """Sign and append (owner only); the new number of messages."""
@@ -210,8 +223,13 @@ class FeedService:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return result
-            waiting = {self.subfeed(feed_id, subfeed_hash).changed() for _n, feed_id, subfeed_hash, _p in parsed}
-            await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            held = [(f, h, self.acquire(f, h)) for _n, f, h, _p in parsed]
+            try:
+                waiting = {entry.changed() for _f, _s, entry in held}
+                await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for feed_id, subfeed_hash, entry in held:
+                    self.release(feed_id, subfeed_hash, entry)
 
     def _collect(self, parsed: list[tuple[str, str, str, int]], signed: bool, limit: int) -> dict[str, list[Any]]:
         result: dict[str, list[Any]] = {}
@@ -223,6 +241,13 @@ class FeedService:
 
     def num_messages(self, feed_id: str, subfeed_hash: str) -> int:
         return self.subfeed(feed_id, subfeed_hash).count
+
+    def peek_count(self, feed_id: str, subfeed_hash: str) -> int:
+        """Like num_messages, but a subfeed with nothing stored is not opened (peers may name any hash)."""
+        entry = self._logs.get((feed_id, subfeed_hash))
+        if entry is not None:
+            return entry.count
+        return self.num_messages(feed_id, subfeed_hash) if self.store.has_messages(feed_id, subfeed_hash) else 0
 
     # -- access rules --------------------------------------------------------------------------------
     def access_rules(self, feed_id: str, subfeed_hash: str) -> dict[str, Any]:

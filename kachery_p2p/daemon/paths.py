@@ -1,14 +1,18 @@
 """Where a link's datagrams really go (direct or through a relay), and how large they may be.
 
-aioquic sees one fixed address per connection; the path underneath decides the real destination,
-so a connection can be relayed without aioquic knowing (iroh's "magicsock" idea).
+aioquic sees one fixed address per connection; the path underneath decides the real destination per
+datagram, so a connection can be relayed, and move to a punched direct path and back, without aioquic
+knowing (iroh's "magicsock" idea). The decisions are ``peering.path.PathSelector``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 
+from ..ids import format_address
+from ..peering.path import PathKind, PathSelector
 from ..relay.frames import MAX_PAYLOAD, to_relay_header
 from .sysnet import route_mtu
 
@@ -38,39 +42,70 @@ def datagram_size_for(addr: Address) -> int:
 
 
 class Path:
-    """Where a link's datagrams go: straight to a UDP address, or wrapped for a relay."""
+    """A direct path to one UDP address (a connection dialed or accepted directly)."""
 
-    kind = "direct"
+    kind: PathKind = "direct"
 
     def __init__(self, addr: Address) -> None:
         self.addr = addr
+        self.bytes = {"sent": 0, "received": 0}
 
     def send(self, transport: asyncio.DatagramTransport, data: bytes) -> None:
+        self.bytes["sent"] += len(data)
         transport.sendto(data, self.addr)
 
+    def received(self, via: PathKind, source: Address, size: int) -> None:
+        self.bytes["received"] += size
+
     def describe(self) -> str:
-        host, port = self.addr
-        return f"{host}:{port}"
+        return format_address(self.addr)
+
+    def bytes_by_path(self) -> dict[str, dict[str, int]]:
+        return {"direct": dict(self.bytes)}
 
 
-class RelayPath(Path):
-    """Through a relay: the relay copies our end-to-end encrypted QUIC packets to the peer."""
-
-    kind = "relayed"
+class PeerPath(Path):
+    """A peer connection that starts through a relay and may move to a punched direct address and
+    back (``peering.path.PathSelector`` decides, per datagram). The relay copies our end-to-end
+    encrypted QUIC packets to the peer inside relay frames."""
 
     def __init__(self, relay_addr: Address, peer_node_id: str) -> None:
         super().__init__(relay_addr)
+        self.relay_addr = relay_addr
         self.peer_node_id = peer_node_id
+        self.selector = PathSelector(relay=relay_addr)
         self._prefix = to_relay_header(peer_node_id)
 
+    @property
+    def kind(self) -> PathKind:  # type: ignore[override]
+        return self.selector.kind
+
+    def direct_found(self, address: Address) -> bool:
+        changed = self.selector.direct_found(address, time.monotonic())
+        self.addr = self.selector.destination
+        return changed
+
     def send(self, transport: asyncio.DatagramTransport, data: bytes) -> None:
-        transport.sendto(self._prefix + data, self.addr)
+        if self.selector.datagram_sent(len(data), time.monotonic()) == "direct":
+            self.addr = self.selector.destination
+            transport.sendto(data, self.addr)
+        else:
+            self.addr = self.relay_addr
+            transport.sendto(self._prefix + data, self.relay_addr)
+
+    def received(self, via: PathKind, source: Address, size: int) -> None:
+        self.selector.datagram_received(via, source, size, time.monotonic())
 
     def describe(self) -> str:
-        host, port = self.addr
-        return f"relay {host}:{port}"
+        if self.selector.kind == "direct" and self.selector.direct is not None:
+            return f"{format_address(self.selector.direct)} (punched; relay {format_address(self.relay_addr)})"
+        return f"relay {format_address(self.relay_addr)}"
+
+    def bytes_by_path(self) -> dict[str, dict[str, int]]:
+        return {kind: dict(counts) for kind, counts in self.selector.bytes.items()}
 
 
 def relay_stable_address(relay_addr: Address, peer_node_id: str) -> Address:
-    """The fixed address aioquic sees for a relayed peer (never a real socket address)."""
+    """The fixed address aioquic sees for a peer reached through a relay (never a real socket
+    address): it stays the same when the connection moves to a direct path."""
     return (f"relay-{relay_addr[0]}-{relay_addr[1]}-{peer_node_id[:16]}", 0)

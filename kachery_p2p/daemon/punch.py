@@ -1,11 +1,8 @@
-"""UDP hole punching on the node's one socket: probes to every candidate, at the same moment on both sides.
+"""Hole punching on the node's one socket: the pump around ``nat.punch.PunchAttempt``.
 
-A probe is ``0x10 | token | sender node id | flag`` (``relay.frames``). Each side sends probes to all
-the other's candidates every PROBE_INTERVAL for PUNCH_DURATION; whoever receives a probe answers with
-an ack to the address it came from (the peer-reflexive address, which is what gets through a
-symmetric NAT facing a cone NAT). The first probe or ack received tells the initiator which address
-works; it then dials QUIC there. The token comes from the relay's coordination, so stray packets
-cannot steer a punch.
+It sends each attempt's probes and acks from the shared UDP socket, routes received probes to their
+attempt by token, and arms one timer per attempt. The decisions (what to send when, which address
+works) are the sans-IO attempt's.
 """
 
 from __future__ import annotations
@@ -13,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 from ..channels import rendezvous
-from ..relay.frames import decode_probe, encode_probe
+from ..nat.punch import PUNCH_DURATION, PunchAttempt, PunchResult
+from ..relay.frames import decode_probe
 from .endpoint import Address, QuicEndpoint
 
 log = logging.getLogger("kachery_p2p.punch")
-
-PROBE_INTERVAL = 0.1
-PUNCH_DURATION = 4.0
 
 
 def parse_candidate(text: str) -> Address | None:
@@ -32,56 +28,29 @@ def parse_candidate(text: str) -> Address | None:
         return None
 
 
-class PunchAttempt:
-    def __init__(self, token: bytes, peer_node_id: str, targets: list[Address]) -> None:
-        self.token = token
-        self.peer_node_id = peer_node_id
-        self.targets = targets
-        loop = asyncio.get_running_loop()
-        self.result: asyncio.Future[Address] = loop.create_future()
-
-
 class PunchManager:
     def __init__(self, endpoint: QuicEndpoint, node_id: str) -> None:
         self.endpoint = endpoint
         self.node_id = node_id
-        self._attempts: dict[bytes, PunchAttempt] = {}
+        self._attempts: dict[bytes, tuple[PunchAttempt, asyncio.Future[PunchResult]]] = {}
+        self._timers: dict[bytes, asyncio.TimerHandle] = {}
         self.stats = {"probes_sent": 0, "probes_received": 0, "acks_received": 0, "ignored": 0}
 
     @staticmethod
     def new_token() -> str:
         return os.urandom(16).hex()
 
-    async def punch(self, token_hex: str, peer_node_id: str, candidates: list[str], duration: float = PUNCH_DURATION
-                    ) -> Address | None:
-        """Probe the candidates; return the first address the peer answered from, or None."""
+    async def punch(
+        self, token_hex: str, peer_node_id: str, candidates: list[str], duration: float = PUNCH_DURATION
+    ) -> PunchResult:
+        """Probe the candidates until the peer answers both ways or ``duration`` passes."""
         token = bytes.fromhex(token_hex)
         targets = [a for a in (parse_candidate(c) for c in candidates) if a is not None]
-        attempt = PunchAttempt(token, peer_node_id, targets)
-        self._attempts[token] = attempt
-        sender = asyncio.ensure_future(self._send_probes(attempt, duration))
-        try:
-            return await asyncio.wait_for(asyncio.shield(attempt.result), duration)
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            # Keep probing a little after success so the peer's side opens too.
-            loop = asyncio.get_running_loop()
-            loop.call_later(1.0, sender.cancel)
-            loop.call_later(duration + 2.0, self._attempts.pop, token, None)
-
-    async def _send_probes(self, attempt: PunchAttempt, duration: float) -> None:
-        probe = encode_probe(attempt.token, self.node_id, ack=False)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + duration
-        while loop.time() < deadline:
-            transport = self.endpoint.transport
-            if transport is None:
-                return
-            for target in attempt.targets:
-                transport.sendto(probe, target)
-                self.stats["probes_sent"] += 1
-            await asyncio.sleep(PROBE_INTERVAL)
+        attempt = PunchAttempt(token, self.node_id, peer_node_id, targets, time.monotonic(), duration)
+        future: asyncio.Future[PunchResult] = asyncio.get_running_loop().create_future()
+        self._attempts[token] = (attempt, future)
+        self._pump(token)
+        return await asyncio.shield(future)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         try:
@@ -89,18 +58,44 @@ class PunchManager:
         except ValueError:
             self.stats["ignored"] += 1
             return
-        attempt = self._attempts.get(probe.token)
-        if attempt is None or probe.sender != attempt.peer_node_id:
+        entry = self._attempts.get(probe.token)
+        if entry is None or not entry[0].receive_probe(probe, addr, time.monotonic()):
             self.stats["ignored"] += 1
             return
-        if probe.ack:
-            self.stats["acks_received"] += 1
-        else:
-            self.stats["probes_received"] += 1
-            transport = self.endpoint.transport
+        self.stats["acks_received" if probe.ack else "probes_received"] += 1
+        self._pump(probe.token)
+
+    def _on_timer(self, token: bytes) -> None:
+        self._timers.pop(token, None)
+        entry = self._attempts.get(token)
+        if entry is not None:
+            entry[0].handle_timer(time.monotonic())
+            self._pump(token)
+
+    def _pump(self, token: bytes) -> None:
+        attempt, future = self._attempts[token]
+        now = time.monotonic()
+        transport = self.endpoint.transport
+        for data, addr in attempt.datagrams_to_send(now):
             if transport is not None:
-                transport.sendto(encode_probe(probe.token, self.node_id, ack=True), addr)
-            if addr not in attempt.targets:
-                attempt.targets.append(addr)  # peer-reflexive: answer where it really came from
-        if not attempt.result.done():
-            attempt.result.set_result(addr)
+                transport.sendto(data, addr)
+                if data[-1] == 0:
+                    self.stats["probes_sent"] += 1
+        while (result := attempt.next_event()) is not None:
+            if not future.done():
+                future.set_result(result)
+        timer = self._timers.pop(token, None)
+        if timer is not None:
+            timer.cancel()
+        if attempt.finished(now):
+            del self._attempts[token]
+            return
+        at = attempt.get_timer()
+        if at is None:
+            at = attempt.deadline + 1.5  # keep answering the peer's probes a while, then forget
+        self._timers[token] = asyncio.get_running_loop().call_later(max(0.0, at - now), self._on_timer, token)
+
+    def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()

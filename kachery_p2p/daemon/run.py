@@ -12,6 +12,7 @@ from ..config import LOCK_FILENAME, DaemonConfig
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
 from .lock import DaemonLock
+from .network import PeerNetwork
 from .node import Node
 
 log = logging.getLogger("kachery_p2p.daemon")
@@ -41,10 +42,11 @@ def prepare(config: DaemonConfig) -> tuple[DaemonLock, NodeIdentity, ContentStor
 
 
 async def serve(config: DaemonConfig, identity: NodeIdentity, store: ContentStore) -> None:
+    # The composition: the node (store, channels, control endpoint) and its peer network, which
+    # sees the node's channels through one callable and nothing else of it.
     node = Node(config, identity, store)
-    from .network import PeerNetwork
-
-    node.remote = PeerNetwork(node)
+    node.remote = network = PeerNetwork(config, identity, store, node.channels.names)
+    node.downloads = network.transfers.downloads  # so that a stopping node ends loads with a clear error
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, node.request_stop)

@@ -55,7 +55,7 @@ class RunningDownload:
         message: dict[str, Any] = {"phase": self.phase}
         download = self.download
         if download is not None:
-            message.update(download.live_progress())
+            message.update(live_progress(download))
             if download.first_byte_at is not None:
                 message["firstByteSec"] = round(download.first_byte_at - download.started, 4)
         return message
@@ -158,3 +158,17 @@ def path_result(value: Any) -> Path:
     if not isinstance(value, Path):
         raise NotFoundError("the download ended without a file")
     return value
+
+
+def live_progress(download: Download) -> dict[str, Any]:
+    """Bytes so far, counted as they arrive (resumed chunks included), for progress lines."""
+    plan = download.plan
+    banned = plan.banned if plan is not None else set()
+    message: dict[str, Any] = {"providers": len([p for p in download.providers if p.node_id not in banned])}
+    if plan is None and download.providers:
+        message.update(bytesLoaded=0, bytesTotal=download.providers[0].size)
+    elif plan is not None:
+        loaded = plan.total_bytes if plan.finished else plan.bytes_resumed + download.bytes_received
+        message.update(bytesLoaded=min(loaded, plan.total_bytes), bytesTotal=plan.total_bytes)
+        message["paths"] = sorted({p.session.link.path.kind for p in download.providers})
+    return message

@@ -20,7 +20,7 @@ from ..quic.auth import channel_binding, make_auth, my_channel_proofs, new_nonce
 from ..quic.frames import FrameReader, encode_frame
 from ..quic.identity import NodeIdentity, check_peer_certificate, short_node_id
 from ..quic.settings import peer_certificate, smoothed_rtt
-from .endpoint import Link, LinkClosed
+from .link import Link, LinkClosed
 from .serve_budget import send_body
 
 log = logging.getLogger("kachery_p2p.session")
@@ -315,6 +315,7 @@ class PeerSession:
             "roles": list(self.peer_roles),
             "bytesSent": self.link.bytes_sent,
             "bytesReceived": self.link.bytes_received,
+            "bytesByPath": self.link.path.bytes_by_path(),
         }
 
     def close(self, reason: str = "") -> None:

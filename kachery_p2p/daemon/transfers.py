@@ -20,7 +20,8 @@ from .running import DownloadRegistry, RunningDownload, path_result
 from .session import PeerSession
 
 if TYPE_CHECKING:
-    from .network import PeerNetwork
+    from ..store import ContentStore
+    from .peers import PeerTable
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 FIND_TIMEOUT = 5.0
@@ -32,16 +33,17 @@ RECHECK_PEERS = 0.25
 
 
 class Transfers:
-    def __init__(self, network: PeerNetwork) -> None:
-        self.network = network
-        self.store = network.node.store
+    def __init__(self, store: ContentStore, peers: PeerTable) -> None:
+        self.peers = peers
+        self.store = store
         # Downloads at once (more wait their turn, first come first served), and one per file.
         self._slots = asyncio.Semaphore(MAX_DOWNLOADS)
         self._file_locks: dict[str, asyncio.Lock] = {}
         self._bytes_done = 0
         self._active: set[Download] = set()
+        # Downloads followed by clients (running.py); the node stops them all when the daemon stops.
+        self.downloads = DownloadRegistry()
         self.activity = ActivityPump()  # downloads and uploads in progress (kachery-p2p-transfers)
-        network.server.on_range = self.activity.count_upload
 
     async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
         try:
@@ -51,7 +53,7 @@ class Transfers:
             return None
         if not isinstance(size, int) or size < 0:
             return None
-        return Provider(session, size, self.network.session_for)
+        return Provider(session, size, self.peers.session_for)
 
     async def find_providers(self, sha1: str, timeout: float) -> AsyncIterator[Provider]:
         """Ask every channel peer, including peers that connect while we wait, who has the file.
@@ -65,7 +67,7 @@ class Transfers:
         found_any = False
         try:
             while True:
-                for session in self.network.channel_peers():
+                for session in self.peers.channel_peers():
                     if session.node_id not in asked:
                         asked.add(session.node_id or "")
                         ask = self._ask(session, sha1, max(0.1, deadline - time.monotonic()))
@@ -74,11 +76,11 @@ class Transfers:
                 if now >= deadline:
                     return
                 if not pending and (
-                    found_any or (now >= settle_at and not self.network.connecting and not self.network.dialing)
+                    found_any or (now >= settle_at and not self.peers.connecting)
                 ):
                     return  # every peer answered: with a provider in hand, or with nobody else coming
-                self.network.peer_added.clear()
-                waiter: asyncio.Future[Any] = asyncio.ensure_future(self.network.peer_added.wait())
+                self.peers.peer_added.clear()
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(self.peers.peer_added.wait())
                 # Also look again now and then: a connected peer may start sharing a channel.
                 wake_at = min(deadline if pending or now >= settle_at else settle_at, now + RECHECK_PEERS)
                 try:
@@ -146,21 +148,15 @@ class Transfers:
 
     def _not_found(self, uri: FileUri, elapsed: float) -> str:
         """Who was asked, for how long, and what the user can do about it."""
-        peers = len(self.network.channel_peers())
+        peers = len(self.peers.channel_peers())
         asked = f"asked {peers} channel peer{'s' if peers != 1 else ''}, searched {elapsed:.1f} s"
         message = f"file not found: no peer has {uri.sha1} ({asked})"
-        if not self.network.node.channels.names():
-            return message + "; this node has joined no channel: join one with kachery-p2p-join-channel NAME"
         if peers == 0:
             return message + (
-                "; no peer shares a channel with this node yet: start the daemon with --bootstrap HOST:PORT"
-                " (a relay or a peer) or run a peer on this LAN"
+                "; no peer shares a channel with this node: join a channel that a peer has joined"
+                " (kachery-p2p-join-channel NAME) and reach peers with --bootstrap HOST:PORT or on this LAN"
             )
         return message
-
-    @property
-    def downloads(self) -> DownloadRegistry:
-        return self.network.node.downloads
 
     @property
     def bytes_downloaded(self) -> int:

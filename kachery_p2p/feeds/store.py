@@ -163,6 +163,12 @@ class FeedStore:
             )
         return texts
 
+    def has_messages(self, feed_id: str, subfeed_hash: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM messages WHERE feed_id = ? AND subfeed_hash = ? LIMIT 1", (feed_id, subfeed_hash)
+        ).fetchone()
+        return row is not None
+
     def read_texts(self, feed_id: str, subfeed_hash: str, position: int, limit: int) -> list[str]:
         rows = self.db.execute(
             "SELECT signed FROM messages WHERE feed_id = ? AND subfeed_hash = ? AND number >= ? "

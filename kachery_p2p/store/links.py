@@ -152,7 +152,11 @@ class LinkedChunks:
             raise NotFoundError(f"cannot read linked file {target}: {exc.strerror or exc}") from None
         if len(data) != chunk.size or hashlib.sha1(data).hexdigest() != chunk.sha1:
             self._manifests.pop(sha1, None)
-            raise VerificationError(f"linked file {target} no longer matches {sha1}; not serving it")
+            # The content is gone for good: drop the record, so the file is no longer offered at all.
+            _io.remove_quietly(link_path_for(self.store, sha1))
+            raise VerificationError(
+                f"linked file {target} no longer matches {sha1}; its link is removed (link it again to share it)"
+            )
         self._chunks[key] = data
         while len(self._chunks) > self._max_chunks:
             self._chunks.popitem(last=False)

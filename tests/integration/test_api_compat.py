@@ -114,6 +114,9 @@ def test_linked_file_is_served_then_refused_when_changed(pair: tuple[Any, Any], 
     # ...because A refused to send it (B did not merely reject wrong bytes); A's path stays private.
     assert f"not serving {uri2.split('/')[2]}" in b.log_text()
     assert str(second) not in b.log_text()
+    # A dropped the stale link: it no longer offers the file at all.
+    assert b.api("find_file", uri2) == []
+    assert a.api("load_file", uri2, p2p=False) is None
     # Changed with a new mtime: A no longer offers it at all.
     first.write_bytes(b"changed")
     assert a.api("load_file", uri1, p2p=False) is None

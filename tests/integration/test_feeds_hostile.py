@@ -93,10 +93,16 @@ def reordered(key: FeedKey) -> tuple[list[dict[str, Any]], int, bool]:
 
 
 def truncated(key: FeedKey) -> tuple[list[dict[str, Any]], int, bool]:
-    return make_log(key, 2), 6, True
+    return make_log(key, 2), 6, True  # ends the stream after #1, having announced 6
 
 
-@pytest.mark.parametrize(("make", "kind"), [(forged, "forged"), (reordered, "reordered"), (truncated, "truncated")])
+def stalled(key: FeedKey) -> tuple[list[dict[str, Any]], int, bool]:
+    return make_log(key, 2), 6, False  # keeps the stream open but never sends #2..#5 (STALL_SEC = 10 s)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"), [(forged, "forged"), (reordered, "reordered"), (truncated, "truncated"), (stalled, "truncated")]
+)
 def test_a_bad_log_is_refused_and_reported(daemon_factory: Any, make: Any, kind: str) -> None:
     key = FeedKey.generate()
     channel = f"hostile-{os.urandom(6).hex()}"
@@ -112,7 +118,7 @@ def test_a_bad_log_is_refused_and_reported(daemon_factory: Any, make: Any, kind:
                 subfeed.get_next_messages(wait_msec=200, advance_position=False)  # a reader keeps B subscribed
                 return feed_faults()
 
-            [fault] = wait_until(faults, 20, f"B to report the {kind} log")
+            [fault] = wait_until(faults, 30, f"B to report the {kind} log")
             assert fault["peer"] == liar.identity.node_id and fault["kind"] == kind
             assert fault["feedId"] == key.feed_id and fault["subfeedHash"] == SUB
             # Only the valid prefix was stored, with its signatures as the owner made them.

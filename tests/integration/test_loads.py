@@ -209,21 +209,24 @@ def test_a_load_and_a_cat_from_a_slow_provider_outlive_half_a_minute_of_transfer
     """1 MB in 64 KiB blocks 2.3 s apart (about 37 s, 0.2 Mbit/s). Before: both commands died at 30 s with
     'lost the connection to the daemon: timed out'. Now both finish, and the load shows bytes as they
     arrive, at least every few seconds."""
-    data = os.urandom(MB)
-    provider = Provider(data, block_delay=2.3)
-    with scripted(provider) as peers:
-        receiver = receiver_of(provider, daemon_factory, peers)
-        uri = f"sha1://{provider.sha1}/slow.bin"
-        load = dl.Load(receiver, uri)
+    loaded, catted = Provider(os.urandom(MB), block_delay=2.3), Provider(os.urandom(MB), block_delay=2.3)
+
+    async def both(request: messages.Request) -> dl.Reply:  # two files, so that neither waits for the other
+        return await (loaded if getattr(request, "sha1", None) == loaded.sha1 else catted).handle(request)
+
+    with dl.ScriptedPeers(f"ld-{uuid.uuid4().hex[:12]}", {"p": both}) as peers:
+        receiver = receiver_of(loaded, daemon_factory, peers)
+        load = dl.Load(receiver, loaded.uri("slow.bin"))
         try:
-            cat = subprocess.run([script("cat"), uri], env=receiver.env, capture_output=True, timeout=120)
+            cat = subprocess.run([script("cat"), catted.uri("slow-too.bin")], env=receiver.env, capture_output=True,
+                                 timeout=120)
             code = load.finish()
         finally:
             load.close()
     assert code == 0, load.stderr
     assert cat.returncode == 0, cat.stderr.decode()
-    assert hashlib.sha1(cat.stdout).hexdigest() == provider.sha1
-    assert load.path is not None and dl.sha1_file(load.path) == provider.sha1
+    assert hashlib.sha1(cat.stdout).hexdigest() == catted.sha1
+    assert load.path is not None and dl.sha1_file(load.path) == loaded.sha1
     gaps = progress_gaps(load)
     assert gaps and max(gaps) < 5.0, gaps
     partial = [m["bytesLoaded"] for m in load.seen if m.get("type") == "progress" and 0 < m.get("bytesLoaded", 0) < MB]

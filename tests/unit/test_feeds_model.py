@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kachery_p2p.errors import InvalidUriError, UsageError
 from kachery_p2p.feeds.access import may_write, parse_access_rules, with_write_access
@@ -223,3 +225,23 @@ def test_access_rules_are_validated() -> None:
     for bad in [None, {"rules": "x"}, {"rules": [{"nodeId": "short"}]}, {"rules": [{"nodeId": "ab" * 32, "write": 1}]}]:
         with pytest.raises(UsageError):
             parse_access_rules(bad)
+
+
+_KEY = FeedKey.generate()
+_LOG = make_log(_KEY, 6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(range(6)), st.integers(min_value=0, max_value=6))
+def test_any_reordering_or_truncation_keeps_exactly_the_in_order_prefix(order: list[int], cut: int) -> None:
+    log = [_LOG[i] for i in order][:cut]
+    in_order = next((i for i, n in enumerate(order[:cut]) if n != i), cut)
+    assert verify_log(_KEY.feed_id, SUB, log) == in_order
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=5), st.text(min_size=1, max_size=5))
+def test_any_edit_of_a_message_is_forged(index: int, text: str) -> None:
+    log = roundtrip(_LOG)
+    log[index]["body"]["message"]["text"] += text
+    assert verify_log(_KEY.feed_id, SUB, log) == index

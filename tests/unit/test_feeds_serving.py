@@ -108,3 +108,29 @@ def test_feed_requests_parse_and_reject_bad_fields() -> None:
     ]:
         with pytest.raises(RemoteProtocolError):
             messages.parse_request(bad)
+
+
+def test_peers_naming_empty_subfeeds_leave_nothing_behind(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, peers, feed_id = await setup(tmp_path)
+        peer = fake_session("aa" * 32, ["ch"])
+        opened = len(service._logs)
+        for i in range(200):
+            reply, _ = await peers.handle(peer, messages.FeedHas(feed_id, f"{i:040x}"))
+            assert reply["numMessages"] == 0
+        _, body = await peers.handle(peer, messages.FeedSubscribe(feed_id, "f" * 40, 0))
+        assert body is not None and len(service._logs) == opened + 1
+        await body.aclose()
+        assert len(service._logs) == opened
+        # A local reader waiting on an empty subfeed still gets woken by the first append.
+        waiter = asyncio.ensure_future(service.watch({"w": {"feedId": feed_id, "subfeedHash": "e" * 40}}, 5000,
+                                                     False, 0))
+        await asyncio.sleep(0.05)
+        _, body = await peers.handle(peer, messages.FeedSubscribe(feed_id, "e" * 40, 0))
+        assert body is not None
+        await body.aclose()
+        await service.append(feed_id, "e" * 40, [{"first": True}])
+        assert (await asyncio.wait_for(waiter, 2))["w"] == [{"first": True}]
+        service.close()
+
+    asyncio.run(scenario())

@@ -100,19 +100,16 @@ class _Transport:
 
 
 def test_relay_service_answers_sane_binding_requests_only() -> None:
-    from types import SimpleNamespace
-
     from kachery_p2p.daemon.relay_server import RelayService
     from kachery_p2p.relay.frames import classify
     from kachery_p2p.relay.limits import RelayLimits
 
     transport = _Transport()
-    network: Any = SimpleNamespace(endpoint=SimpleNamespace(transport=transport))
-    relay = RelayService(network, RelayLimits())
+    relay = RelayService(RelayLimits(), transport.sendto, lambda node_id: None)
     addr = ("203.0.113.5", 5000)
     padded = stun.StunMessage(stun.BINDING_REQUEST, TID, {"SOFTWARE": "x" * 1000}).encode()
     for data in (big_message(message_type=stun.BINDING_REQUEST), padded, stun.binding_success(TID, addr)):
         relay.datagram_received(classify(data), data, addr)
     assert transport.sent == []
     relay.datagram_received("stun", stun.binding_request(TID), addr)
-    assert len(transport.sent) == 1 and relay.stats["stun"] == 1
+    assert len(transport.sent) == 1 and relay.info()["relay"]["stun"] == 1

@@ -1,0 +1,254 @@
+"""One QUIC connection on the node's shared socket: the pump around aioquic's ``QuicConnection``.
+
+Datagrams come in from the endpoint's demux (``datagram_received``); what aioquic wants to send goes
+out through the link's ``path`` (direct, or through a relay and maybe later direct: ``paths.py``);
+aioquic's timer is armed on the loop; events become stream callbacks, handshake and close futures.
+The clock is ``time.monotonic()`` (uvloop's ``loop.time()`` ticks in whole milliseconds, which makes
+aioquic's pacer spin; see reference/nat-lab.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+
+from ..errors import RemoteProtocolError
+from ..peering.path import PathKind
+from ..quic.settings import stream_send_buffered
+from .paths import Address, Path
+
+SEND_HIGH_WATER = 1 << 20
+SEND_LOW_WATER = 256 * 1024
+
+
+class LinkOwner(Protocol):
+    """What a link needs of its endpoint: the socket and the connection-id routing table."""
+
+    transport: asyncio.DatagramTransport | None
+
+    def register_cid(self, cid: bytes, link: Link) -> None: ...
+    def unregister_cid(self, cid: bytes) -> None: ...
+    def forget(self, link: Link) -> None: ...
+
+
+class StreamHandler(Protocol):
+    def on_data(self, data: bytes, end: bool) -> None: ...
+    def on_reset(self, error: Exception) -> None: ...
+
+
+class LinkClosed(ConnectionError):
+    """The QUIC connection ended; ``code`` and ``reason`` are what the peer or aioquic said."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+def describe_close(event: events.ConnectionTerminated) -> str:
+    if event.error_code == 0x178:
+        return "the peer speaks another protocol version (no common ALPN)"
+    reason = event.reason_phrase or "no reason given"
+    return f"connection closed ({reason}, code {event.error_code:#x})"
+
+
+class Link:
+    """One QUIC connection on the shared socket."""
+
+    def __init__(
+        self, endpoint: LinkOwner, conn: QuicConnection, addr: Address, is_client: bool, path: Path | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.conn = conn
+        # The address aioquic sees never changes; ``path`` decides where datagrams really go.
+        self.addr = addr
+        self.path = path or Path(addr)
+        self.is_client = is_client
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.handshake: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[LinkClosed] = loop.create_future()
+        self.on_new_stream: Callable[[int], StreamHandler | None] = lambda stream_id: None
+        self.on_handshake: Callable[[], None] = lambda: None
+        self._streams: dict[int, StreamHandler] = {}
+        self._cids: set[bytes] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmit_pending = False
+        self._send_waiters: dict[int, asyncio.Future[None]] = {}
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.last_activity = time.monotonic()
+
+    # -- io from the endpoint -------------------------------------------------------------------
+    def datagram_received(self, data: bytes, via: PathKind = "direct", source: Address | None = None) -> None:
+        self.bytes_received += len(data)
+        self.path.received(via, source or self.addr, len(data))
+        self.last_activity = time.monotonic()
+        self.conn.receive_datagram(data, self.addr, now=time.monotonic())
+        self._process_events()
+        # Datagrams that arrive together are answered together: one ACK for a burst, not one each.
+        self.transmit_soon()
+
+    def transmit(self) -> None:
+        self._transmit_pending = False
+        transport = self.endpoint.transport
+        if transport is None:
+            return
+        path = self.path
+        for data, _addr in self.conn.datagrams_to_send(now=time.monotonic()):
+            self.bytes_sent += len(data)
+            path.send(transport, data)
+        self._arm_timer()
+        self._wake_writers()
+
+    def transmit_soon(self) -> None:
+        if not self._transmit_pending:
+            self._transmit_pending = True
+            self._loop.call_soon(self.transmit)
+
+    def _arm_timer(self) -> None:
+        at = self.conn.get_timer()
+        if at == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.conn.handle_timer(now=time.monotonic())
+        self._process_events()
+        self.transmit()
+
+    def _process_events(self) -> None:
+        event = self.conn.next_event()
+        while event is not None:
+            if isinstance(event, events.StreamDataReceived):
+                handler = self._streams.get(event.stream_id)
+                if handler is None:
+                    handler = self.on_new_stream(event.stream_id)
+                    if handler is None:
+                        if self._can_stop(event.stream_id):
+                            self.conn.stop_stream(event.stream_id, 1)
+                        event = self.conn.next_event()
+                        continue
+                    self._streams[event.stream_id] = handler
+                if event.end_stream:
+                    self._streams.pop(event.stream_id, None)
+                handler.on_data(event.data, event.end_stream)
+            elif isinstance(event, events.StreamReset):
+                handler = self._streams.pop(event.stream_id, None)
+                if handler is not None:
+                    handler.on_reset(RemoteProtocolError("the peer reset the stream", code="stream_reset"))
+            elif isinstance(event, events.HandshakeCompleted):
+                if not self.handshake.done():
+                    self.handshake.set_result(None)
+                self.on_handshake()
+            elif isinstance(event, events.ConnectionIdIssued):
+                self.endpoint.register_cid(event.connection_id, self)
+            elif isinstance(event, events.ConnectionIdRetired):
+                self.endpoint.unregister_cid(event.connection_id)
+            elif isinstance(event, events.PingAcknowledged):
+                waiter = self._pings.pop(event.uid, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            elif isinstance(event, events.ConnectionTerminated):
+                self._terminated(LinkClosed(describe_close(event), event.error_code))
+            event = self.conn.next_event()
+
+    def _can_stop(self, stream_id: int) -> bool:
+        # Only streams the peer opened and that can carry data to us can be stopped.
+        return not (stream_id & 2 and (stream_id & 1) == (0 if self.is_client else 1))
+
+    def _terminated(self, error: LinkClosed) -> None:
+        if self.closed.done():
+            return
+        self.closed.set_result(error)
+        if not self.handshake.done():
+            self.handshake.set_exception(error)
+            self.handshake.exception()  # mark retrieved: nobody may be waiting
+        for handler in list(self._streams.values()):
+            handler.on_reset(error)
+        self._streams.clear()
+        for waiter in [*self._send_waiters.values(), *self._pings.values()]:
+            if not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()
+        self._send_waiters.clear()
+        self._pings.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.endpoint.forget(self)
+
+    # -- api for sessions -----------------------------------------------------------------------
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.done()
+
+    def open_stream(self, handler: StreamHandler | None, unidirectional: bool = False) -> int:
+        if self.is_closed:
+            raise self.closed.result()
+        stream_id = self.conn.get_next_available_stream_id(is_unidirectional=unidirectional)
+        if handler is not None:
+            self._streams[stream_id] = handler
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        if self.is_closed:
+            raise self.closed.result()
+        self.conn.send_stream_data(stream_id, data, end_stream=end)
+        self.transmit_soon()
+
+    async def drain(self, stream_id: int) -> None:
+        """Wait until the stream's unacknowledged data falls below the low-water mark."""
+        while stream_send_buffered(self.conn, stream_id) > SEND_HIGH_WATER:
+            if self.is_closed:
+                raise self.closed.result()
+            waiter = self._send_waiters.get(stream_id)
+            if waiter is None or waiter.done():
+                waiter = self._loop.create_future()
+                self._send_waiters[stream_id] = waiter
+            await waiter
+
+    def _wake_writers(self) -> None:
+        if not self._send_waiters:
+            return
+        for stream_id, waiter in list(self._send_waiters.items()):
+            if stream_send_buffered(self.conn, stream_id) <= SEND_LOW_WATER and not waiter.done():
+                waiter.set_result(None)
+                del self._send_waiters[stream_id]
+
+    def reset(self, stream_id: int, code: int = 1) -> None:
+        self._streams.pop(stream_id, None)
+        if self.is_closed:
+            return
+        try:
+            self.conn.reset_stream(stream_id, code)
+        except (ValueError, AssertionError):
+            return
+        self.transmit_soon()
+
+    async def ping(self) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._pings[id(waiter)] = waiter
+        self.conn.send_ping(id(waiter))
+        self.transmit()
+        await waiter
+
+    def close(self, reason: str = "", code: int = 0) -> None:
+        if self.is_closed:
+            return
+        self.conn.close(error_code=code, reason_phrase=reason)
+        self.transmit()
