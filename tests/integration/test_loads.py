@@ -286,6 +286,7 @@ def test_ctrl_c_in_one_terminal_leaves_the_other_load_running(daemon_factory: An
         second = dl.Load(receiver, uri)
         try:
             second.wait_for(lambda m: m.get("bytesLoaded", 0) >= CHUNK, 60.0, "the second client's progress")
+            assert dl.downloaded(receiver) >= CHUNK  # node-info counts bytes as they arrive (before: 0 until done)
             first.ctrl_c()
             assert first.wait(20.0) == 130, first.text()
             assert "Traceback" not in first.text() and "Error" not in first.text(), first.text()
@@ -298,6 +299,8 @@ def test_ctrl_c_in_one_terminal_leaves_the_other_load_running(daemon_factory: An
             second.close()
     assert second.path is not None and dl.sha1_file(second.path) == provider.sha1
     no_tracebacks(receiver)
+    log = receiver.log_text()  # -v: joins and loads are logged at INFO (before: nothing)
+    assert "joined channel" in log and f"loaded sha1://{provider.sha1}" in log, log[-2000:]
 
 
 def test_ctrl_c_of_the_only_client_stops_the_download_and_keeps_verified_chunks(

@@ -58,6 +58,7 @@ def test_slow_load_and_streaming_cat_over_a_shaped_link(lab: Lab, tmp_path: Path
     times = [at for at, message in arrivals if message.get("type") == "progress"]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert gaps and max(gaps) < 5.0, gaps
+    print(f"slow load: {took:.1f} s, longest gap between progress lines {max(gaps):.2f} s")
     done = [message for _at, message in arrivals if message.get("type") == "done"]
     assert done and hashlib.sha1(Path(str(done[0]["path"])).read_bytes()).hexdigest() == small_sha1
 
@@ -91,3 +92,4 @@ def test_slow_load_and_streaming_cat_over_a_shaped_link(lab: Lab, tmp_path: Path
     assert digest.hexdigest() == big_sha1 and received[0] == 45_000_000
     assert took > 30, f"the link was not slow enough to test anything ({took:.1f} s)"
     assert first_chunk_at and first_chunk_at[0] < took - 8, (first_chunk_at, took)
+    print(f"cat of 45 MB: first 20 MB after {first_chunk_at[0]:.1f} s, all after {took:.1f} s")
