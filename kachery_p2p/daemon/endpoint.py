@@ -41,6 +41,11 @@ log = logging.getLogger("kachery_p2p.endpoint")
 
 CID_LENGTH = 8
 PENDING_DIRECT_SEC = 10.0
+# Accepted connections not yet authenticated (issue 10 #1): bounded per source and in total; when full,
+# the oldest half-open one is dropped (silently: its Initial may carry a forged address), so a flood of
+# Initials can no longer lock every new peer out for the 10 s authentication timeout.
+MAX_HALF_OPEN = 256
+MAX_HALF_OPEN_PER_SOURCE = 8
 
 
 class QuicEndpoint(asyncio.DatagramProtocol):
@@ -66,7 +71,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._pending_direct: dict[str, tuple[Address, float]] = {}
         self._by_cid: dict[bytes, Link] = {}
         self.max_links = max_links
-        self.stats: dict[str, int] = {"malformed": 0, "unroutable": 0, "refused": 0}
+        self._half_open: dict[Link, tuple[Any, ...]] = {}  # insertion order: oldest first
+        self.stats: dict[str, int] = {"malformed": 0, "unroutable": 0, "refused": 0, "evicted": 0}
 
     def config_for(self, is_client: bool, addr: Address, relayed: bool) -> QuicConfiguration:
         size = RELAYED_DATAGRAM_SIZE if relayed else datagram_size_for(addr)
@@ -112,6 +118,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     def forget(self, link: Link) -> None:
         self.links.discard(link)
+        self._half_open.pop(link, None)
         if isinstance(link.path, PeerPath):
             paths = self._peer_paths.get(link.path.peer_node_id, set())
             paths.discard(link.path)
@@ -164,6 +171,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         if header.version not in self.server_config.supported_versions:
             self.stats["refused"] += 1
             return None
+        peer = path.peer_node_id if isinstance(path, PeerPath) else ""
+        source: tuple[Any, ...] = (addr[0],) if path is None else ("relayed", path.addr, peer)
+        from_source = [link for link, key in self._half_open.items() if key == source]
+        if len(from_source) >= MAX_HALF_OPEN_PER_SOURCE:
+            self._evict(from_source[0])
+        elif len(self._half_open) >= MAX_HALF_OPEN:
+            self._evict(next(iter(self._half_open)))
         if len(self.links) >= self.max_links:
             self.stats["refused"] += 1
             return None
@@ -172,6 +186,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             original_destination_connection_id=header.destination_cid,
         )
         link = self._new_link(conn, addr, False, path)
+        self._half_open[link] = source
         self.register_cid(header.destination_cid, link)
         self.register_cid(conn.host_cid, link)
         self.on_incoming(link)
@@ -195,6 +210,14 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             if pending is not None and time.monotonic() - pending[1] < PENDING_DIRECT_SEC:
                 path.direct_found(pending[0])
         return link
+
+    def established(self, link: Link) -> None:
+        """The peer on ``link`` authenticated: it no longer counts as half-open."""
+        self._half_open.pop(link, None)
+
+    def _evict(self, link: Link) -> None:
+        self.stats["evicted"] += 1
+        link.abort("too many half-open connections")
 
     # -- paths ------------------------------------------------------------------------------------
     def direct_found(self, peer_node_id: str, address: Address) -> int:

@@ -247,6 +247,10 @@ class Link:
         self.transmit()
         await waiter
 
+    def abort(self, reason: str) -> None:
+        """End the connection here without telling the peer (it may not be who its address says)."""
+        self._terminated(LinkClosed(reason))
+
     def close(self, reason: str = "", code: int = 0) -> None:
         if self.is_closed:
             return

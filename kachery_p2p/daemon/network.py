@@ -172,6 +172,7 @@ class PeerNetwork:
 
     def register(self, session: PeerSession) -> None:
         assert session.node_id is not None
+        self.endpoint.established(session.link)
         self.peers.add(session)
         log.info(
             "connected to %s (%s) at %s, shared channels: %s",

@@ -19,6 +19,7 @@ Feed requests (channel peers only; see kachery_p2p.daemon.feeds_peers):
         -> {"ok": true, "owner", "numMessages"} + signed messages from position, one JSON object a line,
            then every new message as it is appended, until either side ends the stream
     {"op": "feed-submit", "feedId", "subfeedHash", "message"} -> {"ok": true, "messageNumber"}
+    {"op": "feed-unsubscribe", "feedId", "subfeedHash"}  -> {"ok": true}  (the subscription stream ends: FIN)
 
 Relay requests (a node to a relay, or a relay to a node for "punch"):
     {"op": "publish", "record": {signed rendezvous record}}  -> {"ok": true, "observed": "ip:port"}
@@ -157,6 +158,12 @@ class FeedSubscribe:
 
 
 @dataclass(frozen=True)
+class FeedUnsubscribe:
+    feed_id: str
+    subfeed_hash: str
+
+
+@dataclass(frozen=True)
 class FeedSubmit:
     feed_id: str
     subfeed_hash: str
@@ -165,7 +172,7 @@ class FeedSubmit:
 
 Request = (
     Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
-    | FeedHas | FeedSubscribe | FeedSubmit
+    | FeedHas | FeedSubscribe | FeedSubmit | FeedUnsubscribe
 )
 MAX_CANDIDATES = 16
 _CANDIDATE = re.compile(r"^[0-9a-fA-F.:\[\]]{3,60}:[0-9]{1,5}\Z")
@@ -229,16 +236,20 @@ def parse_request(header: dict[str, Any]) -> Request:
         token = _hex(header.get("token"), _HEX32, "token")
         candidates = parse_candidates(header.get("candidates", []))
         return Connect(node_id, token, candidates) if op == "connect" else Punch(node_id, token, candidates)
-    if op in ("feed-has", "feed-subscribe", "feed-submit"):
+    if op in ("feed-has", "feed-subscribe", "feed-submit", "feed-unsubscribe"):
         return _parse_feed_request(op, header)
     raise _bad(f"unknown op {str(op)[:40]!r}")
 
 
-def _parse_feed_request(op: str, header: dict[str, Any]) -> FeedHas | FeedSubscribe | FeedSubmit:
+def _parse_feed_request(
+    op: str, header: dict[str, Any]
+) -> FeedHas | FeedSubscribe | FeedSubmit | FeedUnsubscribe:
     feed_id = _hex(header.get("feedId"), _HEX64, "feedId")
     subfeed_hash = _hex(header.get("subfeedHash"), _HEX40, "subfeedHash")
     if op == "feed-has":
         return FeedHas(feed_id, subfeed_hash)
+    if op == "feed-unsubscribe":
+        return FeedUnsubscribe(feed_id, subfeed_hash)
     if op == "feed-subscribe":
         return FeedSubscribe(feed_id, subfeed_hash, _uint(header.get("position"), "position"))
     message = header.get("message")

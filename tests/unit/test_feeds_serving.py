@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from kachery_p2p.daemon.feeds_peers import MAX_SUBSCRIPTIONS_PER_PEER, FeedPeers, LineSplitter
+from kachery_p2p.daemon.feeds_follow import LineSplitter
+from kachery_p2p.daemon.feeds_peers import MAX_SUBSCRIPTIONS_PER_PEER, FeedPeers
 from kachery_p2p.daemon.feeds_service import FeedService
 from kachery_p2p.errors import RemoteProtocolError
 from kachery_p2p.feeds.names import subfeed_hash
@@ -131,6 +132,27 @@ def test_peers_naming_empty_subfeeds_leave_nothing_behind(tmp_path: Path) -> Non
         await body.aclose()
         await service.append(feed_id, "e" * 40, [{"first": True}])
         assert (await asyncio.wait_for(waiter, 2))["w"] == [{"first": True}]
+        service.close()
+
+    asyncio.run(scenario())
+
+
+def test_unsubscribe_ends_the_stream_and_a_new_subscription_replaces_the_old(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, peers, feed_id = await setup(tmp_path)
+        peer = fake_session("aa" * 32, ["ch"])
+        _, first = await peers.handle(peer, messages.FeedSubscribe(feed_id, SUB, 0))
+        assert first is not None and b'"messageNumber":1' in await first.__anext__()
+        _, second = await peers.handle(peer, messages.FeedSubscribe(feed_id, SUB, 2))
+        assert second is not None
+        with pytest.raises(StopAsyncIteration):  # replaced: the old stream ends (FIN)
+            await asyncio.wait_for(first.__anext__(), 2)
+        pending = asyncio.ensure_future(second.__anext__())
+        await asyncio.sleep(0)
+        assert await peers.handle(peer, messages.FeedUnsubscribe(feed_id, SUB)) == ({"ok": True}, None)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(pending, 2)
+        assert peers._serving == {}
         service.close()
 
     asyncio.run(scenario())
