@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import RemoteProtocolError
-from ..ids import format_address
 from ..nat import stun
 from ..quic import messages
 from ..relay.frames import DatagramKind
@@ -63,15 +62,13 @@ class RelayService:
             target = self.session_for(request.target)
             if target is None:
                 raise RemoteProtocolError("that node is not connected to this relay", code="not_found")
-            candidates = [*request.candidates, format_address(observed)]
+            candidates = self.state.punch_candidates(session.node_id, request.candidates, observed)
             reply, _ = await target.request(
-                {"op": "punch", "source": session.node_id, "token": request.token,
-                 "candidates": candidates[: messages.MAX_CANDIDATES]},
+                {"op": "punch", "source": session.node_id, "token": request.token, "candidates": candidates},
                 timeout=PUNCH_REQUEST_TIMEOUT,
             )
-            theirs = list(messages.parse_candidates(messages.check_ok(reply).get("candidates", [])))
-            theirs.append(format_address(target_addr))
-            return {"ok": True, "candidates": theirs[: messages.MAX_CANDIDATES]}, None
+            theirs = messages.parse_candidates(messages.check_ok(reply).get("candidates", []))
+            return {"ok": True, "candidates": self.state.punch_candidates(request.target, theirs, target_addr)}, None
         raise RemoteProtocolError("a relay serves no files", code="not_authorized")
 
     # -- datagrams on the shared socket ------------------------------------------------------------

@@ -22,8 +22,12 @@ from ..channels.rendezvous import RendezvousRecord
 from ..errors import RemoteProtocolError
 from ..ids import format_address
 from .frames import decode_relay_frame, encode_from_relay
-from .limits import ForwardingPolicy, RelayLimits
+from .limits import ForwardingPolicy, RelayLimits, TokenBucket
 from .registry import Address, Registry
+
+CONNECT_RATE = 1.0  # connect requests per second per node, after a burst of
+CONNECT_BURST = 8
+MAX_PUNCH_CANDIDATES = 8
 
 
 class RelayState:
@@ -33,6 +37,7 @@ class RelayState:
         self.policy = ForwardingPolicy(self.limits)
         self.stats: Counter[str] = Counter()
         self._pairs: dict[tuple[str, str], bool] = {}
+        self._connects: dict[str, TokenBucket] = {}
 
     # -- requests over authenticated sessions --------------------------------------------------------
     def publish(self, record: Mapping[str, Any], observed: Address, session_node_id: str, now: float) -> str:
@@ -47,7 +52,14 @@ class RelayState:
 
     def connect_target(self, source: str, target: str, now: float) -> Address:
         """Where ``target`` is, for a punch ``source`` asked for; RemoteProtocolError unless both are
-        registered with live records that share a rendezvous id."""
+        registered with live records that share a rendezvous id, and ``source`` asks at most
+        CONNECT_BURST times at once and CONNECT_RATE per second (each makes the target send probes)."""
+        bucket = self._connects.get(source)
+        if bucket is None:
+            bucket = self._connects[source] = TokenBucket(CONNECT_RATE, CONNECT_BURST)
+        if not bucket.allow(1, now):
+            self.stats["refused: connect rate"] += 1
+            raise RemoteProtocolError("too many connect requests; try again later", code="busy")
         address = self.registry.address_of(target)
         if address is None or not self._live(target, now) or not self._live(source, now):
             raise RemoteProtocolError("that node is not registered with this relay", code="not_found")
@@ -56,8 +68,19 @@ class RelayState:
             raise RemoteProtocolError("that node shares no channel with you", code="not_authorized")
         return address
 
+    def punch_candidates(self, node_id: str, offered: Iterable[str], observed: Address) -> list[str]:
+        """The candidates of ``node_id`` passed on to its peer in a punch: only addresses it published
+        in its signed record, then the address the relay sees, so a node cannot make its peer probe
+        chosen victims."""
+        record = self.registry.record_of(node_id)
+        published = set(record.candidates) if record is not None else set()
+        chosen = [c for c in dict.fromkeys(offered) if c in published]
+        seen = format_address(observed)
+        return [*[c for c in chosen if c != seen], seen][:MAX_PUNCH_CANDIDATES]
+
     def session_ended(self, node_id: str, address: Address) -> None:
         """The node's session at ``address`` ended: unregister it (unless it re-registered elsewhere)."""
+        self._connects.pop(node_id, None)
         if self.registry.remove(node_id, address):
             self.policy.end_session(node_id)
             self._pairs.clear()

@@ -88,3 +88,23 @@ def test_a_session_that_ends_unregisters_only_its_own_address() -> None:
     assert state.receive_frame(encode_to_relay(BOB.node_id, b"x"), ("198.51.100.9", 5), NOW + 2) is not None
     state.session_ended(ALICE.node_id, ("198.51.100.9", 5))
     assert state.receive_frame(encode_to_relay(BOB.node_id, b"x"), ("198.51.100.9", 5), NOW + 2) is None
+
+
+def test_connect_requests_are_rate_limited_per_node() -> None:
+    state = relay()
+    for _ in range(8):
+        assert state.connect_target(ALICE.node_id, BOB.node_id, NOW) == B_ADDR
+    with pytest.raises(RemoteProtocolError) as info:
+        state.connect_target(ALICE.node_id, BOB.node_id, NOW)
+    assert info.value.code == "busy"
+    assert state.connect_target(ALICE.node_id, BOB.node_id, NOW + 1.0) == B_ADDR  # one more per second
+
+
+def test_punch_candidates_are_only_published_ones_and_the_observed_address() -> None:
+    state = RelayState()
+    published = ["203.0.113.7:4433", "192.168.1.5:4433"]
+    state.publish(encode_record(ALICE, "a", [LAB], published, NOW, 180.0), A_ADDR, ALICE.node_id, NOW)
+    victims = ["198.51.100.200:53", "192.0.2.1:80"]
+    chosen = state.punch_candidates(ALICE.node_id, [*victims, published[1]], A_ADDR)
+    assert chosen == ["192.168.1.5:4433", "198.51.100.1:40000"]
+    assert state.punch_candidates(BOB.node_id, victims, B_ADDR) == ["198.51.100.2:40001"]  # unregistered
