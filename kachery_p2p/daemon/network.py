@@ -62,7 +62,8 @@ class PeerNetwork:
         self.identity = identity
         self.channels = channels
         self.tasks = Supervisor()
-        self.endpoint = QuicEndpoint(identity, on_incoming=self._on_incoming, on_other_datagram=self._on_datagram)
+        self.endpoint = QuicEndpoint(identity, on_incoming=self._on_incoming, on_other_datagram=self._on_datagram,
+                                     max_links=links_allowed(config))
         self.peers = PeerTable(identity.node_id)
         self.server = FileServer(store)
         self.punch = PunchManager(self.endpoint, identity.node_id)
@@ -318,3 +319,8 @@ async def _quiet(awaitable: Awaitable[Any]) -> None:
     with contextlib.suppress(Exception):
         await awaitable
 
+
+def links_allowed(config: DaemonConfig) -> int:
+    """QUIC connections at once: a relay holds one per registered node (--relay-max-nodes) plus room for
+    its peers and half-open attempts; a plain node 512."""
+    return max(512, config.relay_limits.max_registrations + 256) if config.relay_mode else 512
