@@ -93,6 +93,8 @@ class DaemonConfig:
     lan_discovery: bool = True
     relay_mode: bool = False
     hole_punching: bool = True
+    relay_tcp: bool = True  # reach relays over TLS/TCP when UDP gets no answer from them
+    relay_tcp_ports: tuple[int, ...] = ()  # relay mode: more TCP ports (e.g. 443) beside the UDP port's
     port_mapping: bool = True  # ask the gateway for a mapping (PCP, NAT-PMP, UPnP IGD); never blocks start-up
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     public_address: HostPort | None = None

@@ -47,6 +47,11 @@ def cli() -> None:
               help="Relay mode: peers each node may relay to at once.")
 @click.option("--relay-max-nodes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Relay mode: most nodes registered at once.")
+@click.option("--relay-tcp-port", "relay_tcp_ports", type=click.IntRange(1, 65535), multiple=True,
+              help="Relay mode: also accept nodes over TLS/TCP on this port (repeatable; 443 passes most firewalls). "
+              "TCP on the UDP port is always tried.")
+@click.option("--relay-tcp/--no-relay-tcp", default=True, show_default=True,
+              help="Reach relays over TLS/TCP when UDP gets no answer (networks that block UDP).")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
 @click.option("--auth-group", default=None, help="Unix group whose members may use this daemon (token file 0640).")
 @click.option("--api-host", default=None,
@@ -71,6 +76,8 @@ def start_daemon_cmd(
     relay_quota: float,
     relay_max_peers: int,
     relay_max_nodes: int,
+    relay_tcp_ports: tuple[int, ...],
+    relay_tcp: bool,
     public_address: str | None,
     auth_group: str | None,
     api_host: str | None,
@@ -98,6 +105,8 @@ def start_daemon_cmd(
         lan_interfaces=lan_interfaces,
         hole_punching=hole_punching,
         port_mapping=port_mapping,
+        relay_tcp=relay_tcp,
+        relay_tcp_ports=relay_tcp_ports,
         relay_mode=relay_mode,
         relay_limits=RelayLimits(
             max_registrations=relay_max_nodes,
