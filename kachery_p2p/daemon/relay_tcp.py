@@ -42,6 +42,7 @@ log = logging.getLogger("kachery_p2p.relay_tcp")
 ALPN = "kachery-p2p-relay/1"
 HANDSHAKE_TIMEOUT_SEC = 10.0
 IDLE_TIMEOUT_SEC = 60.0  # QUIC keepalives cross every <= 20 s
+MAX_PER_SOURCE = 8  # TLS streams one IP address may hold open at once (so one host cannot take every slot)
 MAX_WRITE_BUFFER = 1 << 20  # beyond this a slow reader loses datagrams, as a full UDP queue would
 UDP_GRACE_SEC = 4.0
 UDP_SILENT_SEC = 40.0
@@ -110,6 +111,7 @@ class RelayTcpServer:
         self.ports: list[int] = []
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.StreamWriter] = set()
+        self._per_source: dict[str, int] = {}
         self._next = 0
         self.stats = {"accepted": 0, "refused": 0, "dropped": 0}
 
@@ -148,10 +150,12 @@ class RelayTcpServer:
         return {"tcpPorts": self.ports, "tcpConnections": len(self._connections), "tcp": dict(self.stats)}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= self.max_connections:
+        source = str((writer.get_extra_info("peername") or ("?",))[0])
+        if len(self._connections) >= self.max_connections or self._per_source.get(source, 0) >= MAX_PER_SOURCE:
             self.stats["refused"] += 1
             writer.close()
             return
+        self._per_source[source] = self._per_source.get(source, 0) + 1
         self._next += 1
         address = tcp_address(self._next)
         dropped = [0]
@@ -166,6 +170,9 @@ class RelayTcpServer:
             self.stats["dropped"] += dropped[0]
             self.transport.unroute(address)
             self._connections.discard(writer)
+            self._per_source[source] -= 1
+            if not self._per_source[source]:
+                del self._per_source[source]
             writer.close()
 
 
