@@ -265,3 +265,19 @@ def test_the_readme_python_snippet_works_as_written(daemon_factory: Any, tmp_pat
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "](../" not in readme  # no links outside the repository
+
+
+def test_start_line_shows_ports_store_and_bootstrap(daemon_factory: Any) -> None:
+    """Before: 'kachery-p2p daemon running: node <id>' and nothing else."""
+    d = daemon_factory.start("a", ["--bootstrap", "127.0.0.1:9"])
+    line = next(line for line in d.log_text().splitlines() if line.startswith("kachery-p2p daemon running:"))
+    assert f"control 127.0.0.1:{d.api_port}" in line and "QUIC udp " in line, line
+    assert f"store {d.storage_dir}" in line and "bootstrap 127.0.0.1:9" in line, line
+
+
+def test_pyproject_uses_the_spdx_license_string() -> None:
+    """Before: a license table, which setuptools >= 77 reports with a deprecation banner at every install."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert any(req.startswith("setuptools>=77") for req in project["build-system"]["requires"])

@@ -326,9 +326,14 @@ def test_ctrl_c_of_the_only_client_stops_the_download_and_keeps_verified_chunks(
         assert (dl.sidecar(receiver, provider.sha1) or {}).get("verified") == [0]
         asked_before = len(provider.asked)
         provider.release()
-        again = receiver.run("load", uri, timeout=120)
-        assert again.returncode == 0, again.stderr
-        assert dl.sha1_file(again.stdout.strip()) == provider.sha1
+        again = terminals([script("load"), uri], receiver)
+        assert again.wait(120) == 0, again.text()
+        lines = [line.strip() for line in again.text().replace("\r", "\n").splitlines() if line.strip()]
+        assert dl.sha1_file(lines[-1]) == provider.sha1
+        # The bar ends with one summary line, decimal units throughout (before: the bar vanished, MiB vs MB/s).
+        summary = [line for line in lines if line.startswith("loaded ")]
+        assert summary and "21.0 MB in" in summary[-1] and "MB/s" in summary[-1] and "from 1 provider" in summary[-1]
+        assert "MiB" not in again.text() and "Error" not in again.text()
     assert all(start >= CHUNK for start, _end in provider.asked[asked_before:]), provider.asked
     no_tracebacks(receiver)
 
