@@ -17,6 +17,9 @@ DEFAULT_API_PORT = 20431
 DEFAULT_UDP_PORT = 14507
 PROTOCOL_VERSION = "kachery-p2p/1"
 API_TOKEN_FILENAME = "api-token"
+# The running daemon's control port, written at start and removed at stop: clients that were not told a
+# port (no KACHERY_P2P_API_PORT) use it, so ``start-daemon --api-port N`` needs nothing else.
+API_PORT_FILENAME = "api-port"
 CHANNELS_FILENAME = "channels.json"
 LOCK_FILENAME = "daemon.lock"
 
@@ -90,6 +93,8 @@ class DaemonConfig:
     lan_discovery: bool = True
     relay_mode: bool = False
     hole_punching: bool = True
+    relay_tcp: bool = True  # reach relays over TLS/TCP when UDP gets no answer from them
+    relay_tcp_ports: tuple[int, ...] = ()  # relay mode: more TCP ports (e.g. 443) beside the UDP port's
     port_mapping: bool = True  # ask the gateway for a mapping (PCP, NAT-PMP, UPnP IGD); never blocks start-up
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     public_address: HostPort | None = None
@@ -104,17 +109,30 @@ class DaemonConfig:
     def token_path(self) -> Path:
         return self.config_dir / API_TOKEN_FILENAME
 
+    @property
+    def api_port_path(self) -> Path:
+        return self.config_dir / API_PORT_FILENAME
+
 
 def config_dir_from_environ(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     value = env.get("KACHERY_P2P_CONFIG_DIR")
-    return Path(value).expanduser() if value else Path.home() / ".kachery-p2p"
+    path = Path(value).expanduser() if value else Path.home() / ".kachery-p2p"
+    _must_be_a_directory(path, "KACHERY_P2P_CONFIG_DIR" if value else "the config dir")
+    return path
+
+
+def _must_be_a_directory(path: Path, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is not a directory")
 
 
 def storage_dir_from_environ(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     value = env.get("KACHERY_STORAGE_DIR")
-    return Path(value).expanduser() if value else Path.home() / "kachery-storage"
+    path = Path(value).expanduser() if value else Path.home() / "kachery-storage"
+    _must_be_a_directory(path, "KACHERY_STORAGE_DIR" if value else "the storage dir")
+    return path
 
 
 def api_port_from_environ(environ: Mapping[str, str] | None = None) -> int:
@@ -132,8 +150,21 @@ def bootstrap_from_environ(environ: Mapping[str, str] | None = None) -> tuple[Ho
 
 
 def client_config_from_environ(environ: Mapping[str, str] | None = None) -> ClientConfig:
-    return ClientConfig(
-        config_dir=config_dir_from_environ(environ),
-        api_port=api_port_from_environ(environ),
-        api_host=(os.environ if environ is None else environ).get("KACHERY_P2P_API_HOST") or "127.0.0.1",
-    )
+    """KACHERY_P2P_API_PORT if set, else the port the running daemon recorded, else the default."""
+    env = os.environ if environ is None else environ
+    config_dir = config_dir_from_environ(env)
+    if env.get("KACHERY_P2P_API_PORT"):
+        port = api_port_from_environ(env)
+    else:
+        port = recorded_api_port(config_dir) or DEFAULT_API_PORT
+    return ClientConfig(config_dir=config_dir, api_port=port, api_host=env.get("KACHERY_P2P_API_HOST") or "127.0.0.1")
+
+
+def recorded_api_port(config_dir: Path) -> int | None:
+    """The control port the daemon of ``config_dir`` recorded, if it did and the file is sane."""
+    try:
+        text = (config_dir / API_PORT_FILENAME).read_text(encoding="ascii").strip()
+        port = int(text)
+    except (OSError, ValueError):
+        return None
+    return port if 1 <= port <= 65535 else None

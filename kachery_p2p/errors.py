@@ -11,14 +11,19 @@ and exits with ``exc.exit_code``.
     ├── DaemonError                      talking to the local daemon failed
     │   ├── DaemonNotRunningError        nothing answers on the control port
     │   ├── DaemonAuthError              the control token is missing or wrong
-    │   └── DaemonAlreadyRunningError    a second daemon for the same config dir
+    │   ├── DaemonAlreadyRunningError    a second daemon for the same config dir
+    │   └── DaemonStoppedError           the daemon stopped during a request
     ├── NotFoundError                    no copy of the file here or on any peer (exit 3)
     ├── StoreError                       the content store could not read or write
     │   └── VerificationError            bytes did not hash to what they claim
     ├── IdentityError                    the node key is unusable or unsafe
     ├── RemoteProtocolError              a peer broke the protocol (its fault)
     ├── LocalProtocolError               we misused a protocol object (our bug)
-    └── FeedPermissionError              a feed owner refused our submitted message
+    ├── FeedPermissionError              a feed owner refused our submitted message
+    ├── FileFormatError                  a file is not the text or JSON expected
+    └── PortInUseError                   the daemon cannot listen on a port
+
+The error codes that carry these over the control endpoint and the peer protocol: ``error_codes.py``.
 """
 
 from __future__ import annotations
@@ -104,3 +109,19 @@ class LoadFileError(NotFoundError):
 
 class FeedPermissionError(KacheryP2PError, PermissionError):
     """A feed's owner refused a submitted message: this node is not in the subfeed's access rules."""
+
+
+class DaemonStoppedError(DaemonError):
+    """The daemon stopped (or vanished) while a request was under way."""
+
+
+class FileFormatError(KacheryP2PError, ValueError):
+    """A file is not the text or JSON that a function expected (``load_text`` on binary bytes)."""
+
+
+class PortInUseError(KacheryP2PError):
+    """The daemon cannot listen on a port (taken, or not allowed): not bad input, so exit 1."""
+
+    def __init__(self, message: str, kind: str = "udp") -> None:
+        super().__init__(message)
+        self.kind = kind  # "udp" (the QUIC port) or "control" (the control endpoint)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 import urllib.parse
 from dataclasses import dataclass
 from typing import TypeGuard
@@ -26,8 +27,7 @@ _HEX_RE = re.compile(r"^[0-9a-fA-F]+\Z")
 # lower-case (HEX64_RE); ids typed by people or stored by older versions may be in any case.
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 HEX64_ANY_CASE_RE = re.compile(r"[0-9a-fA-F]{64}")
-# Printable ASCII without spaces: covers plain names and the original's channel config URLs.
-_CHANNEL_RE = re.compile(r"^[\x21-\x7e]{1,200}\Z")
+MAX_CHANNEL_NAME = 200
 SHA1_EMPTY = "da39a3ee5e6b4b0d3255bfef95601890afd80709"
 
 
@@ -151,12 +151,14 @@ def parse_node_id(text: str) -> str:
 
 
 def parse_channel_name(text: str) -> str:
-    """A channel name: 1 to 200 printable ASCII characters without spaces (URLs are fine)."""
-    if not isinstance(text, str) or not _CHANNEL_RE.match(text):
+    """A channel name: 1 to 200 printable characters, any script, without spaces or control characters
+    (URLs are fine). Returned in Unicode NFC form, so that one name typed two ways is one channel."""
+    name = unicodedata.normalize("NFC", text) if isinstance(text, str) else ""
+    if not 1 <= len(name) <= MAX_CHANNEL_NAME or not name.isprintable() or any(c.isspace() for c in name):
         raise InvalidChannelNameError(
-            f"bad channel name {text!r}: use 1 to 200 printable characters without spaces"
+            f"bad channel name {text!r}: use 1 to {MAX_CHANNEL_NAME} printable characters without spaces"
         )
-    return text
+    return name
 
 
 def is_sha1_hex(text: str) -> bool:

@@ -17,7 +17,7 @@ from ..config import (
     parse_port,
     storage_dir_from_environ,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, PortInUseError
 from ..relay.limits import RelayLimits
 
 
@@ -32,6 +32,8 @@ def start_daemon(
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
     port_mapping: bool = True,
+    relay_tcp: bool = True,
+    relay_tcp_ports: tuple[int, ...] = (),
     relay_mode: bool,
     relay_limits: RelayLimits,
     public_address: str | None,
@@ -61,6 +63,8 @@ def start_daemon(
         lan_interfaces=_lan_interfaces(lan_interfaces) if lan_discovery else (),
         hole_punching=hole_punching,
         port_mapping=port_mapping,
+        relay_tcp=relay_tcp,
+        relay_tcp_ports=relay_tcp_ports,
         relay_mode=relay_mode,
         relay_limits=relay_limits,
         public_address=HostPort.parse(public_address) if public_address else None,
@@ -69,7 +73,18 @@ def start_daemon(
     )
     from ..daemon.run import run_daemon
 
-    run_daemon(config)
+    try:
+        run_daemon(config)
+    except PortInUseError as exc:
+        raise PortInUseError(f"{exc} Choose another port with {_port_option(exc.kind, api_port)}", exc.kind) from None
+
+
+def _port_option(kind: str, api_port: int | None) -> str:
+    if kind == "udp":
+        return "--port (0 picks a free one)"
+    if api_port is not None or not os.environ.get("KACHERY_P2P_API_PORT"):
+        return "--api-port"
+    return "KACHERY_P2P_API_PORT"
 
 
 def _ipv4(address: str, option: str) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import __version__
 from ..config import PROTOCOL_VERSION
-from ..errors import DaemonNotRunningError, KacheryP2PError, NotFoundError
+from ..errors import DaemonNotRunningError, NotFoundError
 from .errors import Command, Group
 from .link import link_cmd
 
@@ -24,9 +25,11 @@ def cli() -> None:
 
 @cli.command("start-daemon", cls=Command)
 @click.option("--label", default="", help="A short name for this node, shown to peers.")
-@click.option("--port", "udp_port", type=int, default=None, help="UDP port for QUIC (0 picks a free one).")
+@click.option("--port", "udp_port", type=int, default=None,
+              help="UDP port for QUIC (0 picks a free one) [default: 14507].")
 @click.option("--bind", "udp_host", default="0.0.0.0", show_default=True, help="Local IPv4 address for the UDP socket.")
-@click.option("--api-port", type=int, default=None, help="Control port (default $KACHERY_P2P_API_PORT or 20431).")
+@click.option("--api-port", type=int, default=None,
+              help="Control port, recorded in the config dir for clients [default: $KACHERY_P2P_API_PORT or 20431].")
 @click.option("--bootstrap", multiple=True, help="Relay or peer to dial: HOST:PORT or NODEID@HOST:PORT (repeatable).")
 @click.option("--lan-discovery/--no-lan-discovery", default=True, help="Find channel peers on the LAN by multicast.")
 @click.option(
@@ -44,6 +47,11 @@ def cli() -> None:
               help="Relay mode: peers each node may relay to at once.")
 @click.option("--relay-max-nodes", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Relay mode: most nodes registered at once.")
+@click.option("--relay-tcp-port", "relay_tcp_ports", type=click.IntRange(1, 65535), multiple=True,
+              help="Relay mode: also accept nodes over TLS/TCP on this port (repeatable; 443 passes most firewalls). "
+              "TCP on the UDP port is always tried.")
+@click.option("--relay-tcp/--no-relay-tcp", default=True, show_default=True,
+              help="Reach relays over TLS/TCP when UDP gets no answer (networks that block UDP).")
 @click.option("--public-address", default=None, help="HOST:PORT that peers should use to reach this relay.")
 @click.option("--auth-group", default=None, help="Unix group whose members may use this daemon (token file 0640).")
 @click.option("--api-host", default=None,
@@ -68,6 +76,8 @@ def start_daemon_cmd(
     relay_quota: float,
     relay_max_peers: int,
     relay_max_nodes: int,
+    relay_tcp_ports: tuple[int, ...],
+    relay_tcp: bool,
     public_address: str | None,
     auth_group: str | None,
     api_host: str | None,
@@ -95,6 +105,8 @@ def start_daemon_cmd(
         lan_interfaces=lan_interfaces,
         hole_punching=hole_punching,
         port_mapping=port_mapping,
+        relay_tcp=relay_tcp,
+        relay_tcp_ports=relay_tcp_ports,
         relay_mode=relay_mode,
         relay_limits=RelayLimits(
             max_registrations=relay_max_nodes,
@@ -197,9 +209,16 @@ def store_cmd(path: str, basename: str | None) -> None:
 
 @cli.command("load", cls=Command)
 @click.argument("uri")
-@click.option("--dest", default=None, help="Also write the file here (atomically).")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), default=None, help="Seconds to look for providers before giving up."
+    "--dest",
+    default=None,
+    help="Also write the file here, as cp does: a regular file is replaced atomically, a device or FIFO is"
+    " written through; '-' writes the bytes to stdout (and prints no path).",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), default=None,
+    help="Seconds to look for providers before giving up (default 5). Once found, a download is never given up"
+    " for being slow: only if no byte arrives for 10 minutes, or the daemon says nothing for 60 s.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print progress and the result as JSON lines.")
 def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -> None:
@@ -207,8 +226,17 @@ def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -
     from ..client.api import fetch_file
     from .progress import ProgressPrinter
 
-    with ProgressPrinter(as_json=as_json) as printer:
-        path = fetch_file(uri, dest, timeout_sec=timeout, progress=printer.update)
+    with ProgressPrinter(as_json=as_json and dest != "-") as printer:
+        path = fetch_file(uri, None if dest == "-" else dest, timeout_sec=timeout, progress=printer.update)
+    if dest == "-":
+        from ..client.api import iter_bytes
+        from ..client.loading import file_blocks
+
+        out = sys.stdout.buffer
+        for block in file_blocks(Path(path), lambda: iter_bytes(uri)):
+            out.write(block)
+        out.flush()
+        return
     if as_json:
         click.echo(json.dumps({"type": "done", "path": path}))
     else:
@@ -220,7 +248,8 @@ def load_cmd(uri: str, dest: str | None, timeout: float | None, as_json: bool) -
 @click.option("--start", type=click.IntRange(min=0), default=None, help="First byte (default 0).")
 @click.option("--end", type=click.IntRange(min=0), default=None, help="End byte, exclusive (default: file size).")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), default=None, help="Seconds to look for providers before giving up."
+    "--timeout", type=click.FloatRange(min=0), default=None,
+    help="Seconds to look for providers before giving up (default 5).",
 )
 def cat_cmd(uri: str, start: int | None, end: int | None, timeout: float | None) -> None:
     """Write the file's bytes (or a range of them) to stdout."""
@@ -239,16 +268,30 @@ def cat_cmd(uri: str, start: int | None, end: int | None, timeout: float | None)
 @click.option(
     "--timeout", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds to wait for answers."
 )
-def find_cmd(uri: str, timeout: float) -> None:
-    """List the nodes that have a file, one JSON object per line."""
+@click.option(
+    "--original-format", is_flag=True,
+    help='Print what the original kachery-p2p printed: {"nodeId", "fileKey", "fileSize"}, indented.',
+)
+def find_cmd(uri: str, timeout: float, original_format: bool) -> None:
+    """List the nodes that have a file, one JSON object per line as answers arrive:
+    {"nodeId": hex, "label": text, "size": bytes, "local": true if it is this node}."""
     from ..client.api import find_file
 
     found = False
     for provider in find_file(uri, timeout_sec=timeout):
         found = True
-        click.echo(json.dumps(provider))
+        click.echo(json.dumps(find_record(provider, original_format), indent=4 if original_format else None))
     if not found:
         raise NotFoundError(f"no provider found for {uri}")
+
+
+def find_record(provider: dict[str, Any], original_format: bool) -> dict[str, Any]:
+    """One provider in the documented schema, or in the original kachery-p2p's."""
+    node_id = provider.get("nodeId", provider.get("node_id"))
+    size = provider.get("size", provider.get("fileSize"))
+    if original_format:
+        return {"nodeId": node_id, "fileKey": provider.get("fileKey"), "fileSize": size}
+    return {"nodeId": node_id, "label": provider.get("label"), "size": size, "local": bool(provider.get("local"))}
 
 
 @cli.command("peers", cls=Command)
@@ -276,6 +319,7 @@ def _peer_line(peer: dict[str, Any]) -> str:
     return f"{peer['nodeId'][:12]}  {label:<16} {path:<8} {address:<22} {rtt_text:>9}  {channels}"
 
 
+from .nat_cmd import nat_check_cmd  # noqa: E402
 from .store_cmds import du_cmd, ls_cmd, rm_cmd  # noqa: E402
 from .transfers_cmds import cancel_cmd, transfers_cmd  # noqa: E402
 from .ui_cmd import ui_cmd  # noqa: E402
@@ -289,32 +333,8 @@ cli.add_command(load_cmd, "load-file")
 cli.add_command(cat_cmd, "cat-file")
 cli.add_command(find_cmd, "find-file")
 cli.add_command(link_cmd)  # kachery-p2p-link (cli/link.py)
+cli.add_command(nat_check_cmd)  # kachery-p2p-nat-check (cli/nat_cmd.py)
 from .feeds_cmds import append_message_cmd, create_feed_cmd, feeds_cmd, print_messages_cmd  # noqa: E402
 
 for _command in (feeds_cmd, print_messages_cmd, create_feed_cmd, append_message_cmd):
     cli.add_command(_command)
-
-
-@cli.command("nat-check", cls=Command)
-@click.option("--server", "servers", multiple=True, help="STUN server HOST:PORT (a relay; repeatable). "
-              "Default: $KACHERY_P2P_BOOTSTRAP.")
-@click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds to wait for answers.")
-@click.option("--no-rfc3489", is_flag=True, help="Skip the classic pystun3 (RFC 3489) classification.")
-def nat_check_cmd(servers: tuple[str, ...], timeout: float, no_rfc3489: bool) -> None:
-    """Report this machine's NAT situation: reflexive address, mapping behaviour, whether UDP works."""
-    from ..config import HostPort, bootstrap_from_environ
-    from ..errors import ConfigError
-    from .nat_check import run_nat_check
-
-    addresses = [HostPort.parse(s) for s in servers] or list(bootstrap_from_environ())
-    if not addresses:
-        raise ConfigError("give a STUN server with --server HOST:PORT (any kachery-p2p relay answers STUN)")
-    report = run_nat_check([(a.host, a.port) for a in addresses], timeout=timeout, use_pystun=not no_rfc3489)
-    try:
-        from ..client.api import get_node_info
-
-        info = get_node_info()
-        report["daemon"] = {"candidates": info.get("candidates"), "relays": info.get("relays")}
-    except KacheryP2PError:
-        report["daemon"] = None
-    click.echo(json.dumps(report, indent=2))

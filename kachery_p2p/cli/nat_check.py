@@ -2,9 +2,13 @@
 
 1. From ONE UDP socket, send our RFC 8489 Binding requests to every server (``StunTransaction``
    retransmission, ``select`` until the next timer) and classify the mapping (``report.classify``).
-2. Optionally run pystun3's classic RFC 3489 classification against the first server, on a socket of
-   its own (pystun3 crashes on foreign datagrams and would eat our answers). It blocks, so it runs in a
-   daemon thread with a deadline, and it raises on odd replies: everything is caught and reported.
+2. Run pystun3's classic RFC 3489 classification, only against a server that sent OTHER-ADDRESS (one
+   that can honour CHANGE-REQUEST; against others, kachery relays among them, its answer means nothing),
+   on a socket of its own (pystun3 crashes on foreign datagrams and would eat our answers). It blocks,
+   so it runs in a daemon thread with what is left of the deadline; it raises on odd replies:
+   everything is caught and reported.
+
+The whole check, DNS included, ends within ``timeout`` seconds.
 
 IPv4 only: pystun3 is IPv4-only, and one AF_INET socket keeps the comparison between servers fair.
 """
@@ -23,12 +27,36 @@ from kachery_p2p.nat.stun import StunMessage, StunTransaction, is_stun
 Address = tuple[str, int]
 
 PYSTUN_TESTS_WORST_CASE = 12  # three failing RFC 3489 tests x (1 send + 3 retries)
+MIN_PYSTUN_BUDGET = 0.3
 
 
 def _resolve(server: Address) -> Address:
     infos = socket.getaddrinfo(server[0], server[1], socket.AF_INET, socket.SOCK_DGRAM)
     host, port = infos[0][4][:2]
     return str(host), int(port)
+
+
+def _resolve_all(servers: list[Address], deadline: float) -> tuple[dict[Address, Address], dict[Address, str]]:
+    """Resolve every server in parallel threads, giving up at ``deadline``; (resolved, DNS errors)."""
+    resolved: dict[Address, Address] = {}
+    errors: dict[Address, str] = {}
+
+    def work(server: Address) -> None:
+        try:
+            resolved[server] = _resolve(server)
+        except (OSError, UnicodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            errors[server] = f"cannot resolve {server[0]} to an IPv4 address (DNS): {reason}"
+
+    threads = [threading.Thread(target=work, args=(server,), daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for server in servers:
+        if server not in resolved and server not in errors:
+            errors[server] = f"cannot resolve {server[0]} (DNS): no answer in time"
+    return resolved, errors
 
 
 def _route_source(server: Address) -> str | None:
@@ -82,10 +110,9 @@ def _run_transactions(sock: socket.socket, servers: list[Address], timeout: floa
     return txs
 
 
-def _pystun_classify(server: Address, source_ip: str, bind_host: str, timeout: float) -> dict[str, Any]:
-    """pystun3's RFC 3489 NAT type, guarded by a deadline; never raises."""
-    per_try = min(2.0, max(0.05, timeout / 4))
-    deadline = PYSTUN_TESTS_WORST_CASE * per_try + 1.0
+def _pystun_classify(server: Address, source_ip: str, bind_host: str, budget: float) -> dict[str, Any]:
+    """pystun3's RFC 3489 NAT type within ``budget`` seconds; never raises."""
+    per_try = max(0.02, (budget - 0.1) / (PYSTUN_TESTS_WORST_CASE + 1))
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -106,10 +133,10 @@ def _pystun_classify(server: Address, source_ip: str, bind_host: str, timeout: f
 
     thread = threading.Thread(target=work, name="pystun3-nat-check", daemon=True)
     thread.start()
-    thread.join(deadline)
+    thread.join(budget)
     result: dict[str, Any] = {"server": format_address(server), "nat_type": None, "external_address": None}
     if thread.is_alive():
-        result["error"] = f"pystun3: no answer within {deadline:g} s"
+        result["error"] = f"pystun3: no answer within {budget:.1f} s"
     else:
         result.update(outcome)
     return result
@@ -124,24 +151,22 @@ def run_nat_check(
 ) -> dict[str, Any]:
     """Diagnose this host's NAT with the given STUN servers; returns a JSON-able dict.
 
-    ``timeout`` bounds the RFC 8489 part; the pystun3 part (if any) adds at most about 3 x timeout + 1 s.
+    Everything (DNS, RFC 8489 requests, the pystun3 part) ends within ``timeout`` seconds. The pystun3
+    RFC 3489 classification runs only against a server that sends OTHER-ADDRESS (one that can honour
+    CHANGE-REQUEST); against any other server its answer would be meaningless.
     """
     started = time.monotonic()
+    deadline = started + timeout
     notes: list[str] = []
-    resolved: dict[Address, Address] = {}
-    errors: dict[Address, str] = {}
-    for server in servers:
-        try:
-            resolved[server] = _resolve(server)
-        except (OSError, UnicodeError) as exc:
-            errors[server] = f"cannot resolve to IPv4: {exc}"
+    resolved, errors = _resolve_all(servers, deadline)
     if not servers:
         notes.append("no STUN servers given: nothing to ask")
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(bind)
         local_host, local_port = sock.getsockname()[:2]
-        txs = _run_transactions(sock, list(dict.fromkeys(resolved.values())), timeout)
+        remaining = max(0.05, deadline - time.monotonic())
+        txs = _run_transactions(sock, list(dict.fromkeys(resolved.values())), remaining)
     by_address = {tx.server: tx for tx in txs}
     local_ips = {ip for ip in (_route_source(addr) for addr in resolved.values()) if ip is not None}
 
@@ -165,18 +190,35 @@ def run_nat_check(
             }
         )
     out["servers"] = details
+    out["dns_errors"] = [errors[server] for server in servers if server in errors]
+    if not answered and out["dns_errors"] and not resolved:
+        out["hole_punching"] = "unknown: no STUN server could be resolved (a DNS problem, not a UDP one)"
     if len(answered) == 1:
         notes.append("only one server answered: mapping behaviour needs two servers on different IPs")
 
-    if use_pystun and resolved:
-        first = next((tx for tx in txs if tx.result is not None), txs[0])
-        source_ip = _route_source(first.server) or str(local_host)
-        rfc3489 = _pystun_classify(first.server, source_ip, str(bind[0]), timeout)
-        rfc3489["notes"] = _pystun_notes(first, rfc3489)
-        out["rfc3489"] = rfc3489
+    if use_pystun and answered:
+        out["rfc3489"] = _rfc3489(txs, str(local_host), str(bind[0]), deadline)
     out["notes"] = notes
     out["elapsed_s"] = round(time.monotonic() - started, 3)
     return out
+
+
+def _rfc3489(txs: list[StunTransaction], local_host: str, bind_host: str, deadline: float) -> dict[str, Any]:
+    capable = next(
+        (tx for tx in txs if tx.response is not None and "OTHER-ADDRESS" in tx.response.attributes), None
+    )
+    if capable is None:
+        return {
+            "skipped": "no server sent OTHER-ADDRESS, so none honours CHANGE-REQUEST: an RFC 3489 type"
+            " (pystun3) would be meaningless ('Blocked', 'Full Cone' or 'Open Internet' whatever the NAT)"
+        }
+    budget = deadline - time.monotonic()
+    if budget < MIN_PYSTUN_BUDGET:
+        return {"skipped": "no time left within --timeout for the RFC 3489 tests"}
+    source_ip = _route_source(capable.server) or local_host
+    rfc3489 = _pystun_classify(capable.server, source_ip, bind_host, budget)
+    rfc3489["notes"] = _pystun_notes(capable, rfc3489)
+    return rfc3489
 
 
 def _pystun_notes(tx: StunTransaction, rfc3489: dict[str, Any]) -> list[str]:
@@ -192,3 +234,40 @@ def _pystun_notes(tx: StunTransaction, rfc3489: dict[str, Any]) -> list[str]:
             " RFC 3489 ones (RFC 8489-only servers, kachery-p2p relays among them, drop those)"
         )
     return notes
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The report for a person: what works, the addresses, and what it means for connections."""
+    asked, answered = report.get("servers_asked", []), report.get("servers_answered", {})
+    lines: list[str] = []
+    if report.get("udp_works"):
+        lines.append(f"UDP: works ({len(answered)} of {len(report.get('servers', []))} STUN servers answered)")
+    elif report.get("dns_errors") and not asked:
+        lines.append("UDP: not tested: no STUN server name could be resolved (DNS)")
+    else:
+        lines.append("UDP: no STUN server answered: UDP may be blocked here, or the servers are down")
+    lines.append(f"Local address: {report.get('local_address') or '-'}")
+    lines.append(f"Public address: {report.get('reflexive_address') or '-'}")
+    lines.append(f"Mapping: {report.get('mapping')}")
+    lines.append(f"Hole punching: {report.get('hole_punching')}")
+    lines.append("Servers:")
+    for server in report.get("servers", []):
+        if server.get("reflexive_address"):
+            software = f" ({server['software']})" if server.get("software") else ""
+            lines.append(f"  {server['server']}: sees us as {server['reflexive_address']}{software}")
+        else:
+            lines.append(f"  {server['server']}: {server.get('error') or 'no answer'}")
+    rfc3489 = report.get("rfc3489")
+    if isinstance(rfc3489, dict):
+        if rfc3489.get("skipped"):
+            lines.append(f"RFC 3489 type (pystun3): skipped: {rfc3489['skipped']}")
+        else:
+            lines.append(f"RFC 3489 type (pystun3): {rfc3489.get('nat_type') or rfc3489.get('error')}")
+    daemon = report.get("daemon")
+    if isinstance(daemon, dict):
+        candidates = ", ".join(str(c) for c in daemon.get("candidates") or []) or "-"
+        lines.append(f"Daemon candidates: {candidates}")
+    for note in report.get("notes", []):
+        lines.append(f"Note: {note}")
+    lines.append(f"Took {report.get('elapsed_s', 0):.2f} s")
+    return "\n".join(lines)

@@ -14,19 +14,18 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..config import client_config_from_environ, storage_dir_from_environ
-from ..errors import NotFoundError, StoreError, UsageError, VerificationError
+from ..errors import DaemonStoppedError, NotFoundError, StoreError, UsageError, VerificationError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from . import legacy_dirs, local
 from .connect import LOOPBACK
 from .http import ControlClient
+from .loading import decode_text, file_blocks, parse_json, write_dest
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -103,7 +102,7 @@ def fetch_file(
         path = _find_path(_resolve(uri, p2p, from_node, timeout_sec), p2p, from_node, timeout_sec, progress)
     if dest is None:
         return str(path)
-    _copy_atomically(path, Path(dest), lambda: iter_bytes(uri, p2p=p2p, timeout_sec=timeout_sec))
+    write_dest(Path(dest), file_blocks(path, lambda: iter_bytes(uri, p2p=p2p, timeout_sec=timeout_sec)))
     return str(dest)
 
 
@@ -128,14 +127,15 @@ def _find_path(
         if from_node.lower() not in providers:
             raise NotFoundError(f"node {from_node} does not have {uri.hash}")
     found: str | None = None
-    for message in client.post_json_lines("/load", {"uri": str(uri), "timeoutSec": timeout_sec}, timeout=None):
+    payload = {"uri": str(uri), "timeoutSec": timeout_sec}
+    for message in client.post_json_lines("/load", payload, what="the load"):
         kind = message.get("type")
         if kind == "progress" and progress is not None:
             progress(message)
         elif kind == "done":
             found = str(message["path"])
     if found is None:
-        raise NotFoundError(f"file not found: {uri}")
+        raise DaemonStoppedError("the daemon stopped during the load")
     return Path(found)
 
 
@@ -149,35 +149,6 @@ def _load_chunk(client: ControlClient, root: Path, uri: FileUri, p2p: bool, time
     if path is None:
         raise StoreError(f"the daemon stored chunk {uri.hash} but it is not in {root}")
     return path
-
-
-def _copy_atomically(source: Path, dest: Path, fallback: Callable[[], Iterator[bytes]]) -> None:
-    """Copy into ``dest`` through a temp file in the same directory, so dest is whole or absent."""
-    dest = dest.expanduser()
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if dest.is_dir():
-        raise UsageError(f"--dest {dest} is a directory; give a file path")
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)
-    except OSError as exc:
-        raise StoreError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            except PermissionError:  # the daemon's store is not readable by us: stream it
-                for block in fallback():
-                    out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, dest)
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
-        raise StoreError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _bytes(
@@ -194,7 +165,7 @@ def _bytes(
         path = _find_path(uri, p2p, from_node, timeout_sec, None)
         return local.read_local(path, start, end)
     payload: dict[str, Any] = {"uri": str(uri), "start": start, "end": end, "timeoutSec": timeout_sec}
-    return b"".join(_client().post_for_bytes("/read", payload, timeout=None))
+    return b"".join(_client().read_frames("/read", payload))
 
 
 def load_bytes(
@@ -228,25 +199,25 @@ def iter_bytes(
         yield _bytes(parsed, start, end, p2p, None, timeout_sec)
         return
     payload: dict[str, Any] = {"uri": str(parsed), "start": start, "end": end, "timeoutSec": timeout_sec}
-    yield from _client().post_for_bytes("/read", payload, timeout=None)
+    yield from _client().read_frames("/read", payload)
 
 
 def load_text(
     uri: str, p2p: bool = True, from_node: str | None = None, from_channel: str | None = None,
     *, timeout_sec: float | None = None,
 ) -> str | None:
-    """The file decoded as UTF-8, or None if not found."""
+    """The file decoded as UTF-8, or None if not found; FileFormatError if it is not text."""
     data = load_bytes(uri, p2p=p2p, from_node=from_node, timeout_sec=timeout_sec)
-    return None if data is None else data.decode("utf-8")
+    return None if data is None else decode_text(data, uri)
 
 
 def load_json(
     uri: str, p2p: bool = True, from_node: str | None = None, from_channel: str | None = None,
     *, timeout_sec: float | None = None,
 ) -> Any:
-    """The parsed JSON, or None if the file is not found."""
+    """The parsed JSON, or None if the file is not found; FileFormatError if it is not JSON."""
     text = load_text(uri, p2p=p2p, from_node=from_node, timeout_sec=timeout_sec)
-    return None if text is None else json.loads(text)
+    return None if text is None else parse_json(text, uri)
 
 
 def find_file(uri: str, timeout_sec: float = 5.0) -> Iterator[dict[str, Any]]:

@@ -14,27 +14,20 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from ..config import ClientConfig
-from ..errors import (
-    DaemonAuthError,
-    DaemonError,
-    DaemonNotRunningError,
-    InvalidUriError,
-    KacheryP2PError,
-    NotFoundError,
-    StoreError,
-    UsageError,
-    VerificationError,
-)
+from ..error_codes import exception_for
+from ..errors import DaemonAuthError, DaemonError, DaemonNotRunningError, DaemonStoppedError
 from .connect import make_connection
 
-_ERRORS: dict[str, type[KacheryP2PError]] = {
-    "not_found": NotFoundError,
-    "invalid_uri": InvalidUriError,
-    "bad_request": UsageError,
-    "store_error": StoreError,
-    "verification_error": VerificationError,
-    "unauthorized": DaemonAuthError,
-}
+# The daemon sends progress or a heartbeat at least every 2 s during a load or a read (daemon/running.py):
+# this long without a word means it is stuck, however slow the transfer.
+SILENCE_TIMEOUT = 60.0
+
+
+def _silence(timeout: float) -> str:
+    return (
+        f"the daemon sent nothing for {timeout:g} s during the transfer (it sends word every 2 s):"
+        " it seems stuck; see its log"
+    )
 
 
 class ControlClient:
@@ -104,7 +97,7 @@ class ControlClient:
                 f"the daemon on port {self.config.api_port} refused our token from {self.config.token_path}"
                 " (is it running with another KACHERY_P2P_CONFIG_DIR?)"
             )
-        raise _ERRORS.get(code, DaemonError)(message)
+        raise exception_for(code)(message)
 
     # -- requests ------------------------------------------------------------------------------
     def probe(self) -> dict[str, Any]:
@@ -130,11 +123,13 @@ class ControlClient:
         return _json_body(self._open("POST", path, body=body, headers=headers, timeout=3600.0))
 
     def post_json_lines(
-        self, path: str, payload: dict[str, Any], timeout: float | None = None
+        self, path: str, payload: dict[str, Any], timeout: float | None = None, what: str = "the request"
     ) -> Iterator[dict[str, Any]]:
+        """JSON lines as they come; ``timeout`` is the most silence tolerated between two lines."""
         body = json.dumps(payload).encode("utf-8")
+        silence = timeout or SILENCE_TIMEOUT
         response = self._open(
-            "POST", path, body=body, headers={"Content-Type": "application/json"}, timeout=timeout
+            "POST", path, body=body, headers={"Content-Type": "application/json"}, timeout=silence
         )
         try:
             for line in response:
@@ -143,35 +138,62 @@ class ControlClient:
                     continue
                 message = json.loads(line)
                 if message.get("type") == "error":
-                    raise _ERRORS.get(str(message.get("code")), DaemonError)(str(message.get("message")))
+                    raise exception_for(str(message.get("code")))(str(message.get("message")))
                 yield message
-        except (OSError, http.client.HTTPException) as exc:
-            raise DaemonError(f"lost the connection to the daemon: {exc}") from exc
+        except TimeoutError:
+            raise DaemonError(_silence(silence)) from None
+        except (OSError, http.client.HTTPException, ValueError):
+            raise DaemonStoppedError(f"the daemon stopped during {what}") from None
         finally:
             response.close()
 
-    def post_for_bytes(
-        self, path: str, payload: dict[str, Any], timeout: float | None = None, block_size: int = 1 << 20
-    ) -> Iterator[bytes]:
-        body = json.dumps(payload).encode("utf-8")
+    def read_frames(self, path: str, payload: dict[str, Any], what: str = "the read") -> Iterator[bytes]:
+        """The bytes of a framed read (see daemon/control_stream.py), checked against the announced size."""
+        body = json.dumps({**payload, "framed": True}).encode("utf-8")
         response = self._open(
-            "POST", path, body=body, headers={"Content-Type": "application/json"}, timeout=timeout
+            "POST", path, body=body, headers={"Content-Type": "application/json"}, timeout=SILENCE_TIMEOUT
         )
-        expected = response.getheader("Content-Length")
+        size: int | None = None
         received = 0
         try:
             while True:
-                block = response.read(block_size)
-                if not block:
+                kind, data = _read_frame(response)
+                if kind == b"D":
+                    received += len(data)
+                    if size is None or received > size:
+                        raise DaemonError("the daemon sent more bytes than the file has")
+                    yield data
+                elif kind == b"S":
+                    size = int(json.loads(data)["size"])
+                elif kind == b"E":
+                    error = json.loads(data)
+                    raise exception_for(str(error.get("code")))(str(error.get("message")))
+                elif kind == b"Z":
                     break
-                received += len(block)
-                yield block
-        except (OSError, http.client.HTTPException) as exc:
-            raise DaemonError(f"lost the connection to the daemon while reading: {exc}") from exc
+        except TimeoutError:
+            raise DaemonError(_silence(SILENCE_TIMEOUT)) from None
+        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+            raise DaemonStoppedError(f"the daemon stopped during {what}") from None
         finally:
             response.close()
-        if expected is not None and received != int(expected):
-            raise DaemonError(f"the daemon sent {received} of {expected} bytes")
+        if size is None or received != size:
+            raise DaemonStoppedError(f"the daemon stopped during {what} ({received} of {size} bytes)")
+
+
+def _read_frame(response: http.client.HTTPResponse) -> tuple[bytes, bytes]:
+    head = _read_exactly(response, 5)
+    length = int.from_bytes(head[1:], "big")
+    return head[:1], _read_exactly(response, length) if length else b""
+
+
+def _read_exactly(response: http.client.HTTPResponse, count: int) -> bytes:
+    data = response.read(count)
+    while len(data) < count:
+        more = response.read(count - len(data))
+        if not more:
+            raise http.client.IncompleteRead(data, count - len(data))
+        data += more
+    return data
 
 
 def _json_body(response: http.client.HTTPResponse) -> dict[str, Any]:

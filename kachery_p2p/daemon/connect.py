@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from .punch import PunchManager
 from .rendezvous import RelayClient
 from .session import PeerSession
 from .tasks import Supervisor
+from .udp import resolve
 
 log = logging.getLogger("kachery_p2p.connect")
 
@@ -104,8 +104,8 @@ class Connector:
 
     # -- dialing -------------------------------------------------------------------------------------
     async def dial(self, host: str, port: int, expected_node_id: str | None = None) -> PeerSession:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
-        link = self.endpoint.connect((str(infos[0][4][0]), port))
+        address = await resolve(host, port, getattr(self.endpoint.transport, "dual_stack", False))
+        link = self.endpoint.connect(address)
         session = self.new_session(link, expected_node_id)
         await session.authenticate(DIAL_TIMEOUT)
         self.register(session)

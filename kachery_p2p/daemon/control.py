@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,18 +16,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ..errors import (
-    InvalidUriError,
-    KacheryP2PError,
-    NotFoundError,
-    StoreError,
-    UsageError,
-    VerificationError,
-)
+from ..error_codes import code_for
+from ..errors import KacheryP2PError, UsageError
 from ..ids import FileUri
 from . import control_guard
 from .control_api import add_api_routes
 from .control_feeds import register_feed_routes
+from .control_stream import Emit, framed_bytes, json_lines
 from .control_ui import add_ui_routes, is_dashboard_path
 
 log = logging.getLogger("kachery_p2p.control")
@@ -58,31 +52,8 @@ class NodeService(Protocol):
     def request_stop(self) -> None: ...
 
 
-def _status_and_code(exc: KacheryP2PError) -> tuple[int, str]:
-    if isinstance(exc, InvalidUriError):
-        return 400, "invalid_uri"
-    if isinstance(exc, UsageError):
-        return 400, "bad_request"
-    if isinstance(exc, NotFoundError):
-        return 404, "not_found"
-    if isinstance(exc, VerificationError):
-        return 502, "verification_error"
-    if isinstance(exc, StoreError):
-        return 500, "store_error"
-    return 500, "error"
-
-
 def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def error_line(exc: BaseException) -> bytes:
-    if isinstance(exc, KacheryP2PError):
-        code = _status_and_code(exc)[1]
-        message = str(exc)
-    else:
-        code, message = "error", f"internal error: {exc}"
-    return json.dumps({"type": "error", "code": code, "message": message}).encode() + b"\n"
 
 
 def make_app(service: NodeService, token: str) -> web.Application:
@@ -102,7 +73,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
         except web.HTTPException:
             raise
         except KacheryP2PError as exc:
-            status, code = _status_and_code(exc)
+            status, code = code_for(exc)
             return error_response(status, code, str(exc))
         except asyncio.CancelledError:
             raise
@@ -155,29 +126,6 @@ def _opt_int(data: dict[str, Any], key: str) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise UsageError(f"{key} must be a non-negative integer")
     return value
-
-
-Emit = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-async def _json_lines(
-    request: web.Request, what: str, produce: Callable[[Emit], Awaitable[None]]
-) -> web.StreamResponse:
-    """A JSON-lines response; an error after the first line becomes a final ``{"type": "error"}`` line."""
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-
-    async def emit(message: dict[str, Any]) -> None:
-        await response.write(json.dumps(message).encode() + b"\n")
-
-    try:
-        await produce(emit)
-    except Exception as exc:
-        if not isinstance(exc, KacheryP2PError):
-            log.exception("%s failed", what)
-        await response.write(error_line(exc))
-    await response.write_eof()
-    return response
 
 
 def _uri(data: dict[str, Any]) -> FileUri:
@@ -248,7 +196,7 @@ class _Routes:
             path = await self.service.load(uri, timeout, progress)
             await emit({"type": "done", "path": str(path)})
 
-        return await _json_lines(request, f"load {uri}", lines)
+        return await json_lines(request, f"load {uri}", lines)
 
     async def find(self, request: web.Request) -> web.StreamResponse:
         data = await _json(request)
@@ -259,28 +207,30 @@ class _Routes:
             async for provider in self.service.find(uri, 5.0 if timeout is None else timeout):
                 await emit({"type": "provider", **provider})
 
-        return await _json_lines(request, f"find {uri}", lines)
+        return await json_lines(request, f"find {uri}", lines)
 
     async def read(self, request: web.Request) -> web.StreamResponse:
         data = await _json(request)
         uri = _uri(data)
-        size, blocks = await self.service.open_range(
-            uri, _opt_int(data, "start"), _opt_int(data, "end"), _opt_number(data, "timeoutSec")
-        )
+        start, end, timeout = _opt_int(data, "start"), _opt_int(data, "end"), _opt_number(data, "timeoutSec")
+        if data.get("framed") is True:
+            return await framed_bytes(request, f"read {uri}", lambda: self.service.open_range(uri, start, end, timeout))
+        size, blocks = await self.service.open_range(uri, start, end, timeout)
         response = web.StreamResponse(
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         )
-        await response.prepare(request)
         try:
+            await response.prepare(request)
             async for block in blocks:
                 await response.write(block)
+            await response.write_eof()
         except (KacheryP2PError, OSError) as exc:
             # The client sees a short body and reports it; nothing else can be said mid-stream.
-            log.warning("read of %s stopped: %s", uri, exc)
+            log.debug("read of %s stopped: %s", uri, exc)
             if request.transport is not None:
                 request.transport.close()
-            return response
-        await response.write_eof()
+        finally:
+            await blocks.aclose()  # type: ignore[attr-defined]
         return response
 
     async def halt(self, request: web.Request) -> web.StreamResponse:

@@ -23,7 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..config import DaemonConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, PortInUseError
 from .control_guard import GuardedSite
 from .lock import write_secret_file
 
@@ -73,9 +73,10 @@ async def start_sites(runner: web.AppRunner, config: DaemonConfig) -> str | None
         try:
             await site.start()
         except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{config.api_port} for the control endpoint "
-                f"({exc.strerror}); is another daemon using it? Set KACHERY_P2P_API_PORT to choose another port"
+            reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+            raise PortInUseError(  # start-daemon adds which option chooses another port
+                f"cannot listen on {host}:{config.api_port} for the control endpoint ({reason}):"
+                " is another daemon or program using it?", "control"
             ) from None
     return fingerprint
 

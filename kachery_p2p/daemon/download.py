@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,13 @@ from ..transfer.plan import DownloadPlan, Piece
 from ..transfer.policy import Attempt, DownloadPolicy, fits_on_disk
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
 from .endpoint import LinkClosed
-from .session import PeerSession
+from .slow import Provider, request_while_alive
 
 log = logging.getLogger("kachery_p2p.download")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 STREAMS_PER_PROVIDER = 4
-PIECE_TIMEOUT = 60.0
+PIECE_TIMEOUT = 60.0  # a piece stream that delivers no byte for this long is given up (slow is fine)
 PROGRESS_INTERVAL = 0.25
 MAX_ROUNDS = 5
 ENDGAME_AGE_FACTOR = 1.5
@@ -49,30 +48,6 @@ MAX_MANIFEST_BYTES = 16 << 20
 disk_usage = shutil.disk_usage  # replaced in tests
 
 
-@dataclass
-class Provider:
-    """A peer that has the file. Its session is looked up at each use, so a provider reached through
-    a relay moves to the direct path as soon as one opens."""
-
-    first_session: PeerSession
-    size: int
-    resolve: Callable[[str], PeerSession | None] | None = None
-
-    @property
-    def node_id(self) -> str:
-        assert self.first_session.node_id is not None
-        return self.first_session.node_id
-
-    @property
-    def session(self) -> PeerSession:
-        best = self.resolve(self.node_id) if self.resolve is not None else None
-        return best or self.first_session
-
-    @property
-    def alive(self) -> bool:
-        return not self.session.link.is_closed
-
-
 class Download:
     def __init__(
         self, store: ContentStore, uri: FileUri, providers: list[Provider], progress: Progress
@@ -86,7 +61,14 @@ class Download:
         self._last_progress = 0.0
         self.started = time.monotonic()
         self.bytes_fetched = 0
+        # Bytes as they arrive (not only whole pieces): what progress and node-info show live.
+        self.bytes_received = 0
+        self.last_byte_at = self.started
         self.first_byte_at: float | None = None
+        # Hooks for streaming readers: the partial file once open, and each chunk once verified.
+        self.on_partial: Callable[[PartialFile], None] | None = None
+        self.on_verified: Callable[[int], None] | None = None
+        self.plan: DownloadPlan | None = None
 
     async def run(self) -> Path:
         """Download, verify and store the file. Size claims are tried in turn (``DownloadPolicy``): the
@@ -126,9 +108,11 @@ class Download:
         # Chunk hashes from a provider's manifest are unproven until the whole sha1 checks out: such
         # an attempt that fails is discarded at once, and its bans prove nothing.
         unproven = attempt.manifest_source is not None
+        if self.on_partial is not None and not unproven:  # a streaming reader may trust verified chunks
+            self.on_partial(partial)
         try:
             chunks = [(c.start, c.end) for c in manifest.chunks] if manifest else [(0, size)]
-            plan = DownloadPlan(chunks, partial.verified_chunks())
+            plan = self.plan = DownloadPlan(chunks, partial.verified_chunks())
             try:
                 await self._fetch(plan, partial)
             except NotFoundError as exc:
@@ -146,7 +130,7 @@ class Download:
                 raise StoreError(f"{exc}; removed the partial download of {self.sha1}") from exc
             raise
         finally:
-            await asyncio.to_thread(partial.close)
+            partial.close()  # quick, and not cancellable half-way: the next open of this file needs the lock
         await self._report(plan, force=True)
         return path, set(plan.banned)
 
@@ -176,15 +160,19 @@ class Download:
         size = manifest.size
         self.providers = [p for p in self.providers if p.size == size]
         partial = await asyncio.to_thread(self.store.open_partial, self.sha1, size, manifest)
+        if self.on_partial is not None:
+            self.on_partial(partial)
         try:
             skip = set(range(len(manifest.chunks))) - wanted
-            plan = DownloadPlan([(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip)
+            plan = self.plan = DownloadPlan(
+                [(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip
+            )
             await self._fetch(plan, partial)
             # Opened before the partial is released, so a full download finishing now cannot pull
             # the file away from under us.
             fd = os.open(partial.data_path, os.O_RDONLY)
         finally:
-            await asyncio.to_thread(partial.close)
+            partial.close()  # quick, and not cancellable half-way: the next open of this file needs the lock
         return fd, size
 
     async def _uri_manifest(self, providers: list[Provider]) -> Manifest:
@@ -244,6 +232,8 @@ class Download:
         async def verify(index: int) -> None:
             if await asyncio.to_thread(partial.verify_chunk, index):
                 plan.chunk_verified(index)
+                if self.on_verified is not None:
+                    self.on_verified(index)
                 # A chunk that failed when several providers sent it, now good from one: whoever's
                 # earlier piece differs from the good bytes lied.
                 earlier = suspects.pop(index, None)
@@ -359,8 +349,10 @@ class Download:
             buffer.clear()
 
         def sink(data: bytes) -> None:
+            self.last_byte_at = now = time.monotonic()
             if self.first_byte_at is None:
-                self.first_byte_at = time.monotonic()
+                self.first_byte_at = now
+            self.bytes_received += len(data)
             if written + len(buffer) + len(data) > piece.end:
                 raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
             buffer.extend(data)
@@ -369,7 +361,7 @@ class Download:
 
         session = provider.session
         header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
-        reply, _ = await session.request(header, sink=sink, timeout=PIECE_TIMEOUT)
+        reply = await request_while_alive(session, header, sink, PIECE_TIMEOUT)
         messages.check_ok(reply)
         if written + len(buffer) != piece.end:
             raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")

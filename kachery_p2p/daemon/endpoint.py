@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +26,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from ..errors import ConfigError
+from ..errors import PortInUseError
 from ..peering.path import PathKind
 from ..quic.identity import NodeIdentity
 from ..quic.settings import quic_configuration
@@ -85,9 +87,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         try:
             transport, _ = await udp.open_udp(lambda: self, host, port)
         except OSError as exc:
-            raise ConfigError(
-                f"cannot open UDP port {port} on {host} ({exc.strerror}); is another daemon using it? "
-                "Choose another with --port (0 picks a free one)"
+            reason = exc.strerror or _bind_error(host, port) or str(exc)
+            raise PortInUseError(  # start-daemon adds which option chooses another port
+                f"cannot open UDP port {port} on {host} ({reason}): is another daemon or program using it?", "udp"
             ) from None
         return udp.local_address(transport)
 
@@ -236,3 +238,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             not link.is_closed and isinstance(link.path, PeerPath) and link.path.peer_node_id == peer_node_id
             for link in self.links
         )
+
+
+def _bind_error(host: str, port: int) -> str | None:
+    """Why binding fails, from a plain socket (uvloop's error carries no strerror)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or (os.strerror(exc.errno) if exc.errno else None)
+    return None

@@ -24,23 +24,27 @@ from ..channels.announcements import Announcement
 from ..channels.membership import rendezvous_id
 from ..config import DaemonConfig
 from ..errors import RemoteProtocolError
-from ..ids import FileUri, format_address
+from ..ids import FileUri
 from ..peering.policy import RETRY_DIRECT_SEC, UNUSED_SESSION_GRACE, ConnectPolicy, keep_accepted_session, keepalive_due
 from ..quic import messages
 from ..quic.identity import NodeIdentity, short_node_id
 from ..relay.frames import DatagramKind
 from ..store import ContentStore
+from .candidates import gather as gather_candidates
 from .connect import Connector
 from .endpoint import Link, LinkClosed, QuicEndpoint
 from .lan import LanDiscovery, default_lan_interfaces
+from .paths import PeerPath
 from .peers import PeerTable
 from .portmap import PortMapping
 from .punch import PunchManager
 from .relay_server import RelayService
+from .relay_tcp import RelayTcpServer, TcpFallback, relay_over_tcp
 from .rendezvous import RelayClient
 from .serve import FileServer
 from .session import PeerSession
 from .stun_client import StunClient
+from .sysnet import ipv6_addresses
 from .tasks import Supervisor
 from .transfers import Transfers
 
@@ -58,7 +62,8 @@ class PeerNetwork:
         self.identity = identity
         self.channels = channels
         self.tasks = Supervisor()
-        self.endpoint = QuicEndpoint(identity, on_incoming=self._on_incoming, on_other_datagram=self._on_datagram)
+        self.endpoint = QuicEndpoint(identity, on_incoming=self._on_incoming, on_other_datagram=self._on_datagram,
+                                     max_links=links_allowed(config))
         self.peers = PeerTable(identity.node_id)
         self.server = FileServer(store)
         self.punch = PunchManager(self.endpoint, identity.node_id)
@@ -76,6 +81,8 @@ class PeerNetwork:
         self.local_address: tuple[str, int] | None = None
         self.lan: LanDiscovery | None = None
         self.port_mapping: PortMapping | None = None
+        self.relay_tcp: RelayTcpServer | None = None
+        self.tcp_fallbacks: list[TcpFallback] = []
         # Handlers of further request types (feeds), by message class: registered by their services.
         self.request_handlers: dict[type, Callable[[PeerSession, Any], Awaitable[Any]]] = {}
 
@@ -86,8 +93,12 @@ class PeerNetwork:
         if self.config.port_mapping and not self.config.relay_mode:
             self.port_mapping = PortMapping(self.local_address[1], on_change=lambda _a: self.channels_changed())
             self.tasks.spawn(self.port_mapping.run(), "port mapping")
+        self.relay_tcp, self.tcp_fallbacks = await relay_over_tcp(
+            self.endpoint.transport, self.config, self.identity, self.local_address[1], self._close_sessions_at)
         for address in self.config.bootstrap:
             self.tasks.keep_running(functools.partial(self.connector.keep_dialing, address), f"dial {address}")
+        for fallback in self.tcp_fallbacks:
+            self.tasks.keep_running(fallback.run, f"relay over TCP {fallback.host}")
         if self.config.lan_discovery and not self.config.relay_mode:
             self.lan = LanDiscovery(
                 self.identity,
@@ -108,6 +119,8 @@ class PeerNetwork:
         self.punch.stop()
         if self.relay is not None:
             self.relay.stop()
+        if self.relay_tcp is not None:
+            await self.relay_tcp.stop()
         if self.port_mapping is not None:
             await self.port_mapping.stop()
         if self.lan is not None:
@@ -229,22 +242,24 @@ class PeerNetwork:
         return [rendezvous_id(name) for name in self.channels()]
 
     def candidates(self) -> list[str]:
-        """Addresses a peer may reach us at: reflexive ones seen by relays, then local interfaces."""
-        found: list[str] = []
-        reflexive = [format_address(a) for a in self.stun.reflexive.values()]
-        given = [format_address((a.host, a.port)) for a in [self.config.public_address] if a and _is_ip(a.host)]
-        mapped = [format_address(a) for a in [self.port_mapping and self.port_mapping.external] if a]
-        for text in [*given, *mapped, *(c.observed for c in self.relay_clients.values() if c.observed), *reflexive]:
-            if text not in found:
-                found.append(text)
-        if self.local_address is not None:
-            host, port = self.local_address
-            hosts = [host] if host not in ("0.0.0.0", "") else [h for h in default_lan_interfaces() if h != "127.0.0.1"]
-            for item in hosts:
-                text = format_address((item, port))
-                if text not in found:
-                    found.append(text)
-        return found
+        """Addresses a peer may reach us at (daemon.candidates.gather says in which order)."""
+        return gather_candidates(
+            public=self.config.public_address,
+            mapped=self.port_mapping.external if self.port_mapping else None,
+            observed=[c.observed for c in self.relay_clients.values() if c.observed],
+            reflexive=self.stun.reflexive.values(),
+            local=self.local_address,
+            dual_stack=getattr(self.endpoint.transport, "dual_stack", False),
+            lan_ipv4=default_lan_interfaces,
+            ipv6=ipv6_addresses,
+        )
+
+    async def _close_sessions_at(self, addr: tuple[str, int]) -> None:
+        """End our sessions with whoever is at ``addr`` (the dialer reconnects at once, over the new way)."""
+        direct = [s for s in self.peers.all_sessions() if not isinstance(s.link.path, PeerPath)]
+        for session in [s for s in direct if tuple(s.link.path.addr) == addr]:  # not relayed peers behind it
+            session.close("moving to another transport")
+        await asyncio.sleep(0.05)  # let the CONNECTION_CLOSE leave on the old transport
 
     def _on_announcement(self, announcement: Announcement, ip: str) -> None:
         if set(announcement.rendezvous_ids) & set(self.rendezvous_ids()):
@@ -273,12 +288,13 @@ class PeerNetwork:
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self.peers.connecting),
             "portMapping": self.port_mapping.info() if self.port_mapping else None,
+            "relayTransports": [f.info() for f in self.tcp_fallbacks],
             "bytesServed": self.server.bytes_served,
             "bytesDownloaded": self.transfers.bytes_downloaded,
             "backgroundTaskFailures": self.tasks.failures,
         }
-        if self.relay is not None:
-            info.update(self.relay.info())
+        for part in (self.relay, self.relay_tcp):
+            info.update(part.info() if part is not None else {})
         return info
 
     def peers_info(self) -> list[dict[str, Any]]:
@@ -325,11 +341,7 @@ async def _quiet(awaitable: Awaitable[Any]) -> None:
         await awaitable
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+def links_allowed(config: DaemonConfig) -> int:
+    """QUIC connections at once: a relay holds one per registered node (--relay-max-nodes) plus room for
+    its peers and half-open attempts; a plain node 512."""
+    return max(512, config.relay_limits.max_registrations + 256) if config.relay_mode else 512

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -18,7 +17,7 @@ from aiohttp import web
 from .. import __version__
 from ..channels.membership import JoinedChannels
 from ..config import CHANNELS_FILENAME, PROTOCOL_VERSION, DaemonConfig
-from ..errors import NotFoundError, StoreError, UsageError
+from ..errors import DaemonStoppedError, NotFoundError, StoreError, UsageError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from ..quic.identity import NodeIdentity
 from ..store import ContentStore
@@ -27,7 +26,9 @@ from . import control_access
 from .control import make_app
 from .feeds_peers import FeedPeers
 from .feeds_service import FeedService
-from .files import read_file_range
+from .files import read_file_range, refuse_peer_lookup
+from .lock import write_secret_file
+from .running import DownloadRegistry
 
 log = logging.getLogger("kachery_p2p.node")
 
@@ -63,7 +64,7 @@ class Node:
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self._loads: dict[str, asyncio.Task[Path]] = {}
+        self.downloads = DownloadRegistry()
         self.feeds = FeedService(config.config_dir, identity.node_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -79,6 +80,8 @@ class Node:
         await self._runner.setup()
         fingerprint = await control_access.start_sites(self._runner, self.config)  # loopback (+ --api-host)
         control_access.publish(self.config, token, fingerprint)  # token (+ --auth-group, cert fingerprint)
+        write_secret_file(self.config.api_port_path, f"{self.config.api_port}\n")  # where clients find us
+        os.chmod(self.config.api_port_path, 0o644)  # not a secret: group members of --auth-group read it too
         removed = await asyncio.to_thread(self.store.cleanup_temp, TEMP_MAX_AGE_SEC)
         if removed:
             log.info("removed %d stale temp files from %s", removed, self.store.temp_dir)
@@ -91,13 +94,13 @@ class Node:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        for task in list(self._loads.values()):
-            task.cancel()
+        self.downloads.stop_all(DaemonStoppedError("the daemon stopped during the load"))
         if self.remote is not None:
             with contextlib.suppress(Exception):
                 await self.remote.stop()
-        with contextlib.suppress(OSError):
-            self.config.token_path.unlink()
+        for path in (self.config.token_path, self.config.api_port_path):
+            with contextlib.suppress(OSError):
+                path.unlink()
         control_access.unpublish(self.config)
         if self._runner is not None:
             await self._runner.cleanup()
@@ -136,12 +139,16 @@ class Node:
 
     def join_channel(self, name: str) -> bool:
         changed = self.channels.join(name)
+        if changed:
+            log.info("joined channel %r", name)
         if changed and self.remote is not None:
             self.remote.channels_changed()
         return changed
 
     def leave_channel(self, name: str) -> bool:
         changed = self.channels.leave(name)
+        if changed:
+            log.info("left channel %r", name)
         if changed and self.remote is not None:
             self.remote.channels_changed()
         return changed
@@ -207,18 +214,11 @@ class Node:
             parent = self.store.find_local(FileUri(algorithm="sha1", hash=uri.chunk_of.sha1))
             if parent is not None:
                 return await asyncio.to_thread(self._extract_chunk, uri, parent)
-        if self.remote is None or uri.algorithm != "sha1":
+        refuse_peer_lookup(uri)
+        if self.remote is None:
             raise NotFoundError(f"{uri.hash} is not in the local store and no peer network is running")
-        # Two loads of one file share one download.
-        task = self._loads.get(uri.hash)
-        if task is None or task.done():
-            task = asyncio.ensure_future(self.remote.load(uri, timeout, progress))
-            self._loads[uri.hash] = task
-            task.add_done_callback(functools.partial(self._forget_load, uri.hash))
-        return await asyncio.shield(task)
-
-    def _forget_load(self, key: str, _task: asyncio.Task[Path]) -> None:
-        self._loads.pop(key, None)
+        # Loads of one file share one download (see running.py).
+        return await self.remote.load(uri, timeout, progress)
 
     def _extract_chunk(self, uri: FileUri, parent: Path) -> Path:
         assert uri.chunk_of is not None
@@ -242,6 +242,8 @@ class Node:
                 "fileSize": path.stat().st_size,
                 "fileKey": {"sha1": uri.hash},
             }
+        elif uri.algorithm != "sha1":
+            refuse_peer_lookup(uri)
         if self.remote is not None and uri.algorithm == "sha1":
             async for provider in self.remote.find(uri, timeout):
                 yield provider
@@ -251,7 +253,9 @@ class Node:
     ) -> tuple[int, AsyncIterator[bytes]]:
         first = start or 0
         path = await asyncio.to_thread(self.local_path, uri)
-        if path is None and self.remote is not None and uri.algorithm == "sha1":
+        if path is None:
+            refuse_peer_lookup(uri)
+        if path is None and self.remote is not None:
             return await self.remote.read_remote_range(uri, first, end, timeout)
         if path is None:
             raise NotFoundError(f"{uri.hash} is not in the local store")

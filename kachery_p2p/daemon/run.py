@@ -45,13 +45,14 @@ async def serve(config: DaemonConfig, identity: NodeIdentity, store: ContentStor
     # The composition: the node (store, channels, control endpoint) and its peer network, which
     # sees the node's channels through one callable and nothing else of it.
     node = Node(config, identity, store)
-    node.remote = PeerNetwork(config, identity, store, node.channels.names)
+    node.remote = network = PeerNetwork(config, identity, store, node.channels.names)
+    node.downloads = network.transfers.downloads  # so that a stopping node ends loads with a clear error
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, node.request_stop)
     try:
         await node.start()
-        print(f"kachery-p2p daemon running: node {identity.node_id}", file=sys.stderr, flush=True)
+        print(start_line(node), file=sys.stderr, flush=True)
         await node.wait_stopped()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -67,3 +68,15 @@ def run_daemon(config: DaemonConfig) -> None:
         asyncio.run(serve(config, identity, store))
     finally:
         lock.release()
+
+
+def start_line(node: Node) -> str:
+    """What the user needs to know once the daemon runs: who it is, where it listens, where it stores."""
+    info = node.node_info()
+    config = node.config
+    dials = ", ".join(str(address) for address in config.bootstrap) or "none (LAN discovery only)"
+    role = "relay, " if config.relay_mode else ""
+    return (
+        f"kachery-p2p daemon running: {role}node {node.identity.node_id}, control {config.api_host}:{config.api_port},"
+        f" QUIC udp {info.get('udpAddress', '-')}, store {node.store.root}, bootstrap {dials}"
+    )

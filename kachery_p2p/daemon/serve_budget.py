@@ -92,10 +92,11 @@ class _Link(Protocol):
 
 
 async def send_body(
-    link: _Link, stream_id: int, body: AsyncIterator[bytes], stall_timeout: float = STALL_TIMEOUT
+    link: _Link, stream_id: int, body: AsyncIterator[bytes], stall_timeout: float | None = None
 ) -> None:
-    """Send a reply body; a peer that reads nothing for ``stall_timeout`` has the stream reset.
-    The body is closed at the end, whatever happens (its reservation is returned)."""
+    """Send a reply body; a peer that reads nothing for ``stall_timeout`` (default ``STALL_TIMEOUT``)
+    has the stream reset. The body is closed at the end, whatever happens (its reservation is returned)."""
+    stall_timeout = STALL_TIMEOUT if stall_timeout is None else stall_timeout
     try:
         async for block in body:
             link.send(stream_id, block)

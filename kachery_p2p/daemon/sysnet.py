@@ -82,3 +82,25 @@ def only_joined_groups(sock: socket.socket) -> None:
         return
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MULTICAST_ALL", _LINUX_IP_MULTICAST_ALL), 0)
+
+
+def ipv6_addresses() -> list[str]:
+    """This host's routable IPv6 addresses: global and unique-local, never link-local, loopback or IPv4-mapped
+    (the same rule as for IPv4, whose private LAN addresses are candidates too), or []."""
+    found: list[str] = []
+    try:
+        import ifaddr
+
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if not ip.is_IPv6 or not isinstance(ip.ip, tuple):
+                    continue
+                with contextlib.suppress(ValueError):
+                    address = ipaddress.IPv6Address(ip.ip[0].split("%")[0])
+                    usable = not (address.is_link_local or address.is_loopback or address.is_multicast
+                                  or address.is_unspecified or address.ipv4_mapped is not None)
+                    if usable and str(address) not in found:
+                        found.append(str(address))
+    except Exception:  # no ifaddr or an unreadable interface: no IPv6 candidates, IPv4 still works
+        return []
+    return found

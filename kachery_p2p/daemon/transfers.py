@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,8 @@ from ..quic import messages
 from .activity import ActivityPump
 from .download import Download, Provider
 from .endpoint import LinkClosed
-from .files import read_fd_range, read_file_range
+from .files import RangeReader
+from .running import DownloadRegistry, RunningDownload, path_result
 from .session import PeerSession
 
 if TYPE_CHECKING:
@@ -39,7 +39,10 @@ class Transfers:
         # Downloads at once (more wait their turn, first come first served), and one per file.
         self._slots = asyncio.Semaphore(MAX_DOWNLOADS)
         self._file_locks: dict[str, asyncio.Lock] = {}
-        self.bytes_downloaded = 0
+        self._bytes_done = 0
+        self._active: set[Download] = set()
+        # Downloads followed by clients (running.py); the node stops them all when the daemon stops.
+        self.downloads = DownloadRegistry()
         self.activity = ActivityPump()  # downloads and uploads in progress (kachery-p2p-transfers)
 
     async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
@@ -137,35 +140,65 @@ class Transfers:
 
     async def _providers(self, uri: FileUri, timeout: float | None) -> list[Provider]:
         wait = FIND_TIMEOUT if timeout is None else timeout
+        started = time.monotonic()
         providers = await self._collect(uri.sha1, wait)
         if not providers:
-            peers = len(self.peers.channel_peers())
-            raise NotFoundError(
-                f"file not found: no peer has {uri.sha1} (asked {peers} channel peer{'s' if peers != 1 else ''}"
-                f" for {wait:g} s)"
-            )
+            raise NotFoundError(self._not_found(uri, time.monotonic() - started))
         return providers
 
+    def _not_found(self, uri: FileUri, elapsed: float) -> str:
+        """Who was asked, for how long, and what the user can do about it."""
+        peers = len(self.peers.channel_peers())
+        asked = f"asked {peers} channel peer{'s' if peers != 1 else ''}, searched {elapsed:.1f} s"
+        message = f"file not found: no peer has {uri.sha1} ({asked})"
+        if peers == 0:
+            return message + (
+                "; no peer shares a channel with this node: join a channel that a peer has joined"
+                " (kachery-p2p-join-channel NAME) and reach peers with --bootstrap HOST:PORT or on this LAN"
+            )
+        return message
+
+    @property
+    def bytes_downloaded(self) -> int:
+        """Bytes received from peers since the daemon started, counted as they arrive."""
+        return self._bytes_done + sum(d.bytes_received for d in self._active)
+
     async def load(self, uri: FileUri, timeout: float | None, progress: Progress) -> Path:
+        """Download the file, or follow its download if another client started it already."""
+        entry = self.downloads.start(uri, "load", lambda entry: self._run_load(entry, timeout))
+        return path_result(await self.downloads.follow(entry, progress))
+
+    async def _run_load(self, entry: RunningDownload, timeout: float | None) -> Path:
+        uri = entry.uri
         providers = await self._providers(uri, timeout)
         ids, size = [p.node_id for p in providers], providers[0].size
+        # Listed by kachery-p2p-transfers (activity.py), which can cancel it; followers: running.py.
         return await self.activity.track_load(
-            str(uri), uri.sha1, size, ids, progress, lambda tracked: self._load(uri, providers, tracked)
+            str(uri), uri.sha1, size, ids, _no_progress, lambda tracked: self._load(entry, providers, tracked)
         )
 
-    async def _load(self, uri: FileUri, providers: list[Provider], progress: Progress) -> Path:
-        await progress({"bytesLoaded": 0, "bytesTotal": providers[0].size, "providers": len(providers)})
-        download = Download(self.store, uri, providers, progress)
+    async def _load(self, entry: RunningDownload, providers: list[Provider], progress: Progress) -> Path:
+        uri = entry.uri
+        download = entry.download = Download(self.store, uri, providers, progress)
+        entry.phase = "queued"
         async with self._slots, self._file_lock(uri.sha1):
             path = await asyncio.to_thread(self.store.find_local, uri)
             if path is None:
-                try:
+                entry.phase = "downloading"
+                with self._counting(download):
                     path = await download.run()
-                finally:
-                    self.bytes_downloaded += download.bytes_fetched
-        if download.bad_providers:
-            await progress({"badProviders": download.bad_providers})
+        entry.phase = "done"
+        entry.bad_providers = download.bad_providers
         return path
+
+    @contextlib.contextmanager
+    def _counting(self, download: Download) -> Iterator[None]:
+        self._active.add(download)
+        try:
+            yield
+        finally:
+            self._active.discard(download)
+            self._bytes_done += download.bytes_received
 
     @contextlib.asynccontextmanager
     async def _file_lock(self, sha1: str) -> AsyncIterator[None]:
@@ -180,29 +213,35 @@ class Transfers:
     async def read_remote_range(
         self, uri: FileUri, start: int, end: int | None, timeout: float | None
     ) -> tuple[int, AsyncIterator[bytes]]:
-        """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them."""
+        """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them, each
+        range streamed as soon as the chunks covering it are verified."""
         providers = await self._providers(uri, timeout)
+        reader = RangeReader(start, end)
 
-        async def no_progress(message: dict[str, Any]) -> None:
-            return None
+        async def run(entry: RunningDownload) -> Path | int:
+            download = entry.download = Download(self.store, uri, providers, _no_progress)
+            download.on_partial = reader.opened
+            download.on_verified = reader.verified
+            entry.phase = "queued"
+            async with self._slots, self._file_lock(uri.sha1):
+                path = await asyncio.to_thread(self.store.find_local, uri)
+                if path is not None:
+                    return path
+                entry.phase = "downloading"
+                with self._counting(download):
+                    fd, _size = await download.fetch_range(start, end if end is not None else 1 << 62)
+            return fd
 
-        download = Download(self.store, uri, providers, no_progress)
-        async with self._slots, self._file_lock(uri.sha1):
-            path = await asyncio.to_thread(self.store.find_local, uri)
-            if path is not None:
-                size = path.stat().st_size
-                last = size if end is None else min(end, size)
-                if start > last:
-                    raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
-                return last - start, read_file_range(path, start, last)
-            try:
-                fd, size = await download.fetch_range(start, end if end is not None else 1 << 62)
-            finally:
-                self.bytes_downloaded += download.bytes_fetched
-        last = size if end is None else min(end, size)  # the verified size, not a provider's claim
+        entry = self.downloads.start(uri, "read", run, share=False)
+        # The verified size (the URI's manifest, or the whole file checked), not a provider's claim.
+        size = await reader.proven_size(entry)
+        last = size if end is None else min(end, size)
         if start > last:
-            os.close(fd)
+            reader.abandon(entry)
             raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
-        return last - start, read_fd_range(fd, start, last)
+        reader.end = last
+        return last - start, reader.stream(entry)
 
 
+async def _no_progress(message: dict[str, Any]) -> None:
+    return None

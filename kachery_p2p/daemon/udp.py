@@ -61,8 +61,11 @@ class UdpTransport(asyncio.DatagramTransport):
         self._sock = sock
         self._protocol = protocol
         self._family = sock.family
+        self.dual_stack = sock.family == socket.AF_INET6 and sock.getsockname()[0] == "::"
         self._pktinfo = pktinfo
         self._reply_from: dict[Address, str] = {}
+        self._routes: dict[Address, Callable[[bytes], None]] = {}
+        self._watched: dict[Address, float] = {}
         self._closing = False
         self.stats = {"received": 0, "sent": 0, "send_errors": 0}
         self._extra = {"socket": sock, "sockname": sock.getsockname()}
@@ -89,10 +92,49 @@ class UdpTransport(asyncio.DatagramTransport):
     def get_write_buffer_size(self) -> int:
         return 0
 
+    # -- other ways than UDP (the relay's TCP transport) ------------------------------------------
+    def route_via(self, addr: Address, send: Callable[[bytes], None]) -> None:
+        """Send every datagram for ``addr`` through ``send`` instead of UDP (until ``unroute``)."""
+        self._routes[addr] = send
+
+    def unroute(self, addr: Address) -> None:
+        self._routes.pop(addr, None)
+
+    def routed(self, addr: Address) -> bool:
+        return addr in self._routes
+
+    def inject(self, data: bytes, addr: Address) -> None:
+        """Deliver a datagram that came another way, as if received from ``addr``."""
+        if not self._closing:
+            self._protocol.datagram_received(data, addr)
+
+    def watch(self, addr: Address) -> None:
+        """Remember when a datagram last arrived from ``addr`` over UDP itself (see ``last_heard``)."""
+        self._watched.setdefault(addr, 0.0)
+
+    def last_heard(self, addr: Address) -> float:
+        """``loop.time()`` of the last UDP datagram from a watched address (0.0: never)."""
+        return self._watched.get(addr, 0.0)
+
+    def send_udp(self, data: bytes, addr: Address) -> None:
+        """Send over UDP even when ``addr`` is routed another way (to find out whether UDP works again)."""
+        send = self._routes.pop(addr, None)
+        try:
+            self.sendto(data, addr)
+        finally:
+            if send is not None:
+                self._routes[addr] = send
+
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         if self._closing or addr is None:
             return
         remote = (addr[0], addr[1])
+        if self._routes:
+            send = self._routes.get(remote)
+            if send is not None:
+                send(bytes(data))
+                self.stats["sent"] += 1
+                return
         source = self._reply_from.get(remote) if self._pktinfo else None
         try:
             dest = self._sock_address(remote)
@@ -145,6 +187,8 @@ class UdpTransport(asyncio.DatagramTransport):
                 protocol.error_received(exc)
                 return
             remote = normalize(source)
+            if self._watched and remote in self._watched:
+                self._watched[remote] = self._loop.time()
             if ancillary:
                 local = self._destination(ancillary)
                 if local is not None and table.get(remote) != local:
@@ -215,3 +259,17 @@ def local_address(transport: UdpTransport) -> Address:
         if ipaddress.ip_address(host).is_unspecified:
             host = "0.0.0.0"
     return host, port
+
+
+async def resolve(host: str, port: int, dual_stack: bool) -> Address:
+    """The address to send to for ``host``: IPv4 first where this host has an IPv4 route, else IPv6 (an
+    IPv6-only network); only IPv4 on an IPv4 socket. OSError (socket.gaierror) when it does not resolve."""
+    from .sysnet import default_route_ipv4
+
+    family = socket.AF_UNSPEC if dual_stack else socket.AF_INET
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise socket.gaierror(f"{host} has no address")
+    prefer_v4 = default_route_ipv4() is not None
+    infos.sort(key=lambda info: (info[0] == socket.AF_INET) != prefer_v4)
+    return normalize(infos[0][4])

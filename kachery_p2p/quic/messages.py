@@ -36,17 +36,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..error_codes import PEER_ERROR_CODES
 from ..errors import RemoteProtocolError
 from ..ids import HEX64_RE
 
-ERROR_CODES = (
-    "not_found",
-    "not_authorized",
-    "unauthenticated",
-    "bad_request",
-    "busy",
-    "internal",
-)
+ERROR_CODES = PEER_ERROR_CODES
 MAX_PROOFS = 256
 MAX_LABEL = 64
 _HEX40 = re.compile(r"^[0-9a-f]{40}\Z")

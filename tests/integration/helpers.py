@@ -20,15 +20,23 @@ class RunsCommands(Protocol):
     def api(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    output: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds
+    (showing the end of ``output()`` if given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+            shown = f"; output: {output()[-1500:]!r}" if output is not None else ""
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}{shown}")
         time.sleep(interval)
 
 

@@ -78,7 +78,7 @@ def test_store_load_cat_find(daemon_factory, tmp_path: Path) -> None:
     assert d.run("cat", uri, "--end", "100", text=False).stdout == data[:100]
 
     found = json.loads(stdout_line(d.run("find", uri)))
-    assert found["node_id"] == d.node_id
+    assert found["nodeId"] == d.node_id
     assert found["size"] == size
 
     # names are printed raw (spaces, UTF-8), as the original does

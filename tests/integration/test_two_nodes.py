@@ -174,7 +174,7 @@ def test_store_on_a_load_on_b_by_cli(pair: tuple[Daemon, Daemon, str], tmp_path:
 
     code, found, stderr = find_json(b, uri)
     assert code == 0, stderr
-    assert [(f["node_id"], f["size"], f["local"]) for f in found] == [(a.node_id, len(data), False)]
+    assert [(f["nodeId"], f["size"], f["local"]) for f in found] == [(a.node_id, len(data), False)]
     assert found[0]["label"] == "alpha"
 
     path = load_cli(b, uri)
@@ -204,7 +204,7 @@ def test_store_on_a_load_on_b_by_python(pair: tuple[Daemon, Daemon, str], tmp_pa
     uri = a.api("store_file", str(tmp_path / "py.bin"))
 
     found = b.api("find_file", uri)
-    assert [(f["node_id"], f["size"], f["local"]) for f in found] == [(a.node_id, len(data), False)]
+    assert [(f["nodeId"], f["size"], f["local"]) for f in found] == [(a.node_id, len(data), False)]
 
     assert b.api("load_bytes", uri, 1000, 250_000) == data[1000:250_000]
     path = b.api("load_file", uri)
@@ -216,7 +216,7 @@ def test_store_on_a_load_on_b_by_python(pair: tuple[Daemon, Daemon, str], tmp_pa
 
     # Now both have it: find on B lists itself (local) and A.
     found = b.api("find_file", uri)
-    assert sorted((f["node_id"], f["local"]) for f in found) == sorted([(b.node_id, True), (a.node_id, False)])
+    assert sorted((f["nodeId"], f["local"]) for f in found) == sorted([(b.node_id, True), (a.node_id, False)])
 
 
 def test_load_bytes_of_a_remote_file_by_range(pair: tuple[Daemon, Daemon, str], tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def test_empty_file(pair: tuple[Daemon, Daemon, str], tmp_path: Path) -> None:
     assert path.read_bytes() == b""
     assert b.api("load_bytes", uri) == b""
     found = b.api("find_file", uri)
-    assert {(f["node_id"], f["size"]) for f in found} >= {(a.node_id, 0)}
+    assert {(f["nodeId"], f["size"]) for f in found} >= {(a.node_id, 0)}
 
 
 def test_file_nobody_has(pair: tuple[Daemon, Daemon, str]) -> None:
@@ -306,7 +306,7 @@ def test_three_daemons(daemon_factory: Factory, tmp_path: Path) -> None:
     uri = store(b, tmp_path / "b.bin")
     code, found, stderr = find_json(c, uri)
     assert code == 0, stderr
-    assert [(f["node_id"], f["label"], f["size"]) for f in found] == [(b.node_id, "beta", len(only_b))]
+    assert [(f["nodeId"], f["label"], f["size"]) for f in found] == [(b.node_id, "beta", len(only_b))]
     path = load_cli(c, uri)
     assert sha1_file(path) == hashlib.sha1(only_b).hexdigest()
 
@@ -316,14 +316,14 @@ def test_three_daemons(daemon_factory: Factory, tmp_path: Path) -> None:
     assert store(b, tmp_path / "ab.bin") == uri_ab
     code, found, stderr = find_json(c, uri_ab)
     assert code == 0, stderr
-    assert sorted(f["node_id"] for f in found) == sorted([a.node_id, b.node_id])
+    assert sorted(f["nodeId"] for f in found) == sorted([a.node_id, b.node_id])
     assert all(f["size"] == len(both) for f in found)
     path_ab = c.api("load_file", uri_ab)
     assert path_ab is not None and sha1_file(path_ab) == hashlib.sha1(both).hexdigest()
 
     # A now finds the file on B and C.
     found_a = a.api("find_file", uri)
-    assert sorted(f["node_id"] for f in found_a) == sorted([b.node_id, c.node_id])
+    assert sorted(f["nodeId"] for f in found_a) == sorted([b.node_id, c.node_id])
 
 
 # ---- LAN discovery -----------------------------------------------------------------------------------
