@@ -298,7 +298,15 @@ class PeerNetwork:
         return info
 
     def peers_info(self) -> list[dict[str, Any]]:
-        return self.peers.info()
+        """The peer table's view, plus the transport under each path: "tcp" where the relay (or the peer) is
+        reached over the relay's TLS/TCP transport (relay_tcp.py), else "udp"."""
+        routed = getattr(self.endpoint.transport, "routed", lambda _addr: False)
+        result = []
+        for session in filter(None, map(self.peers.session_for, self.peers.node_ids())):
+            path = session.link.path
+            via = getattr(path, "relay_addr", path.addr) if path.kind == "relayed" else path.addr
+            result.append({**session.info(), "transport": "tcp" if routed(tuple(via)) else "udp"})
+        return result
 
     # -- for services that take the network (feeds): the peer table's lookups ---------------------
     def session_for(self, node_id: str) -> PeerSession | None:
