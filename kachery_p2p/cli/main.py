@@ -59,7 +59,8 @@ def cli() -> None:
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Append the log here, not to stderr.")
 @click.option("--install-service", is_flag=True, help="Write a systemd unit running the daemon with these options "
-              "(user unit; system unit as root), enable and start it.")
+              "(user unit; system unit as root), enable and start it. "
+              "$KACHERY_P2P_UNIT_DIR: write the unit there and leave systemctl alone.")
 @click.option("--uninstall-service", is_flag=True, help="Stop, disable and remove that unit.")
 def start_daemon_cmd(
     label: str,

@@ -11,13 +11,11 @@ import click
 
 from ..errors import NotFoundError, UsageError
 from ..ids import FileUri
-from .errors import Command
+from .errors import ENVIRONMENT_HELP, Command
 from .units import human_bytes
 
-ENV_HELP = (
-    "Environment: KACHERY_P2P_CONFIG_DIR (default ~/.kachery-p2p) and KACHERY_P2P_API_PORT (default 20431) "
-    "say which daemon to ask."
-)
+# The daemon these commands ask is chosen by the environment (the help text of every command).
+ENV_HELP = ENVIRONMENT_HELP
 
 
 def _client() -> Any:

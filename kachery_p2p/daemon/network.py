@@ -25,7 +25,7 @@ from ..channels.membership import rendezvous_id
 from ..config import DaemonConfig
 from ..errors import RemoteProtocolError
 from ..ids import FileUri
-from ..peering.policy import RETRY_DIRECT_SEC, ConnectPolicy, keepalive_due
+from ..peering.policy import RETRY_DIRECT_SEC, UNUSED_SESSION_GRACE, ConnectPolicy, keep_accepted_session, keepalive_due
 from ..quic import messages
 from ..quic.identity import NodeIdentity, short_node_id
 from ..relay.frames import DatagramKind
@@ -192,6 +192,8 @@ class PeerNetwork:
             short_node_id(session.node_id), session.label, session.link.path.describe(), session.shared_channels,
         )
         self.tasks.spawn(self._watch(session))
+        if not session.link.is_client:
+            self.tasks.spawn(self._close_if_unused(session))
         if "relay" in session.peer_roles and self.relay is None and session.link.path.kind == "direct":
             client = RelayClient(
                 session, self.identity, self.config.label, self.rendezvous_ids, self.candidates, self.stun.query,
@@ -215,6 +217,17 @@ class PeerNetwork:
         if self.relay is not None:
             self.relay.session_closed(session)
         log.info("disconnected from %s: %s", short_node_id(session.node_id), reason)
+
+    async def _close_if_unused(self, session: PeerSession) -> None:
+        await asyncio.sleep(_unused_grace_sec())
+        if session.link.is_closed:
+            return
+        registered = self.relay is not None and self.relay.state.registry.registered(session.node_id or "")
+        if not keep_accepted_session(
+            self.relay is not None, bool(session.shared_channels), "relay" in session.peer_roles, registered
+        ):
+            log.info("closing the unused session from %s", short_node_id(session.node_id or "?" * 64))
+            session.close("no shared channel" if self.relay is None else "no registration")
 
     async def _keepalive(self) -> None:
         while True:
@@ -285,7 +298,15 @@ class PeerNetwork:
         return info
 
     def peers_info(self) -> list[dict[str, Any]]:
-        return self.peers.info()
+        """The peer table's view, plus the transport under each path: "tcp" where the relay (or the peer) is
+        reached over the relay's TLS/TCP transport (relay_tcp.py), else "udp"."""
+        routed = getattr(self.endpoint.transport, "routed", lambda _addr: False)
+        result = []
+        for session in filter(None, map(self.peers.session_for, self.peers.node_ids())):
+            path = session.link.path
+            via = getattr(path, "relay_addr", path.addr) if path.kind == "relayed" else path.addr
+            result.append({**session.info(), "transport": "tcp" if routed(tuple(via)) else "udp"})
+        return result
 
     # -- for services that take the network (feeds): the peer table's lookups ---------------------
     def session_for(self, node_id: str) -> PeerSession | None:
@@ -305,6 +326,14 @@ class PeerNetwork:
         self, uri: FileUri, start: int, end: int | None, timeout: float | None
     ) -> tuple[int, AsyncIterator[bytes]]:
         return await self.transfers.read_remote_range(uri, start, end, timeout)
+
+
+def _unused_grace_sec() -> float:
+    """KACHERY_P2P_UNUSED_SESSION_SEC (>= 1) shortens UNUSED_SESSION_GRACE in tests."""
+    try:
+        return max(1.0, float(os.environ.get("KACHERY_P2P_UNUSED_SESSION_SEC", UNUSED_SESSION_GRACE)))
+    except ValueError:
+        return UNUSED_SESSION_GRACE
 
 
 def _retry_direct_sec() -> float:

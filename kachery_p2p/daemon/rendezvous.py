@@ -52,15 +52,17 @@ class RelayClient:
         self.observed: str | None = None
         self._wake = asyncio.Event()
         self._queried = False
+        self._stun: asyncio.Future[None] | None = None
 
     def trigger(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
         if not self._queried:
+            # Not awaited: the first publish must not wait for STUN (a relay drops sessions that
+            # register nothing); we publish again with the reflexive address once it is known.
             self._queried = True
-            reflexive = await self.stun_query(self.relay_addr)
-            log.info("relay %s sees us at %s (STUN)", self.session.link.path.describe(), reflexive)
+            self._stun = asyncio.ensure_future(self._query_stun())
         last_publish = 0.0
         while not self.session.link.is_closed:
             try:
@@ -74,6 +76,12 @@ class RelayClient:
                 log.info("rendezvous with relay %s failed: %s", self.session.link.path.describe(), exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), LOOKUP_INTERVAL)
+
+    async def _query_stun(self) -> None:
+        reflexive = await self.stun_query(self.relay_addr)
+        log.info("relay %s sees us at %s (STUN)", self.session.link.path.describe(), reflexive)
+        if reflexive is not None:
+            self.trigger()
 
     async def publish(self) -> None:
         ids = self.rendezvous_ids()[:64]

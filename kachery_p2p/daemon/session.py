@@ -19,6 +19,7 @@ from ..quic import messages
 from ..quic.auth import channel_binding, make_auth, my_channel_proofs, new_nonce, verify_auth
 from ..quic.frames import FrameReader, encode_frame
 from ..quic.identity import NodeIdentity, check_peer_certificate, short_node_id
+from ..quic.session import Authenticate, Refuse, RequestGate, UpdateChannels
 from ..quic.settings import peer_certificate, smoothed_rtt
 from .link import Link, LinkClosed
 from .serve_budget import send_body
@@ -26,7 +27,6 @@ from .serve_budget import send_body
 log = logging.getLogger("kachery_p2p.session")
 
 AUTH_TIMEOUT = 10.0
-MAX_INCOMING_REQUESTS = 64
 MAX_SMALL_BODY = 4 << 20
 BodySink = Callable[[bytes], None]
 Handler = Callable[["PeerSession", messages.Request], Awaitable[tuple[dict[str, Any], AsyncIterator[bytes] | None]]]
@@ -110,7 +110,7 @@ class PeerSession:
         self._peer_proofs: tuple[str, ...] = ()
         self._peer_binding = b""
         self._base_binding = b""
-        self._incoming = 0
+        self.gate = RequestGate(link.is_client)
         self._tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -260,28 +260,23 @@ class PeerSession:
             self.link.reset(stream_id)
             return
         try:
-            if not self.ready.done():
-                if self.link.is_client:
-                    reply: dict[str, Any] = messages.error("unauthenticated", "authenticate first")
-                else:
-                    reply = self._verify_client(header)
-                self._reply(stream_id, reply)
+            decision = self.gate.decide(header, authenticated=self.ready.done())  # quic.session decides
+            if isinstance(decision, Refuse):
+                self._reply(stream_id, decision.reply)
                 return
-            request = messages.parse_request(header)
-            if isinstance(request, messages.ChannelsUpdate):
-                self._reply(stream_id, self._answer_channels(request))
+            if isinstance(decision, Authenticate):
+                self._reply(stream_id, self._verify_client(decision.header))
                 return
-            if self._incoming >= MAX_INCOMING_REQUESTS:
-                self._reply(stream_id, messages.error("busy", "too many requests at once"))
+            if isinstance(decision, UpdateChannels):
+                self._reply(stream_id, self._answer_channels(decision.request))
                 return
-            self._incoming += 1
             try:
-                reply_header, body = await self.handler(self, request)
+                reply_header, body = await self.handler(self, decision.request)
                 self.link.send(stream_id, encode_frame(reply_header), end=body is None)
                 if body is not None:
                     await send_body(self.link, stream_id, body)  # stall timeout, body always closed
             finally:
-                self._incoming -= 1
+                self.gate.finished()
         except RemoteProtocolError as exc:
             code = exc.code if exc.code in messages.ERROR_CODES else "bad_request"
             self._reply(stream_id, messages.error(code, str(exc)))

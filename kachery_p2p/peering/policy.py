@@ -30,6 +30,7 @@ RELAY_STEP_IN_AFTER = 0.5
 LAN_STEP_IN_AFTER = 2.0
 RETRY_DIRECT_SEC = 60.0
 KEEPALIVE_INTERVAL = 15.0
+UNUSED_SESSION_GRACE = 30.0
 DIAL_TIMEOUT = 10.0
 FIRST_RETRY = 1.0
 MAX_RETRY = 30.0
@@ -72,6 +73,15 @@ def session_rank(path: PathKind, we_dialed: bool, my_node_id: str, peer_node_id:
 def keepalive_due(last_activity: float, now: float, interval: float = KEEPALIVE_INTERVAL) -> bool:
     """A session idle for ``interval`` gets a PING (keeps NAT mappings and the relay's path open)."""
     return now - last_activity > interval
+
+
+def keep_accepted_session(relay_mode: bool, shares_channel: bool, peer_is_relay: bool, registered: bool) -> bool:
+    """Whether a session a peer opened to us is worth keeping after UNUSED_SESSION_GRACE: on a plain node
+    only if it shares a channel (or the peer is a relay), on a relay only if the peer registered. Anyone
+    can open sessions with fresh keys; unused ones must not pile up (issue 10 #1)."""
+    if relay_mode:
+        return registered
+    return shares_channel or peer_is_relay
 
 
 class Backoff:

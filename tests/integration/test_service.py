@@ -98,3 +98,12 @@ def test_log_file(daemon_factory: Any, tmp_path: Path) -> None:
         env=bad.env, capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 2 and "cannot open --log-file" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["ls", "du", "rm", "transfers", "cancel", "ui", "start-daemon"])
+def test_version_and_environment_in_help(command: str) -> None:
+    script = os.path.join(BIN, f"kachery-p2p-{command}")
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and "0." in version.stdout, version.stderr
+    shown = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "KACHERY_P2P_CONFIG_DIR" in shown.stdout, shown.stdout

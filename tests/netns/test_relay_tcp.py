@@ -53,6 +53,7 @@ def test_udp_blocked_node_relays_over_tcp_and_returns_to_udp(lab: Lab, tmp_path:
     wait_until("b to see a", lambda: _peer(b, a_id), 60)
     wait_until("a to see b", lambda: _peer(a, b_id), 30)
     assert (_peer(b, a_id) or {}).get("path") == "relayed"
+    assert (_peer(a, b_id) or {}).get("transport") == "tcp" and (_peer(b, a_id) or {}).get("transport") == "udp"
     assert "no UDP answer" in a.info()["relayTransports"][0]["why"]
     size = 8 * 1024 * 1024
     for dest, source, name in ((b, a, "ab.bin"), (a, b, "ba.bin")):

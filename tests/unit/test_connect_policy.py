@@ -117,3 +117,13 @@ def test_ranking_backoff_and_keepalive() -> None:
     backoff.succeeded()
     assert backoff.failed() == 1 and backoff.first_failure
     assert keepalive_due(0.0, 15.1) and not keepalive_due(0.0, 14.9)
+
+
+def test_which_accepted_sessions_are_kept_after_the_grace() -> None:
+    from kachery_p2p.peering.policy import keep_accepted_session
+
+    assert keep_accepted_session(False, shares_channel=True, peer_is_relay=False, registered=False)
+    assert keep_accepted_session(False, shares_channel=False, peer_is_relay=True, registered=False)
+    assert not keep_accepted_session(False, shares_channel=False, peer_is_relay=False, registered=False)
+    assert keep_accepted_session(True, shares_channel=False, peer_is_relay=False, registered=True)
+    assert not keep_accepted_session(True, shares_channel=True, peer_is_relay=False, registered=False)
