@@ -42,9 +42,12 @@ class SimNode:
         self.endpoint = QuicEndpoint(self.identity, on_incoming=lambda link: link.close("not accepting"))
         self.session: PeerSession | None = None
         self.port = 0
+        # Each node from its own loopback address, as real nodes come from their own addresses (the
+        # relay limits half-open connections per source address).
+        self.host = f"127.1.{index // 250}.{index % 250 + 1}"
 
     async def register(self, relay_port: int, relay_id: str) -> None:
-        self.port = (await self.endpoint.open("127.0.0.1", 0))[1]
+        self.port = (await self.endpoint.open(self.host, 0))[1]
         link = self.endpoint.connect(("127.0.0.1", relay_port))
         self.session = PeerSession(link, self.identity, "sim", lambda: [self.channel], _refuse, relay_id)
         await self.session.authenticate(20)
@@ -52,7 +55,7 @@ class SimNode:
 
     async def publish(self) -> None:
         assert self.session is not None
-        record = encode_record(self.identity, "sim", [rendezvous_id(self.channel)], [f"127.0.0.1:{self.port}"],
+        record = encode_record(self.identity, "sim", [rendezvous_id(self.channel)], [f"{self.host}:{self.port}"],
                                time.time(), 300)
         messages.check_ok((await self.session.request({"op": "publish", "record": record}, timeout=20))[0])
 

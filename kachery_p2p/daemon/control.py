@@ -103,13 +103,7 @@ def make_app(service: NodeService, token: str) -> web.Application:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json(loads=control_guard.loads_strict)
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError("request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise UsageError("request body must be a JSON object")
-    return data
+    return await control_guard.json_object(request)
 
 
 def _opt_number(data: dict[str, Any], key: str) -> float | None:

@@ -21,6 +21,7 @@ from ..errors import UsageError
 from ..ids import format_store_uri
 from ..store import ContentStore
 from ..store.links import link_file
+from . import control_guard
 from .control_access import group_may_read
 from .mutables import Mutables
 
@@ -39,13 +40,7 @@ def add_api_routes(app: web.Application, service: object) -> None:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError("request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise UsageError("request body must be a JSON object")
-    return data
+    return await control_guard.json_object(request)
 
 
 def _key(data: dict[str, Any]) -> Any:

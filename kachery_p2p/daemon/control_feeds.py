@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import FeedPermissionError, NotFoundError, UsageError
+from . import control_guard
 from .feeds_service import FeedService
 
 Route = Callable[[FeedService, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -44,12 +45,7 @@ def _handler(feeds: FeedService, route: Route) -> Callable[[web.Request], Awaita
     async def handle(request: web.Request) -> web.Response:
         data: dict[str, Any] = {}
         if request.method == "POST":
-            try:
-                data = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                raise UsageError("request body is not JSON") from None
-            if not isinstance(data, dict):
-                raise UsageError("request body must be a JSON object")
+            data = await control_guard.json_object(request)
         try:
             return web.json_response(await route(feeds, data))
         except FeedPermissionError as exc:

@@ -54,6 +54,17 @@ def loads_strict(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_no_constants)
 
 
+async def json_object(request: Any) -> dict[str, Any]:
+    """A request's body as a JSON object (NaN and Infinity refused); UsageError (a 400) otherwise."""
+    try:
+        data = await request.json(loads=loads_strict)
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError("request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise UsageError("request body must be a JSON object")
+    return data
+
+
 def number_in_range(value: object, key: str, low: float, high: float) -> float:
     """A finite JSON number within [low, high]; UsageError (a 400) otherwise."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):

@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..ids import FileUri
 from ..store import ContentStore
 from ..store.listing import list_store, remove_file, store_usage
+from . import control_guard
 from .activity import ActivityPump
 
 
@@ -45,13 +46,7 @@ def cancel_transfer(service: object, text: Any) -> bool:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError("request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise UsageError("request body must be a JSON object")
-    return data
+    return await control_guard.json_object(request)
 
 
 def add_store_routes(app: web.Application, service: object) -> None:

@@ -22,6 +22,7 @@ from importlib import resources
 from aiohttp import web
 
 from ..errors import KacheryP2PError, UsageError
+from . import control_guard
 from .control_store import add_store_routes, cancel_transfer, transfers_snapshot
 from .dashboard_state import DashboardState
 
@@ -144,12 +145,7 @@ def make_ui_app(service: object, sessions: Sessions) -> web.Application:
         return response
 
     async def action(request: web.Request) -> web.Response:
-        try:
-            data = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise UsageError("request body is not JSON") from None
-        if not isinstance(data, dict):
-            raise UsageError("request body must be a JSON object")
+        data = await control_guard.json_object(request)
         what = request.match_info["action"]
         if what == "cancel":
             return web.json_response({"cancelled": cancel_transfer(service, data.get("uri"))})

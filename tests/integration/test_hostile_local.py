@@ -59,3 +59,16 @@ def test_dns_rebinding_page_cannot_read_the_node_id(daemon_factory) -> None:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_every_json_route_refuses_nan_and_infinity(daemon_factory) -> None:
+    """The mutables and feeds routes read their bodies with their own parser, which took NaN and Infinity."""
+    d = daemon_factory.start("a")
+    for route, body in (("/mutables/set", '{"key": "k", "value": NaN}'),
+                        ("/mutables/set", '{"key": Infinity, "value": 1}')):
+        status, reply = d.request("POST", route, body.encode(), JSON)
+        assert status == 400, (route, body, reply)
+        assert json.loads(reply)["error"]["code"] == "bad_request"
+    status, reply = d.request("POST", "/mutables/get", b'{"key": "k"}', JSON)
+    assert status == 200 and json.loads(reply).get("value") is None, reply  # nothing was stored
+    assert "Traceback" not in d.log_text()
