@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import test_downloads as dl
+from conftest import free_tcp_port
 from helpers import wait_until
 
 from kachery_p2p.quic import messages
@@ -383,7 +384,5 @@ def test_clients_find_a_daemon_started_on_another_control_port(daemon_factory: A
 
 
 def dl_free_port() -> int:
-    from conftest import free_tcp_port
-
     return free_tcp_port()
 
