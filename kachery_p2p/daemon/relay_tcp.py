@@ -118,7 +118,8 @@ class RelayTcpServer:
     async def start(self, host: str, ports: list[int]) -> None:
         context = server_context(self.identity)
         for port in dict.fromkeys(ports):
-            server = await asyncio.start_server(self._serve, host or None, port, ssl=context,
+            any_host = host in ("", "0.0.0.0", "::")  # then every address of both families, as the UDP socket
+            server = await asyncio.start_server(self._serve, None if any_host else host, port, ssl=context,
                                                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SEC)
             self._servers.append(server)
             self.ports.append(port)
