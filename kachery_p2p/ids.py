@@ -182,3 +182,8 @@ def format_address(address: tuple[object, ...]) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def short_node_id(node_id: str) -> str:
+    """The first 12 hex digits of a node id, for messages and logs."""
+    return node_id[:12] + "..." if len(node_id) > 12 else node_id

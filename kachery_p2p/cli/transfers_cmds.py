@@ -7,8 +7,7 @@ import json
 import click
 
 from ..errors import NotFoundError
-from ..ids import FileUri
-from ..quic.identity import short_node_id
+from ..ids import FileUri, short_node_id
 from .errors import Command
 from .store_cmds import ENV_HELP, _client
 from .units import human_bytes, human_rate, human_seconds

@@ -21,7 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import NameOID
 
 from ..errors import IdentityError, RemoteProtocolError
-from ..ids import is_hex64
+from ..ids import (
+    is_hex64,
+    short_node_id,
+)
 
 PRIVATE_KEY_FILE = "private.pem"
 PUBLIC_KEY_FILE = "public.pem"
@@ -35,11 +38,6 @@ CERT_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.tim
 
 def _raw_public_key(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def short_node_id(node_id: str) -> str:
-    """The first 12 hex digits of a node id, for messages and logs."""
-    return node_id[:12] + "..." if len(node_id) > 12 else node_id
 
 
 class NodeIdentity:
