@@ -2,7 +2,8 @@
 
 Order: the operator's ``--public-address``, the router's port mapping, what relays saw (their view and STUN),
 then this host's own addresses: global and unique-local IPv6 when the socket is dual-stack (reachable through
-stateful firewalls by the simultaneous punch), then the LAN's IPv4 addresses (or, with several ``--bind``, those addresses). Anything a peer would refuse
+stateful firewalls by the simultaneous punch), then the LAN's IPv4 addresses
+(or, with several ``--bind``, those addresses). Anything a peer would refuse
 (an unspecified or multicast address, such as where a TCP-relayed node appears inside its relay) is left out.
 """
 

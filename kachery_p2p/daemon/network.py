@@ -46,8 +46,8 @@ from .session import PeerSession
 from .stun_client import StunClient
 from .sysnet import ipv6_addresses
 from .tasks import Supervisor
-from .udp import UdpTransport
 from .transfers import Transfers
+from .udp import UdpTransport
 
 log = logging.getLogger("kachery_p2p.network")
 

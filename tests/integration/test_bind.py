@@ -9,7 +9,6 @@ import socket
 from typing import Any
 
 import pytest
-
 from helpers import udp_port, wait_until
 from test_udp_socket import Echo, _ask, _client
 
