@@ -1,9 +1,11 @@
 """``--bind`` repeatable: a node told to listen on 127.0.0.2 and 127.0.0.3 answers there (from the address asked),
-and says nothing to datagrams or TCP connections sent to this host's other addresses (127.0.0.1)."""
+and says nothing to datagrams or TCP connections sent to this host's other addresses (127.0.0.1).
+Also ``kachery-p2p-nat-check`` naming the relay transport of the node connected to that relay."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 from typing import Any
@@ -77,6 +79,13 @@ def test_relay_with_two_bind_addresses(daemon_factory: Any) -> None:
     node = daemon_factory.start("node", ["--bootstrap", f"127.0.0.3:{port}"])
     wait_until(lambda: any(p.get("nodeId") == relay.node_id for p in node.api("get_peers")), 20,
                "the node connected to the relay at 127.0.0.3", output=node.log_text)
+    # kachery-p2p-nat-check (next to the daemon) says which transport reaches the relay, and why.
+    check = node.run("nat-check", "--server", f"127.0.0.3:{port}", "--no-rfc3489")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"Relay transport: 127.0.0.3:{port} over UDP (the relay answers over UDP)" in check.stdout
+    as_json = json.loads(node.run("nat-check", "--server", f"127.0.0.3:{port}", "--no-rfc3489", "--json").stdout)
+    assert as_json["daemon"]["relayTransports"] == [
+        {"relay": f"127.0.0.3:{port}", "transport": "udp", "why": "the relay answers over UDP"}]
 
 
 def test_bind_refuses_what_is_not_an_address(daemon_factory: Any) -> None:
