@@ -150,9 +150,10 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
         drops_before = tbf_drops(lab, [host_a, host_b])
         counters = ("RcvbufErrors", "SndbufErrors")
         udp_before = {(h.ns, c): udp_errors(h, c) for h in (host_a, host_b) for c in counters}
-        cpu_before = {label: cpu_seconds(node.proc.pid) for label, node in (("receiver", b), ("sender", a))}
+        daemons = (("receiver", b), ("sender", a))
+        cpu_before = {label: cpu_seconds(node.proc.pid) for label, node in daemons}
         load = lab_load(b, uri, args.timeout)
-        cpu = {label: cpu_seconds(node.proc.pid) - cpu_before[label] for label, node in (("receiver", b), ("sender", a))}
+        cpu = {label: cpu_seconds(node.proc.pid) - cpu_before[label] for label, node in daemons}
         drops = tbf_drops(lab, [host_a, host_b]) - drops_before
         udp = {(h.ns, c): udp_errors(h, c) - udp_before[(h.ns, c)] for h in (host_a, host_b) for c in counters}
         for spy in spies:
