@@ -109,6 +109,6 @@ class KacheryQuicConnection(QuicConnection):
                 handler=self._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
-            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.stream_id or 0)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
