@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_parser, pick_mib, report, sha1_file, skip, write_payload
+from bench.common import bench_parser, cpu_seconds, pick_mib, report, sha1_file, skip, write_payload
 from bench.netlab import lab_load, lab_modules, log_tail, netns_skip_reason, start_lan_node, wait_for_channel_peer
 
 NAME = "wan"
@@ -103,8 +103,11 @@ def stop_pair(*nodes: Any) -> None:
             node.proc.wait(5)
 
 
-def our_load(lab: Any, path: Any, work: Path, mib: int, cap: float, what: str, before_load: Any = None) -> Any:
-    """Fresh daemons, A stores ``mib`` MiB, B loads it; the LoadRun (sha1 checked). ``before_load()`` runs
+def our_load(
+    lab: Any, path: Any, work: Path, mib: int, cap: float, what: str, before_load: Any = None
+) -> tuple[Any, tuple[float, float]]:
+    """Fresh daemons, A stores ``mib`` MiB, B loads it; the LoadRun (sha1 checked) and the CPU seconds the
+    sender and the receiver daemon used during the load. ``before_load()`` runs
     just before the load starts (the fairness row starts curl there)."""
     a, b, _ = start_pair(lab, path, work)
     try:
@@ -114,13 +117,15 @@ def our_load(lab: Any, path: Any, work: Path, mib: int, cap: float, what: str, b
         os.unlink(source)
         if before_load is not None:
             before_load()
+        cpu0 = (cpu_seconds(a.proc.pid), cpu_seconds(b.proc.pid))
         load = lab_load(b, uri, cap)
+        cpu = (cpu_seconds(a.proc.pid) - cpu0[0], cpu_seconds(b.proc.pid) - cpu0[1])  # (sender, receiver)
         if not load.timed_out and (not load.ok or sha1_file(load.path or "") != sha1):
             raise RuntimeError(
                 f"{what}: load failed: rc={load.rc} bytes={load.bytes_loaded}\n{load.stderr}\n"
                 f"--- receiver log\n{log_tail(b)}\n--- sender log\n{log_tail(a)}"
             )
-        return load
+        return load, cpu
     finally:
         stop_pair(a, b)
 
@@ -130,9 +135,9 @@ def path_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: float) -
     drops0 = path.queue_drops()
     tcp = curl(path.b, f"http://{path.a.ip}:{HTTP_PORT}/file.bin", cap)
     tcp_mb_s = tcp["bytes"] / 1e6 / tcp["seconds"]
-    drops1, cpu0 = path.queue_drops(), path.delayer_cpu_seconds()
-    load = our_load(lab, path, work / f"r{int(path.rtt_ms)}-{path.loss:g}", mib, cap, label)
-    drops2, cpu1 = path.queue_drops(), path.delayer_cpu_seconds()
+    drops1, dcpu0 = path.queue_drops(), path.delayer_cpu_seconds()
+    load, cpu = our_load(lab, path, work / f"r{int(path.rtt_ms)}-{path.loss:g}", mib, cap, label)
+    drops2, dcpu1 = path.queue_drops(), path.delayer_cpu_seconds()
     got = mib * MIB if not load.timed_out else load.bytes_loaded
     transfer = load.transfer_seconds()
     ours_transfer = got / 1e6 / transfer if transfer else None
@@ -152,9 +157,11 @@ def path_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: float) -
         tcp_transfer_mb_s=round(tcp["transfer_mb_s"], 2),
         transfer_ratio=round(ours_transfer / tcp["transfer_mb_s"], 2) if ours_transfer else None,
         capped=load.timed_out,
+        cpu_s_sender=round(cpu[0], 2),
+        cpu_s_receiver=round(cpu[1], 2),
         queue_drops=drops2 - drops1,
         tcp_queue_drops=drops1 - drops0,
-        delayer_cpu_s=round(sum(cpu1) - sum(cpu0), 2),
+        delayer_cpu_s=round(sum(dcpu1) - sum(dcpu0), 2),
     )
 
 
@@ -205,8 +212,10 @@ def fairness_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: floa
         holder["growth"] = FileGrowth(out)
         time.sleep(1.0)  # the TCP flow is up to speed when ours starts
 
+    throughout = False
     try:
-        load = our_load(lab, path, work / "fair", mib, cap, "fairness", before_load=start_curl)
+        load, cpu = our_load(lab, path, work / "fair", mib, cap, "fairness", before_load=start_curl)
+        throughout = holder["proc"].poll() is None  # curl still downloading when ours ended: the window is shared
     finally:
         proc = holder.get("proc")
         if proc is not None and proc.poll() is None:
@@ -223,8 +232,10 @@ def fairness_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: floa
     config = f"{mib} MiB ours vs one curl download, {path.mbit:g} Mbit/s, RTT {path.rtt_ms:g} ms, loss {path.loss:g}"
     common = {"baseline_is": f"link rate {path.mbit:g} Mbit/s", "target": "ratio>=0.333", "config": config}
     return [
-        report(f"{NAME} fair: ours", ours, "MB/s", link, **common, seconds=round(transfer, 2)),
-        report(f"{NAME} fair: kernel TCP ({kernel_cc()})", tcp_mb_s, "MB/s", link, **common),
+        report(f"{NAME} fair: ours", ours, "MB/s", link, **common, seconds=round(transfer, 2),
+               cpu_s_sender=round(cpu[0], 2), cpu_s_receiver=round(cpu[1], 2)),
+        report(f"{NAME} fair: kernel TCP ({kernel_cc()})", tcp_mb_s, "MB/s", link, **common,
+               tcp_ran_throughout=throughout),
     ]
 
 
