@@ -57,6 +57,7 @@ from bench import (
     shaped_load,
     small_load,
     soak,
+    stalled_readers,
 )
 from bench.common import print_table
 
@@ -79,7 +80,7 @@ REGISTRY: dict[str, BenchFn] = {
     soak.NAME: soak.run,
 }
 # Not in the default suite (long at 1,000+ nodes): python -m bench relay-load --nodes N
-EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run}
+EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run, stalled_readers.NAME: stalled_readers.run}
 
 
 def _machine() -> str:

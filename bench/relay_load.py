@@ -199,6 +199,9 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
             pair = RelayedPair(relay, args.transfer_mib)
             idle_transfer = pair.load(pair.uris[0])
         result = _drive(args, count, relay, pair)
+        transfer_rows: list[dict[str, Any]] = []
+        if pair is not None and idle_transfer is not None and result.get("loaded") is not None:
+            transfer_rows = pair.compare(NAME, idle_transfer, result["loaded"], count)  # before the cleanup
     finally:
         if pair is not None:
             pair.close()
@@ -223,6 +226,4 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
                generators_cpu_pct=round(result["lookup_gen_cpu"]),
                relay_runqueue_wait_pct=round(result["lookup_relay_wait"]), load_average=load),
     ]
-    if idle_transfer is not None and result.get("loaded") is not None:
-        results += RelayedPair.compare(NAME, args.transfer_mib, idle_transfer, result["loaded"], count)
-    return results
+    return results + transfer_rows

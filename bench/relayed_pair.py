@@ -43,27 +43,39 @@ class RelayedPair:
         return daemon
 
     def load(self, uri: str, timeout: float = 300.0) -> LoadRun:
-        """B loads ``uri``; raises if the load fails, its bytes are wrong or it did not go relayed."""
-        run = timed_load([str(BIN / "kachery-p2p-load"), "--json", uri], self.b.env, timeout)
+        """B loads ``uri``; ``problem(run)`` says what went wrong, if anything."""
+        return timed_load([str(BIN / "kachery-p2p-load"), "--json", uri], self.b.env, timeout)
+
+    def problem(self, run: LoadRun, uri: str) -> str | None:
         if not run.ok:
-            raise RuntimeError(f"relayed load failed (rc={run.rc}, timed_out={run.timed_out}): {run.stderr[-300:]}")
+            return (f"load failed (rc={run.rc}, timed_out={run.timed_out}, {run.bytes_loaded} bytes): "
+                    f"{run.error or run.stderr[-300:]}")
         if sha1_file(run.path or "") != self.sha1s[uri]:
-            raise RuntimeError("the relayed load has the wrong sha1")
+            return "the relayed load has the wrong sha1"
         if run.paths != ["relayed"]:
-            raise RuntimeError(f"the load was meant to go through the relay only, it went {run.paths}")
-        return run
+            return f"the load was meant to go through the relay only, it went {run.paths}"
+        return None
 
     def close(self) -> None:
         cleanup(*self.daemons)
 
-    @staticmethod
-    def compare(name: str, mib: int, idle: LoadRun, loaded: LoadRun, nodes: int) -> list[dict[str, Any]]:
+    def compare(self, name: str, idle: LoadRun, loaded: LoadRun, nodes: int) -> list[dict[str, Any]]:
         """Report rows: throughput and time to first byte under load, each next to the idle relay's."""
+        mib = self.mib
 
         def rate(run: LoadRun) -> float:
             return mib * MIB / 1e6 / (run.transfer_seconds() or run.elapsed)
 
         config = f"{mib} MiB, A -> B through the relay only, idle relay vs {nodes} nodes registered and looking up"
+        idle_problem = self.problem(idle, self.uris[0])
+        if idle_problem:
+            raise RuntimeError(f"with the relay idle: {idle_problem}")
+        loaded_problem = self.problem(loaded, self.uris[1])
+        if loaded_problem:
+            print(f"[{name}] relayed transfer under load: {loaded_problem}", flush=True)
+            return [report(f"{name} relayed transfer under load", 0.0, "MB/s", rate(idle),
+                           baseline_is="the same transfer, relay idle, same run", config=config,
+                           failed=loaded_problem[:200], seconds=round(loaded.elapsed, 2))]
         return [
             report(f"{name} relayed transfer under load", rate(loaded), "MB/s", rate(idle),
                    baseline_is="the same transfer, relay idle, same run", config=config,
