@@ -153,7 +153,10 @@ class Link:
             if isinstance(event, events.StreamDataReceived):
                 handler = self._streams.get(event.stream_id)
                 if handler is None:
-                    handler = self.on_new_stream(event.stream_id)
+                    # A stream of ours with no handler is a request we gave up on (timed out, reset):
+                    # its late reply is dropped, never taken for a request from the peer.
+                    if self._peer_opened(event.stream_id):
+                        handler = self.on_new_stream(event.stream_id)
                     if handler is None:
                         if self._can_stop(event.stream_id):
                             self.conn.stop_stream(event.stream_id, 1)
@@ -183,6 +186,10 @@ class Link:
             elif isinstance(event, events.ConnectionTerminated):
                 self._terminated(LinkClosed(describe_close(event), event.error_code))
             event = self.conn.next_event()
+
+    def _peer_opened(self, stream_id: int) -> bool:
+        # Bit 0 of a stream id: 0 when the client opened it, 1 when the server did.
+        return bool(stream_id & 1) == self.is_client
 
     def _can_stop(self, stream_id: int) -> bool:
         # Only streams the peer opened and that can carry data to us can be stopped.
