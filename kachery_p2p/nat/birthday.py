@@ -94,7 +94,7 @@ class BirthdayAttempt:
         self.result: BirthdayResult | None = None
         self.stats = {"probes_sent": 0, "probes_received": 0, "acks_received": 0}
         self._probe = encode_probe(token, my_node_id, ack=False)
-        self._ack = encode_probe(token, my_node_id, ack=True)
+        self._ack = self.ack_datagram = encode_probe(token, my_node_id, ack=True)
         self._start = now
         self._acks: list[tuple[int, Address]] = []
         self._answered: dict[tuple[int, Address], float] = {}  # (index, address) that sent us a probe -> next
