@@ -10,16 +10,18 @@ to its baseline measured in the same run, with the target of the performance iss
     python -m bench --skip A,B [...]     # the suite without A and B
 
 Leading options (``--quick``, ``--mib N``) go to every benchmark of the suite. Benchmarks that need network
-namespaces (lan-load, nat-cold, shaped-load, nat-load) print why they are skipped when not run as root.
+namespaces (lan-load, nat-cold, shaped-load, wan, nat-load) print why they are skipped when not run as root.
 
 The suite, in order (letters as in the performance issue):
   (a) raw-aioquic    raw aioquic, one stream, default settings, two processes, loopback: the baseline
   (b) daemon-load    daemon-to-daemon kachery-p2p-load on loopback, ratio to (a) of the same run
   (c) lan-load       the same between two namespaces on a MTU-1500 LAN, ratio to raw aioquic over that pair
+      lan-gbit       the same over a 1 Gbit/s (tbf) MTU-1500 pair vs kernel TCP (http.server + curl); CPU-s/GB
   (d) small-load     1 KiB load from a connected peer: Python API and CLI, median and p90
   (e) daemon-memory  idle RSS and CPU; peak RSS during a 1 GiB load; RSS after it
   (f) nat-cold       time to first byte from a peer not yet connected, across two NATs with a relay
   (g) shaped-load    goodput over a 100 Mbit/s link, without loss and with 1% loss, as a fraction of it
+  (h) wan            100 Mbit/s, RTT 20/80 ms x loss 0/0.5/2%: ours vs kernel TCP (curl); sharing the link with curl
       local-store    store / load / cat of a large file in one daemon, vs a plain copy
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
       feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
@@ -46,6 +48,7 @@ from bench import (
     daemon_memory,
     daemon_transfer,
     feeds,
+    lan_gbit,
     lan_transfer,
     local_store,
     multi_provider,
@@ -57,6 +60,7 @@ from bench import (
     shaped_load,
     small_load,
     soak,
+    wan,
 )
 from bench.common import print_table
 
@@ -67,10 +71,12 @@ REGISTRY: dict[str, BenchFn] = {
     raw_aioquic.NAME: raw_aioquic.run,
     daemon_transfer.NAME: daemon_transfer.run,
     lan_transfer.NAME: lan_transfer.run,
+    lan_gbit.NAME: lan_gbit.run,
     small_load.NAME: small_load.run,
     daemon_memory.NAME: daemon_memory.run,
     nat_cold.NAME: nat_cold.run,
     shaped_load.NAME: shaped_load.run,
+    wan.NAME: wan.run,
     local_store.NAME: local_store.run,
     nat_transfer.NAME: nat_transfer.run,
     reach_matrix.NAME: reach_matrix.run,
