@@ -318,6 +318,7 @@ class PeerNetwork:
             "candidates": self.candidates(),
             "punch": dict(self.punch.stats),
             "birthday": self.birthday.info(),
+            "udp": dict(getattr(self.endpoint.transport, "stats", {})),
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self.peers.connecting),
             "portMapping": self.port_mapping.info() if self.port_mapping else None,
