@@ -6,7 +6,7 @@ relayed session and both probe (256 sockets x 256 random ports). Theory: about 6
 No threshold: every try must load with sha1 equal whatever the path, the two sides must agree on the path, and
 a path reported direct must carry the load's bytes directly on both sides. The success rate is printed.
 Tries: ``KACHERY_P2P_BIRTHDAY_TRIES`` (default 1, for CI); the figure in the note comes from 20:
-``KACHERY_P2P_BIRTHDAY_TRIES=20 .venv/bin/pytest tests/netns/test_birthday.py -s``.
+``KACHERY_P2P_BIRTHDAY_TRIES=20 .venv/bin/pytest tests/netns/test_birthday_probing.py -s``.
 """
 
 from __future__ import annotations
