@@ -14,8 +14,9 @@ For each path, in the same run: ``curl`` in B downloads the file from ``python -
 curl's is a new TCP connection) and B times ``kachery-p2p load --json URI`` of a new file of the same size
 stored in A. Figure = size / wall clock of each command (ours includes the CLI start and the provider
 search; ``transfer_mb_s`` and ``tcp_transfer_mb_s`` are first byte to last for both). Fairness: curl in B
-downloads a large file from A; one second later B loads ours; both rates are taken over the time ours was
-transferring (from its first byte to done). Target: neither flow below a third of the link.
+downloads from A (a server that sends until curl goes, so it outlasts ours); one second later B loads
+ours; both rates are taken over the time ours was transferring (from its first byte to done). Target:
+neither flow below a third of the link.
 
     .venv/bin/python -m bench wan [--mib 40] [--quick] [--rtts 20,80] [--losses 0,0.005,0.02] [--no-fair]
 """
@@ -162,54 +163,69 @@ def path_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: float) -
         queue_drops=drops2 - drops1,
         tcp_queue_drops=drops1 - drops0,
         delayer_cpu_s=round(sum(dcpu1) - sum(dcpu0), 2),
+        delay_line_drops=path.delay_line_drops(),
     )
 
 
-class FileGrowth:
-    """Samples the size of a file (curl's output) every 50 ms in a thread: bytes written within a window."""
+# An HTTP/1.0 server whose one URL never ends (random bytes until the client goes): the competing download
+# of the fairness row lasts as long as ours, whatever either rate is.
+ENDLESS_SERVER = """
+import os, socketserver, sys
+BLOCK = os.urandom(1 << 16)
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline() not in (b"\\r\\n", b"\\n", b""):
+            pass
+        self.wfile.write(b"HTTP/1.0 200 OK\\r\\nContent-Type: application/octet-stream\\r\\n\\r\\n")
+        try:
+            while True:
+                self.wfile.write(BLOCK)
+        except OSError:
+            pass
+socketserver.TCPServer.allow_reuse_address = True
+socketserver.TCPServer((sys.argv[1], int(sys.argv[2])), Handler).serve_forever()
+"""
+ENDLESS_PORT = HTTP_PORT + 1
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
+
+class ByteCounter:
+    """Reads a process's stdout to the end in a thread, keeping (time, total bytes) after every read."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+        self.samples: list[tuple[float, int]] = [(time.monotonic(), 0)]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                size = self.path.stat().st_size
-            except OSError:
-                size = 0
-            self.samples.append((time.monotonic(), size))
-            self._stop.wait(0.05)
+        total = 0
+        while chunk := self.stream.read1(1 << 16):  # type: ignore[attr-defined]
+            total += len(chunk)
+            self.samples.append((time.monotonic(), total))
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def join(self) -> None:
+        self._thread.join(10)
 
-    def bytes_between(self, t0: float, t1: float) -> float:
-        def at(t: float) -> float:
-            before = [s for s in self.samples if s[0] <= t]
-            after = [s for s in self.samples if s[0] >= t]
-            if not before or not after:
-                return float((before or after)[-1 if before else 0][1])
-            (ta, sa), (tb, sb) = before[-1], after[0]
-            return sa + (sb - sa) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
-
-        return at(t1) - at(t0)
+    def at(self, t: float) -> int:
+        """Bytes received by time ``t`` (the last read at or before it)."""
+        return max((n for ts, n in self.samples if ts <= t), default=0)
 
 
-def fairness_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: float) -> list[dict[str, Any]]:
+def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float) -> list[dict[str, Any]]:
     link = path.mbit * 1e6 / 8 / 1e6
-    out = work / "curl-fair.bin"
-    url = f"http://{path.a.ip}:{HTTP_PORT}/big.bin"
+    server = path.a.popen(
+        [sys.executable, "-c", ENDLESS_SERVER, path.a.ip, str(ENDLESS_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     holder: dict[str, Any] = {}
 
     def start_curl() -> None:
-        argv = ["curl", "-sS", "--max-time", f"{cap:g}", "-o", str(out), url]
-        holder["proc"] = path.b.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        holder["growth"] = FileGrowth(out)
+        argv = ["curl", "-sS", "--max-time", f"{cap + 30:g}", "--retry", "5", "--retry-connrefused",
+                "--retry-delay", "1", "-o", "-", f"http://{path.a.ip}:{ENDLESS_PORT}/"]
+        proc = path.b.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        holder["proc"], holder["count"] = proc, ByteCounter(proc)
         time.sleep(1.0)  # the TCP flow is up to speed when ours starts
 
     throughout = False
@@ -217,17 +233,18 @@ def fairness_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: floa
         load, cpu = our_load(lab, path, work / "fair", mib, cap, "fairness", before_load=start_curl)
         throughout = holder["proc"].poll() is None  # curl still downloading when ours ended: the window is shared
     finally:
-        proc = holder.get("proc")
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
-        if "growth" in holder:
-            holder["growth"].stop()
+        for proc in (holder.get("proc"), server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        if "count" in holder:
+            holder["count"].join()
     transfer = load.transfer_seconds()
     if transfer is None or load.first_byte is None:
         raise RuntimeError(f"fairness: our load did not finish within {cap:g} s")
-    t0, t1 = load.started + load.first_byte, load.started + load.first_byte + transfer
-    tcp_mb_s = holder["growth"].bytes_between(t0, t1) / 1e6 / transfer
+    t0 = load.started + load.first_byte
+    counter: ByteCounter = holder["count"]
+    tcp_mb_s = (counter.at(t0 + transfer) - counter.at(t0)) / 1e6 / transfer
     ours = mib * MIB / 1e6 / transfer
     config = f"{mib} MiB ours vs one curl download, {path.mbit:g} Mbit/s, RTT {path.rtt_ms:g} ms, loss {path.loss:g}"
     common = {"baseline_is": f"link rate {path.mbit:g} Mbit/s", "target": "ratio>=0.333", "config": config}
@@ -275,9 +292,8 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
                         path.set(rtt_ms=rtt, loss=loss)
                         results.append(path_row(lab, path, work, web, mib, cap))
             if not args.no_fair:
-                write_payload(web / "big.bin", max(8 * mib, 96))  # outlasts ours even at a quarter of the link
                 path.set(rtt_ms=args.fair_rtt, loss=0.0)
-                results.extend(fairness_row(lab, path, work, web, mib, cap))
+                results.extend(fairness_row(lab, path, work, mib, cap))
         finally:
             path.close()
     return results
