@@ -26,7 +26,8 @@ The suite, in order (letters as in the performance issue):
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
       feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
       soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
-  Not in the suite: relay-load (N simulated nodes register, publish, look up: RSS per node, lookup p50/p99)
+  Not in the suite: relay-load (N simulated nodes register, publish, look up: RSS per node, lookup p50/p99;
+      two real nodes load through that relay meanwhile), stalled-readers (RSS of a daemon whose peers stop reading, #4)
 
 To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
 per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
@@ -60,6 +61,7 @@ from bench import (
     shaped_load,
     small_load,
     soak,
+    stalled_readers,
     wan,
 )
 from bench.common import print_table
@@ -85,7 +87,7 @@ REGISTRY: dict[str, BenchFn] = {
     soak.NAME: soak.run,
 }
 # Not in the default suite (long at 1,000+ nodes): python -m bench relay-load --nodes N
-EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run}
+EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run, stalled_readers.NAME: stalled_readers.run}
 
 
 def _machine() -> str:

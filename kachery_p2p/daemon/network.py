@@ -300,6 +300,7 @@ class PeerNetwork:
             "relays": {node_id: c.observed for node_id, c in self.relay_clients.items()},
             "candidates": self.candidates(),
             "punch": dict(self.punch.stats),
+            "udp": dict(getattr(self.endpoint.transport, "stats", {})),
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self.peers.connecting),
             "portMapping": self.port_mapping.info() if self.port_mapping else None,

@@ -55,6 +55,16 @@ class Path:
         self.bytes["sent"] += len(data)
         transport.sendto(data, self.addr)
 
+    def send_many(self, transport: asyncio.DatagramTransport, datagrams: list[bytes]) -> None:
+        """``send`` for a burst: one call to the transport (``UdpTransport.sendto_many`` batches it)."""
+        self.bytes["sent"] += sum(map(len, datagrams))
+        many = getattr(transport, "sendto_many", None)
+        if many is None:
+            for data in datagrams:
+                transport.sendto(data, self.addr)
+        else:
+            many(datagrams, self.addr)
+
     def received(self, via: PathKind, source: Address, size: int) -> None:
         self.bytes["received"] += size
 
@@ -101,6 +111,10 @@ class PeerPath(Path):
             if token != self._token:  # the relay issued a new one (a new registration)
                 self._token, self._prefix = token, to_relay_header(self.peer_node_id, token)
             transport.sendto(self._prefix + data, self.relay_addr)
+
+    def send_many(self, transport: asyncio.DatagramTransport, datagrams: list[bytes]) -> None:
+        for data in datagrams:  # the selector decides per datagram
+            self.send(transport, data)
 
     def received(self, via: PathKind, source: Address, size: int) -> None:
         self.selector.datagram_received(via, source, size, time.monotonic())

@@ -266,6 +266,13 @@ class WanPath:
         out = self.lab._nsexec(self.router_ns, "tc", "-s", "qdisc", "show").stdout
         return sum(int(m) for m in re.findall(r"dropped (\d+)", out))
 
+    def delay_line_drops(self) -> int:
+        """Packets the kernel's NFQUEUE dropped (queue full, or a notification it could not deliver) since the
+        delayer bound the queue: 0 on a healthy emulator, whose only losses are the configured ones."""
+        out = self.lab._nsexec(self.router_ns, "cat", "/proc/net/netfilter/nfnetlink_queue", check=False).stdout
+        # queue_num portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+        return sum(int(f[5]) + int(f[6]) for f in (line.split() for line in out.splitlines()) if len(f) >= 7)
+
     def delayer_cpu_seconds(self) -> tuple[float, float]:
         """(user, system) CPU seconds the running delayer has used so far ((0, 0) when none runs). System time
         includes the kernel forwarding the packets it releases (softirq work done in its verdict syscalls)."""
