@@ -35,10 +35,9 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_CONFIG, NFQNL_MSG_VERDICT_BATCH = 0, 2, 3
 NFQA_PACKET_HDR, NFQA_VERDICT_HDR = 1, 2
-NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
+NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN = 1, 2, 3
 NFQNL_CFG_CMD_BIND = 1
 NFQNL_COPY_META = 1
-NFQA_CFG_F_GSO = 1 << 2
 NF_ACCEPT = 1
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
@@ -74,9 +73,7 @@ class DelayQueue:
         self._config(
             _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
             + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", maxlen))
-            + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO))
-            + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO))
-        )
+        )  # no NFQA_CFG_F_GSO: a GSO super-packet that slips through is cut into MTU-sized ones before queueing
         self.sock.setblocking(False)
         self._buf = bytearray(1 << 16)
         self.pending: collections.deque[tuple[float, int]] = collections.deque()  # (due, last id of a burst)
