@@ -14,8 +14,8 @@ answers. The relayed connection carries the transfer meanwhile.
   is left.
 
 Then the relayed connection moves to the direct path (``QuicEndpoint.direct_found``), as after a punch.
-One attempt per peer at a time, at most one per ``RETRY_AFTER`` per peer on each side; when both sides ask at
-once, the request of the smaller node id wins.
+One attempt per peer at a time, at most one per ``RETRY_AFTER`` per peer on each side and ``MAX_RUNNING`` in
+all; when both sides ask at once, the request of the smaller node id wins. ``--no-birthday-probing`` turns it off.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from .udp import UdpTransport
 log = logging.getLogger("kachery_p2p.birthday")
 
 REQUEST_TIMEOUT = 10.0
+MAX_RUNNING = 2  # attempts at once (a hard side opens HARD_SOCKETS sockets for each)
 WINNER_CHECK_SEC = 5.0
 
 
@@ -131,8 +132,9 @@ class BirthdayManager:
         busy = self._busy.get(peer)
         if busy == "asking" and peer < self.node_id:
             busy = None  # both asked at once: the smaller node id's request wins (ours will be declined)
+        running = sum(1 for state in self._busy.values() if state == "running")
         if role is None or public is None or busy is not None or session.link.path.kind != "relayed" \
-                or now - self._last.get(peer, -RETRY_AFTER) < RETRY_AFTER:
+                or running >= MAX_RUNNING or now - self._last.get(peer, -RETRY_AFTER) < RETRY_AFTER:
             self.stats["declined"] += 1
             raise RemoteProtocolError(f"birthday probing declined (our mapping: {mine})", code="busy")
         try:

@@ -145,3 +145,16 @@ def test_probes_from_others_are_ignored() -> None:
     assert attempt.receive_probe(right, 2, EASY_PUBLIC, 0.2)
     assert attempt.result is not None and attempt.result.index == 2
     assert attempt.sockets_to_close() == [0, 1, 3] and attempt.sockets_to_close() == []
+
+
+def test_the_birthday_request_is_parsed_strictly() -> None:
+    import pytest
+
+    from kachery_p2p.errors import RemoteProtocolError
+    from kachery_p2p.quic import messages
+
+    good = {"op": "birthday", "token": "ab" * 16, "mapping": "endpoint-dependent", "address": "192.0.2.1:4000"}
+    assert messages.parse_request(good) == messages.Birthday("ab" * 16, "endpoint-dependent", "192.0.2.1:4000")
+    for bad in ({"token": "xyz"}, {"mapping": 5}, {"mapping": "x" * 41}, {"address": "nowhere"}, {"address": None}):
+        with pytest.raises(RemoteProtocolError):
+            messages.parse_request({**good, **bad})
