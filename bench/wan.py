@@ -19,10 +19,12 @@ ours; both rates are taken over the time ours was transferring (from its first b
 neither flow below a third of the link.
 
     .venv/bin/python -m bench wan [--mib 40] [--quick] [--rtts 20,80] [--losses 0,0.005,0.02] [--no-fair]
+                                 [--cc reno,bbr]
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -32,12 +34,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_parser, cpu_seconds, pick_mib, report, sha1_file, skip, write_payload
+from bench.common import (
+    bench_parser,
+    cpu_seconds,
+    patched_environ,
+    pick_mib,
+    report,
+    sha1_file,
+    skip,
+    write_payload,
+)
 from bench.netlab import lab_load, lab_modules, log_tail, netns_skip_reason, start_lan_node, wait_for_channel_peer
 
 NAME = "wan"
 MIB = 1 << 20
 HTTP_PORT = 8080
+CC_ENV = "KACHERY_P2P_CONGESTION_CONTROL"  # the daemon's congestion controller (reno, cubic, bbr)
 
 
 def _wan_module() -> Any:
@@ -131,40 +143,53 @@ def our_load(
         stop_pair(a, b)
 
 
-def path_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: float) -> dict[str, Any]:
+def controller(cc: str | None) -> Any:
+    """Daemons started inside the block use congestion controller ``cc`` (None: the daemon's default)."""
+    return patched_environ({CC_ENV: cc}, [CC_ENV]) if cc else contextlib.nullcontext()
+
+
+def path_rows(lab: Any, path: Any, work: Path, mib: int, cap: float, ccs: list[str | None]) -> list[dict[str, Any]]:
+    """One kernel TCP download, then ours once per controller in ``ccs``: one result per controller."""
     label = f"rtt {path.rtt_ms:g} ms, loss {path.loss * 100:g}%"
     drops0 = path.queue_drops()
     tcp = curl(path.b, f"http://{path.a.ip}:{HTTP_PORT}/file.bin", cap)
     tcp_mb_s = tcp["bytes"] / 1e6 / tcp["seconds"]
-    drops1, dcpu0 = path.queue_drops(), path.delayer_cpu_seconds()
-    load, cpu = our_load(lab, path, work / f"r{int(path.rtt_ms)}-{path.loss:g}", mib, cap, label)
-    drops2, dcpu1 = path.queue_drops(), path.delayer_cpu_seconds()
-    got = mib * MIB if not load.timed_out else load.bytes_loaded
-    transfer = load.transfer_seconds()
-    ours_transfer = got / 1e6 / transfer if transfer else None
-    return report(
-        f"{NAME} {label}",
-        got / 1e6 / load.elapsed,
-        "MB/s",
-        tcp_mb_s,
-        target="ratio>=1.0",
-        baseline_is=f"kernel TCP ({kernel_cc()}) http.server+curl, same path, same run",
-        config=f"{mib} MiB, {path.mbit:g} Mbit/s tbf, RTT {path.rtt_ms:g} ms, {path.loss * 100:g}% loss each way"
-        + (f", CAPPED at {cap:g} s" if load.timed_out else ""),
-        seconds=round(load.elapsed, 2),
-        tcp_seconds=round(tcp["seconds"], 2),
-        ttfb_ms=round((load.first_byte or 0) * 1000, 1),
-        transfer_mb_s=round(ours_transfer, 2) if ours_transfer else None,
-        tcp_transfer_mb_s=round(tcp["transfer_mb_s"], 2),
-        transfer_ratio=round(ours_transfer / tcp["transfer_mb_s"], 2) if ours_transfer else None,
-        capped=load.timed_out,
-        cpu_s_sender=round(cpu[0], 2),
-        cpu_s_receiver=round(cpu[1], 2),
-        queue_drops=drops2 - drops1,
-        tcp_queue_drops=drops1 - drops0,
-        delayer_cpu_s=round(sum(dcpu1) - sum(dcpu0), 2),
-        delay_line_drops=path.delay_line_drops(),
-    )
+    tcp_drops = path.queue_drops() - drops0
+    rows = []
+    for cc in ccs:
+        drops1, dcpu0 = path.queue_drops(), path.delayer_cpu_seconds()
+        with controller(cc):
+            where = work / f"r{int(path.rtt_ms)}-{path.loss:g}-{cc or 'default'}"
+            load, cpu = our_load(lab, path, where, mib, cap, label)
+        drops2, dcpu1 = path.queue_drops(), path.delayer_cpu_seconds()
+        got = mib * MIB if not load.timed_out else load.bytes_loaded
+        transfer = load.transfer_seconds()
+        ours_transfer = got / 1e6 / transfer if transfer else None
+        rows.append(report(
+            f"{NAME} {label}" + (f" [{cc}]" if cc else ""),
+            got / 1e6 / load.elapsed,
+            "MB/s",
+            tcp_mb_s,
+            target="ratio>=1.0",
+            baseline_is=f"kernel TCP ({kernel_cc()}) http.server+curl, same path, same run",
+            config=f"{mib} MiB, {path.mbit:g} Mbit/s tbf, RTT {path.rtt_ms:g} ms, {path.loss * 100:g}% loss each way"
+            + (f", CAPPED at {cap:g} s" if load.timed_out else ""),
+            controller=cc or "default",
+            seconds=round(load.elapsed, 2),
+            tcp_seconds=round(tcp["seconds"], 2),
+            ttfb_ms=round((load.first_byte or 0) * 1000, 1),
+            transfer_mb_s=round(ours_transfer, 2) if ours_transfer else None,
+            tcp_transfer_mb_s=round(tcp["transfer_mb_s"], 2),
+            transfer_ratio=round(ours_transfer / tcp["transfer_mb_s"], 2) if ours_transfer else None,
+            capped=load.timed_out,
+            cpu_s_sender=round(cpu[0], 2),
+            cpu_s_receiver=round(cpu[1], 2),
+            queue_drops=drops2 - drops1,
+            tcp_queue_drops=tcp_drops,
+            delayer_cpu_s=round(sum(dcpu1) - sum(dcpu0), 2),
+            delay_line_drops=path.delay_line_drops(),
+        ))
+    return rows
 
 
 # An HTTP/1.0 server whose one URL never ends (random bytes until the client goes): the competing download
@@ -212,7 +237,7 @@ class ByteCounter:
         return max((n for ts, n in self.samples if ts <= t), default=0)
 
 
-def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float) -> list[dict[str, Any]]:
+def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float, cc: str | None) -> list[dict[str, Any]]:
     link = path.mbit * 1e6 / 8 / 1e6
     server = path.a.popen(
         [sys.executable, "-c", ENDLESS_SERVER, path.a.ip, str(ENDLESS_PORT)],
@@ -230,7 +255,8 @@ def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float) -> list[
 
     throughout = False
     try:
-        load, cpu = our_load(lab, path, work / "fair", mib, cap, "fairness", before_load=start_curl)
+        with controller(cc):
+            load, cpu = our_load(lab, path, work / f"fair-{cc or 'default'}", mib, cap, "fairness", start_curl)
         throughout = holder["proc"].poll() is None  # curl still downloading when ours ended: the window is shared
     finally:
         for proc in (holder.get("proc"), server):
@@ -248,10 +274,11 @@ def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float) -> list[
     ours = mib * MIB / 1e6 / transfer
     config = f"{mib} MiB ours vs one curl download, {path.mbit:g} Mbit/s, RTT {path.rtt_ms:g} ms, loss {path.loss:g}"
     common = {"baseline_is": f"link rate {path.mbit:g} Mbit/s", "target": "ratio>=0.333", "config": config}
+    tag = f" [{cc}]" if cc else ""
+    cpu_s = {"cpu_s_sender": round(cpu[0], 2), "cpu_s_receiver": round(cpu[1], 2)}
     return [
-        report(f"{NAME} fair: ours", ours, "MB/s", link, **common, seconds=round(transfer, 2),
-               cpu_s_sender=round(cpu[0], 2), cpu_s_receiver=round(cpu[1], 2)),
-        report(f"{NAME} fair: kernel TCP ({kernel_cc()})", tcp_mb_s, "MB/s", link, **common,
+        report(f"{NAME} fair: ours{tag}", ours, "MB/s", link, **common, seconds=round(transfer, 2), **cpu_s),
+        report(f"{NAME} fair: kernel TCP ({kernel_cc()}){tag}", tcp_mb_s, "MB/s", link, **common,
                tcp_ran_throughout=throughout),
     ]
 
@@ -264,12 +291,15 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("--fair-rtt", type=float, default=20.0, help="RTT of the fairness row in ms (default 20)")
     parser.add_argument("--no-fair", action="store_true", help="leave out the fairness row")
     parser.add_argument("--no-paths", action="store_true", help="only the fairness row")
+    parser.add_argument("--cc", default="", help="congestion controllers of ours, each its own row, e.g. reno,bbr "
+                        f"(sets {CC_ENV} for the daemons; default: the daemon's own choice)")
     parser.add_argument("--timeout", type=float, default=None, help="cap per transfer in s (default 120, --quick 60)")
     args = parser.parse_args(argv)
     mib = pick_mib(args, 40, 12)
     cap = args.timeout or (60.0 if args.quick else 120.0)
     rtts = [float(x) for x in args.rtts.split(",") if x.strip()]
     losses = [float(x) for x in args.losses.split(",") if x.strip()]
+    ccs: list[str | None] = [x.strip() for x in args.cc.split(",") if x.strip()] or [None]
     reason = netns_skip_reason()
     if reason:
         return [skip(NAME, reason)]
@@ -290,10 +320,11 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
                 for rtt in rtts:
                     for loss in losses:
                         path.set(rtt_ms=rtt, loss=loss)
-                        results.append(path_row(lab, path, work, web, mib, cap))
+                        results.extend(path_rows(lab, path, work, mib, cap, ccs))
             if not args.no_fair:
                 path.set(rtt_ms=args.fair_rtt, loss=0.0)
-                results.extend(fairness_row(lab, path, work, mib, cap))
+                for cc in ccs:
+                    results.extend(fairness_row(lab, path, work, mib, cap, cc))
         finally:
             path.close()
     return results
