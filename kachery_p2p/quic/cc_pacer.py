@@ -6,6 +6,10 @@ congestion window of about twice the bandwidth-delay product only as a cap on by
 so with a ``pacing_rate`` attribute (bytes per second, or None before it has an estimate). This pacer
 uses that rate when there is one and aioquic's rule otherwise; controllers without the attribute keep
 aioquic's own pacer.
+
+It also paces for real: aioquic's pacer lets a packet go whenever its token bucket holds *any* credit
+and then empties it, so a sender asked often enough (every ACK) sends at the rate it is asked, not at
+the pacing rate. Here a packet needs a whole packet time of credit.
 """
 
 from __future__ import annotations
@@ -19,6 +23,19 @@ class ControllerPacer(QuicPacketPacer):
     def __init__(self, *, max_datagram_size: int, controller: object) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
         self._controller = controller
+
+    def next_send_time(self, now: float) -> float | None:  # type: ignore[override]  # aioquic returns None too
+        if self.packet_time is None:
+            return None
+        self.update_bucket(now=now)
+        if self.bucket_time < self.packet_time * 0.999:
+            return now + self.packet_time - self.bucket_time
+        return None
+
+    def update_after_send(self, now: float) -> None:
+        if self.packet_time is not None:
+            self.update_bucket(now=now)
+            self.bucket_time = max(0.0, self.bucket_time - self.packet_time)
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         rate = getattr(self._controller, "pacing_rate", None)
