@@ -75,6 +75,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         )
         self._configs: dict[tuple[bool, int], QuicConfiguration] = {}
         self.relays: set[Address] = set()
+        self.frame_tokens: dict[Address, bytes] = {}  # what each relay wants in our frames (RelayClient)
         self.transport: asyncio.DatagramTransport | None = None
         self.links: set[Link] = set()
         self._peer_paths: dict[str, set[PeerPath]] = {}
@@ -186,7 +187,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             if peer is None:
                 link = self._accept(data, header, source, None)
             else:
-                link = self._accept(data, header, relay_stable_address(source, peer), PeerPath(source, peer))
+                path = PeerPath(source, peer, self.frame_tokens)
+                link = self._accept(data, header, relay_stable_address(source, peer), path)
             if link is None:
                 return
         link.datagram_received(data, via, source)
