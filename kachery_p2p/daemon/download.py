@@ -24,6 +24,7 @@ from ..quic.identity import short_node_id
 from ..store import ContentStore, Manifest, PartialFile
 from ..transfer.plan import DownloadPlan, Piece
 from ..transfer.policy import Attempt, DownloadPolicy, fits_on_disk
+from ..transfer.timeline import Timeline
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
 from .endpoint import LinkClosed
 from .slow import Provider, request_while_alive
@@ -45,7 +46,15 @@ MAX_BUSY = 50
 # Files above this size have a manifest (verification chunks); the URI names it when it was stored.
 MANIFEST_THRESHOLD = 20_000_000
 MAX_MANIFEST_BYTES = 16 << 20
+# Pieces: up to 4 MiB while much is left, smaller towards the end (guided sizing, transfer/plan.py);
+# never below this, so that the per-request cost stays small next to the bytes.
+MAX_PIECE = 4 * 1024 * 1024
+MIN_PIECE = 256 * 1024
 disk_usage = shutil.disk_usage  # replaced in tests
+
+
+def new_plan(chunks: list[tuple[int, int]], verified: set[int]) -> DownloadPlan:
+    return DownloadPlan(chunks, verified, piece_size=MAX_PIECE, min_piece_size=MIN_PIECE)
 
 
 class Download:
@@ -69,6 +78,7 @@ class Download:
         self.on_partial: Callable[[PartialFile], None] | None = None
         self.on_verified: Callable[[int], None] | None = None
         self.plan: DownloadPlan | None = None
+        self.timeline: Timeline | None = None
 
     async def run(self) -> Path:
         """Download, verify and store the file. Size claims are tried in turn (``DownloadPolicy``): the
@@ -112,7 +122,7 @@ class Download:
             self.on_partial(partial)
         try:
             chunks = [(c.start, c.end) for c in manifest.chunks] if manifest else [(0, size)]
-            plan = self.plan = DownloadPlan(chunks, partial.verified_chunks())
+            plan = self.plan = new_plan(chunks, partial.verified_chunks())
             try:
                 await self._fetch(plan, partial)
             except NotFoundError as exc:
@@ -164,9 +174,7 @@ class Download:
             self.on_partial(partial)
         try:
             skip = set(range(len(manifest.chunks))) - wanted
-            plan = self.plan = DownloadPlan(
-                [(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip
-            )
+            plan = self.plan = new_plan([(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip)
             await self._fetch(plan, partial)
             # Opened before the partial is released, so a full download finishing now cannot pull
             # the file away from under us.
@@ -220,10 +228,13 @@ class Download:
         wake = asyncio.Event()
         finished = asyncio.Event()
         verifying: set[asyncio.Task[None]] = set()
-        durations: list[float] = []
+        durations: list[tuple[float, int]] = []  # (seconds, bytes) of each piece received
 
         suspects: dict[int, dict[tuple[int, int], tuple[str, str]]] = {}
         fatal: list[StoreError] = []
+        timeline = self.timeline = Timeline(time.monotonic())
+        for provider in self.providers:
+            timeline.joined(provider.node_id, timeline.started)
 
         def drop(node_id: str) -> None:
             log.warning("provider %s sent bad bytes for %s; dropping it", short_node_id(node_id), self.sha1)
@@ -251,18 +262,27 @@ class Download:
                 finished.set()
             wake.set()
 
-        def endgame_age() -> float:
-            # Duplicate only pieces that have taken clearly longer than usual.
-            return ENDGAME_AGE_FACTOR * sum(durations) / len(durations) if durations else ENDGAME_FIRST_AGE
+        def endgame_age(piece: Piece) -> float:
+            # Duplicate only pieces that have taken clearly longer than usual for their size.
+            seconds, size = sum(d for d, _ in durations), sum(b for _, b in durations)
+            if not durations or seconds <= 0:
+                return ENDGAME_FIRST_AGE
+            return ENDGAME_AGE_FACTOR * piece.size * seconds / max(1, size)
 
         async def worker(provider: Provider) -> None:
+            try:
+                await work(provider)
+            finally:
+                plan.workers -= 1
+
+        async def work(provider: Provider) -> None:
             busy = 0
             while not plan.finished and provider.node_id not in plan.banned and not fatal:
                 now = time.monotonic()
                 piece = plan.next_piece(provider.node_id, now)
                 endgame = False
                 if piece is None:
-                    piece = plan.endgame_piece(provider.node_id, now, endgame_age())
+                    piece = plan.endgame_piece(provider.node_id, now, endgame_age)
                     endgame = piece is not None
                 if piece is None:
                     if plan.in_flight == 0 and not verifying:
@@ -274,12 +294,14 @@ class Download:
                     continue
                 try:
                     got = await self._fetch_piece(provider, piece, partial, plan, buffered=endgame)
+                    timeline.piece(provider.node_id, now, time.monotonic(), piece.size, True, not got)
                 except StoreError as exc:  # our disk, not the provider: the whole download stops
                     fatal.append(exc)
                     finished.set()
                     wake.set()
                     return
                 except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, OSError) as exc:
+                    timeline.piece(provider.node_id, now, time.monotonic(), piece.size, False, endgame)
                     plan.piece_failed(piece, provider.node_id)
                     wake.set()
                     busy += 1
@@ -290,7 +312,7 @@ class Download:
                              short_node_id(provider.node_id), exc)
                     return
                 if got:
-                    durations.append(time.monotonic() - now)
+                    durations.append((time.monotonic() - now, piece.size))
                     index = plan.piece_received(piece, provider.node_id)
                     if index is not None:
                         task = asyncio.ensure_future(verify(index))
@@ -303,6 +325,7 @@ class Download:
             live = [p for p in self.providers if p.node_id not in plan.banned and p.alive]
             if plan.finished or not live or fatal:
                 break
+            plan.workers = len(live) * STREAMS_PER_PROVIDER
             workers = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
             all_done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
             finished_wait: asyncio.Future[Any] = asyncio.ensure_future(finished.wait())
@@ -319,6 +342,9 @@ class Download:
             for task in workers:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+        timeline.done(time.monotonic())
+        log.info("pieces of %s (%d bytes, piece size %d): %s", self.sha1, plan.total_bytes, plan.piece_size,
+                 timeline.describe(short_node_id))
         if fatal:
             raise fatal[0]
         if not plan.finished:
@@ -340,6 +366,8 @@ class Download:
         buffer = bytearray()
         written = piece.start
         node_id = provider.node_id
+        # Set when another copy got the piece first: this request stops (its stream is reset).
+        taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def flush() -> None:
             nonlocal written
@@ -353,6 +381,11 @@ class Download:
             if self.first_byte_at is None:
                 self.first_byte_at = now
             self.bytes_received += len(data)
+            if taken.done():
+                return
+            if not plan.is_open(piece, node_id):
+                taken.set_result(None)
+                return
             if written + len(buffer) + len(data) > piece.end:
                 raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
             buffer.extend(data)
@@ -361,7 +394,16 @@ class Download:
 
         session = provider.session
         header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
-        reply = await request_while_alive(session, header, sink, PIECE_TIMEOUT)
+        request = asyncio.ensure_future(request_while_alive(session, header, sink, PIECE_TIMEOUT))
+        try:
+            waiters: set[asyncio.Future[Any]] = {request, taken}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not request.done():
+                request.cancel()  # resets the stream: the provider stops sending
+        if taken.done() and not request.done():
+            return False
+        reply = request.result()
         messages.check_ok(reply)
         if written + len(buffer) != piece.end:
             raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")

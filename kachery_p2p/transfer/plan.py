@@ -1,17 +1,27 @@
 """Which byte ranges to ask for, from whom, and what is verified (sans-IO).
 
 A file is a list of verification chunks (the manifest's, or one chunk for a small file). Chunks are
-cut into pieces of at most ``piece_size`` bytes, each fetched on its own QUIC stream. When every piece
-of a chunk has arrived the caller verifies the chunk's sha1; a failed chunk is queued again and the
-providers that sent it are charged for it.
+cut into pieces of at most ``piece_size`` bytes when they are handed out, each fetched on its own QUIC
+stream. When every byte of a chunk has arrived the caller verifies the chunk's sha1; a failed chunk is
+queued again and the providers that sent it are charged for it. Pieces never cross a chunk boundary,
+so whatever their size, nothing is used before the chunk that holds it is verified.
+
+Sizing (``min_piece_size`` set): guided self-scheduling. Each piece handed out is the bytes not yet
+handed out divided by ``GUIDE`` times the streams at work (``workers``), between ``min_piece_size`` and
+``piece_size``: large pieces while much is left (few requests), small ones near the end, so that the
+last pieces of every provider end at about the same time and no provider waits on another's tail.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
+# Pieces per stream at work, at most, among the bytes not yet handed out (guided sizing).
+GUIDE = 2
+PIECE_ALIGN = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,7 @@ class Piece:
 class _ChunkState:
     start: int
     end: int
-    waiting: int = 0
+    missing: int = 0  # bytes not received yet
     providers: set[str] = field(default_factory=set)
     # After a failed check of a chunk that came from several providers, the chunk is fetched
     # again from one provider only ("pinned" to whoever takes its first piece), so that the next
@@ -53,10 +63,14 @@ class DownloadPlan:
         verified: set[int],
         piece_size: int = DEFAULT_PIECE_SIZE,
         max_strikes: int = 1,
+        min_piece_size: int | None = None,
     ) -> None:
-        if piece_size <= 0:
-            raise ValueError("piece_size must be positive")
+        if piece_size <= 0 or (min_piece_size is not None and not 0 < min_piece_size <= piece_size):
+            raise ValueError("piece sizes must be positive, the smallest at most the largest")
         self.piece_size = piece_size
+        self.min_piece_size = min_piece_size
+        # Streams fetching at once (set by the caller as providers join and leave): guided sizing.
+        self.workers = 1
         self.max_strikes = max_strikes
         self.total_bytes = sum(end - start for start, end in chunks)
         self._chunks = [_ChunkState(start, end) for start, end in chunks]
@@ -89,16 +103,20 @@ class DownloadPlan:
         chunk.sources.clear()
         chunk.generation += 1 if chunk.queued_before else 0
         chunk.queued_before = True
-        position = chunk.start
-        count = 0
-        while position < chunk.end or (count == 0 and chunk.start == chunk.end):
-            end = min(position + self.piece_size, chunk.end)
-            self._queue.append(Piece(index, position, end, chunk.generation))
-            count += 1
-            position = end
-            if chunk.start == chunk.end:
-                break
-        chunk.waiting = count
+        # One range per chunk: pieces are cut from its front as they are handed out.
+        self._queue.append(Piece(index, chunk.start, chunk.end, chunk.generation))
+        chunk.missing = chunk.end - chunk.start
+
+    def _cut(self, piece: Piece) -> int:
+        """How many bytes of the queued range ``piece`` to hand out now."""
+        if self.min_piece_size is None:
+            return min(piece.size, self.piece_size)
+        left = sum(p.size for p in self._queue)
+        want = -(-left // (GUIDE * max(1, self.workers)))
+        want = -(-want // PIECE_ALIGN) * PIECE_ALIGN
+        want = max(self.min_piece_size, min(self.piece_size, want))
+        # No crumb smaller than the smallest piece left behind.
+        return piece.size if piece.size - want < self.min_piece_size else want
 
     def _mark_verified(self, index: int) -> None:
         if index not in self._verified:
@@ -112,7 +130,12 @@ class DownloadPlan:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Pieces left to hand out (at the largest piece size)."""
+        return sum(max(1, -(-p.size // self.piece_size)) for p in self._queue)
+
+    @property
+    def bytes_pending(self) -> int:
+        return sum(p.size for p in self._queue)
 
     @property
     def in_flight(self) -> int:
@@ -128,26 +151,35 @@ class DownloadPlan:
                     chunk.owner = provider
                 elif chunk.owner != provider:
                     continue
-            del self._queue[position]
+            size = self._cut(piece)
+            if size < piece.size:
+                rest = Piece(piece.chunk, piece.start + size, piece.end, piece.generation)
+                piece = Piece(piece.chunk, piece.start, piece.start + size, piece.generation)
+                self._queue[position] = rest
+            else:
+                del self._queue[position]
             self._in_flight[piece] = {provider or ""}
             if now is not None:
                 self._handed_at[piece] = now
             return piece
         return None
 
-    def endgame_piece(self, provider: str, now: float | None = None, min_age: float = 0.0) -> Piece | None:
+    def endgame_piece(
+        self, provider: str, now: float | None = None, min_age: float | Callable[[Piece], float] = 0.0
+    ) -> Piece | None:
         """With nothing left to hand out, ask for a piece another provider is still fetching, so that
         one slow provider cannot hold up the end. The first copy to arrive is used. Only pieces in
         flight for at least ``min_age`` seconds qualify: duplicating a piece that is about to land
-        anyway only wastes bandwidth."""
+        anyway only wastes bandwidth. ``min_age`` may depend on the piece (its size over the usual rate)."""
         if self._queue:
             return None
+        age = min_age if callable(min_age) else (lambda _piece: min_age)
         candidates = [
             (len(fetchers), piece)
             for piece, fetchers in self._in_flight.items()
             if provider not in fetchers
             and not self._chunks[piece.chunk].pinned
-            and (now is None or now - self._handed_at.get(piece, now) >= min_age)
+            and (now is None or now - self._handed_at.get(piece, now) >= age(piece))
         ]
         if not candidates:
             return None
@@ -200,9 +232,9 @@ class DownloadPlan:
         chunk = self._chunks[piece.chunk]
         chunk.providers.add(provider)
         chunk.sources[(piece.start, piece.end)] = provider
-        chunk.waiting -= 1
+        chunk.missing -= piece.size
         self.bytes_received += piece.size
-        return piece.chunk if chunk.waiting == 0 else None
+        return piece.chunk if chunk.missing == 0 else None
 
     def piece_sources(self, index: int) -> dict[tuple[int, int], str]:
         """Which provider sent each piece (byte range) of a complete chunk."""
