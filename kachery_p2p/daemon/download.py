@@ -27,20 +27,19 @@ from ..transfer.policy import Attempt, DownloadPolicy, fits_on_disk
 from ..transfer.timeline import Timeline
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
 from .endpoint import LinkClosed
-from .slow import Provider, request_while_alive
+from .piece_fetch import PIECE_TIMEOUT, fetch_piece
+from .slow import Provider
 
 log = logging.getLogger("kachery_p2p.download")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 STREAMS_PER_PROVIDER = 4
-PIECE_TIMEOUT = 60.0  # a piece stream that delivers no byte for this long is given up (slow is fine)
 PROGRESS_INTERVAL = 0.25
 MAX_ROUNDS = 5
 ENDGAME_AGE_FACTOR = 1.5
 ENDGAME_RECHECK = 0.25
 # Before any piece has arrived there is no usual duration: duplicate after this long.
 ENDGAME_FIRST_AGE = 2.0
-WRITE_BLOCK = 1 << 20
 BUSY_BACKOFF = 0.2
 MAX_BUSY = 50
 # Files above this size have a manifest (verification chunks); the URI names it when it was stored.
@@ -69,7 +68,6 @@ class Download:
         self.bad_providers: list[str] = []
         self._last_progress = 0.0
         self.started = time.monotonic()
-        self.bytes_fetched = 0
         # Bytes as they arrive (not only whole pieces): what progress and node-info show live.
         self.bytes_received = 0
         self.last_byte_at = self.started
@@ -293,7 +291,7 @@ class Download:
                         await asyncio.wait_for(wake.wait(), ENDGAME_RECHECK)
                     continue
                 try:
-                    got = await self._fetch_piece(provider, piece, partial, plan, buffered=endgame)
+                    got = await fetch_piece(self.sha1, provider, piece, partial, plan, endgame, self._count)
                     timeline.piece(provider.node_id, now, time.monotonic(), piece.size, True, not got)
                 except StoreError as exc:  # our disk, not the provider: the whole download stops
                     fatal.append(exc)
@@ -353,69 +351,11 @@ class Download:
                 f"could not download {self.sha1}: every provider failed" + (f" (bad data from {bad})" if bad else "")
             )
 
-    async def _fetch_piece(
-        self, provider: Provider, piece: Piece, partial: PartialFile, plan: DownloadPlan, buffered: bool
-    ) -> bool:
-        """Fetch one piece into the partial file. False when another copy got there first.
-
-        Packets carry ~1.3 kB each: they are gathered and written in large blocks. A second copy
-        requested in the endgame is held in memory; if it arrives whole first it takes the piece over
-        and rewrites all of it, and the other copy writes nothing more. A copy that arrives second
-        writes nothing, so it cannot touch bytes already verified.
-        """
-        buffer = bytearray()
-        written = piece.start
-        node_id = provider.node_id
-        # Set when another copy got the piece first: this request stops (its stream is reset).
-        taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def flush() -> None:
-            nonlocal written
-            if buffer and plan.claim_write(piece, node_id):
-                partial.write_at(written, buffer)
-            written += len(buffer)
-            buffer.clear()
-
-        def sink(data: bytes) -> None:
-            self.last_byte_at = now = time.monotonic()
-            if self.first_byte_at is None:
-                self.first_byte_at = now
-            self.bytes_received += len(data)
-            if taken.done():
-                return
-            if not plan.is_open(piece, node_id):
-                taken.set_result(None)
-                return
-            if written + len(buffer) + len(data) > piece.end:
-                raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
-            buffer.extend(data)
-            if not buffered and len(buffer) >= WRITE_BLOCK:
-                flush()
-
-        session = provider.session
-        header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
-        request = asyncio.ensure_future(request_while_alive(session, header, sink, PIECE_TIMEOUT))
-        try:
-            waiters: set[asyncio.Future[Any]] = {request, taken}
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not request.done():
-                request.cancel()  # resets the stream: the provider stops sending
-        if taken.done() and not request.done():
-            return False
-        reply = request.result()
-        messages.check_ok(reply)
-        if written + len(buffer) != piece.end:
-            raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")
-        self.bytes_fetched += piece.size
-        # From here to piece_received (in the caller) nothing awaits: no other copy can write between.
-        if buffered:
-            if not plan.claim_write(piece, node_id, take_over=True):
-                return False
-            partial.write_at(piece.start, buffer)
-            return True
-        flush()
-        return plan.claim_write(piece, node_id)
+    def _count(self, size: int) -> None:
+        self.last_byte_at = now = time.monotonic()
+        if self.first_byte_at is None:
+            self.first_byte_at = now
+        self.bytes_received += size
 
     async def _report(self, plan: DownloadPlan, force: bool = False) -> None:
         now = time.monotonic()
