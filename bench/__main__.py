@@ -16,6 +16,7 @@ The suite, in order (letters as in the performance issue):
   (a) raw-aioquic    raw aioquic, one stream, default settings, two processes, loopback: the baseline
   (b) daemon-load    daemon-to-daemon kachery-p2p-load on loopback, ratio to (a) of the same run
   (c) lan-load       the same between two namespaces on a MTU-1500 LAN, ratio to raw aioquic over that pair
+      lan-gbit       the same over a 1 Gbit/s (tbf) MTU-1500 pair vs kernel TCP (http.server + curl); CPU-s/GB
   (d) small-load     1 KiB load from a connected peer: Python API and CLI, median and p90
   (e) daemon-memory  idle RSS and CPU; peak RSS during a 1 GiB load; RSS after it
   (f) nat-cold       time to first byte from a peer not yet connected, across two NATs with a relay
@@ -46,6 +47,7 @@ from bench import (
     daemon_memory,
     daemon_transfer,
     feeds,
+    lan_gbit,
     lan_transfer,
     local_store,
     multi_provider,
@@ -67,6 +69,7 @@ REGISTRY: dict[str, BenchFn] = {
     raw_aioquic.NAME: raw_aioquic.run,
     daemon_transfer.NAME: daemon_transfer.run,
     lan_transfer.NAME: lan_transfer.run,
+    lan_gbit.NAME: lan_gbit.run,
     small_load.NAME: small_load.run,
     daemon_memory.NAME: daemon_memory.run,
     nat_cold.NAME: nat_cold.run,

@@ -88,6 +88,7 @@ class DaemonConfig:
     api_host: str = "127.0.0.1"
     udp_port: int = DEFAULT_UDP_PORT
     udp_host: str = "0.0.0.0"
+    udp_binds: tuple[str, ...] = ()  # --bind given more than once: the wildcard socket answers only these
     label: str = ""
     bootstrap: tuple[HostPort, ...] = ()
     lan_discovery: bool = True

@@ -27,7 +27,8 @@ def cli() -> None:
 @click.option("--label", default="", help="A short name for this node, shown to peers.")
 @click.option("--port", "udp_port", type=int, default=None,
               help="UDP port for QUIC (0 picks a free one) [default: 14507].")
-@click.option("--bind", "udp_host", default="0.0.0.0", show_default=True, help="Local IPv4 address for the UDP socket.")
+@click.option("--bind", "udp_hosts", multiple=True,
+              help="Local address to listen on (repeatable) [default: every address, IPv4 and IPv6].")
 @click.option("--api-port", type=int, default=None,
               help="Control port, recorded in the config dir for clients [default: $KACHERY_P2P_API_PORT or 20431].")
 @click.option("--bootstrap", multiple=True, help="Relay or peer to dial: HOST:PORT or NODEID@HOST:PORT (repeatable).")
@@ -65,7 +66,7 @@ def cli() -> None:
 def start_daemon_cmd(
     label: str,
     udp_port: int | None,
-    udp_host: str,
+    udp_hosts: tuple[str, ...],
     api_port: int | None,
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
@@ -99,7 +100,7 @@ def start_daemon_cmd(
     start_daemon(
         label=label,
         udp_port=udp_port,
-        udp_host=udp_host,
+        udp_hosts=udp_hosts,
         api_port=api_port,
         bootstrap=bootstrap,
         lan_discovery=lan_discovery,

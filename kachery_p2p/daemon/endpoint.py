@@ -28,6 +28,7 @@ from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from ..errors import PortInUseError
 from ..peering.path import PathKind
+from ..quic.flow import KacheryQuicConnection
 from ..quic.identity import NodeIdentity
 from ..quic.settings import quic_configuration
 from ..relay.frames import DatagramKind, classify, decode_relay_frame
@@ -181,7 +182,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         if len(self.links) >= self.max_links:
             self.stats["refused"] += 1
             return None
-        conn = QuicConnection(
+        conn = KacheryQuicConnection(
             configuration=self.config_for(False, addr, relayed=path is not None),
             original_destination_connection_id=header.destination_cid,
         )
@@ -194,7 +195,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     def connect(self, addr: Address, path: Path | None = None) -> Link:
         """Dial ``addr`` (a real address, or a stable relay address with its PeerPath)."""
-        conn = QuicConnection(configuration=self.config_for(True, addr, relayed=path is not None))
+        conn = KacheryQuicConnection(configuration=self.config_for(True, addr, relayed=path is not None))
         link = self._new_link(conn, addr, True, path)
         self.register_cid(conn.host_cid, link)
         conn.connect(addr, now=time.monotonic())

@@ -24,6 +24,10 @@ from .paths import Address, Path
 
 SEND_HIGH_WATER = 1 << 20
 SEND_LOW_WATER = 256 * 1024
+# RFC 9000 section 8: before a server has validated the client's address it sends at most three times
+# what it received from it. aioquic holds its handshake to that but not its CONNECTION_CLOSE, so a
+# ClientHello from a forged (silent) source got 3.11x its size back; ``transmit`` enforces the total.
+AMPLIFICATION_FACTOR = 3
 
 
 class LinkOwner(Protocol):
@@ -84,6 +88,10 @@ class Link:
         self._pings: dict[int, asyncio.Future[None]] = {}
         self.bytes_received = 0
         self.bytes_sent = 0
+        # A client dialed the address itself; a server's peer is validated by the handshake completing
+        # (it read our Handshake keys) or by echoing a Retry token (``QuicEndpoint``).
+        self.address_validated = is_client
+        self.dropped_unvalidated = 0
         self.last_activity = time.monotonic()
 
     # -- io from the endpoint -------------------------------------------------------------------
@@ -103,6 +111,9 @@ class Link:
             return
         path = self.path
         for data, _addr in self.conn.datagrams_to_send(now=time.monotonic()):
+            if not self.address_validated and self.bytes_sent + len(data) > AMPLIFICATION_FACTOR * self.bytes_received:
+                self.dropped_unvalidated += 1  # lost to aioquic: only a close or a probe can get here
+                continue
             self.bytes_sent += len(data)
             path.send(transport, data)
         self._arm_timer()
@@ -152,6 +163,7 @@ class Link:
                 if handler is not None:
                     handler.on_reset(RemoteProtocolError("the peer reset the stream", code="stream_reset"))
             elif isinstance(event, events.HandshakeCompleted):
+                self.address_validated = True
                 if not self.handshake.done():
                     self.handshake.set_result(None)
                 self.on_handshake()

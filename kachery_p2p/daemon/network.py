@@ -23,7 +23,7 @@ from typing import Any
 from ..channels.announcements import Announcement
 from ..channels.membership import rendezvous_id
 from ..config import DaemonConfig
-from ..errors import RemoteProtocolError
+from ..errors import ConfigError, RemoteProtocolError
 from ..ids import FileUri
 from ..peering.policy import RETRY_DIRECT_SEC, UNUSED_SESSION_GRACE, ConnectPolicy, keep_accepted_session, keepalive_due
 from ..quic import messages
@@ -47,6 +47,7 @@ from .stun_client import StunClient
 from .sysnet import ipv6_addresses
 from .tasks import Supervisor
 from .transfers import Transfers
+from .udp import UdpTransport
 
 log = logging.getLogger("kachery_p2p.network")
 
@@ -89,6 +90,8 @@ class PeerNetwork:
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self.local_address = await self.endpoint.open(self.config.udp_host, self.config.udp_port)
+        if len(self.config.udp_binds) > 1:
+            self._restrict_binds()
         log.info("QUIC on udp %s:%d", *self.local_address)
         if self.config.port_mapping and not self.config.relay_mode:
             self.port_mapping = PortMapping(self.local_address[1], on_change=lambda _a: self.channels_changed())
@@ -237,6 +240,17 @@ class PeerNetwork:
                 if keepalive_due(session.link.last_activity, now) and not session.link.is_closed:
                     self.tasks.spawn(_quiet(session.link.ping()))
 
+    def _restrict_binds(self) -> None:
+        transport = self.endpoint.transport
+        try:
+            if not isinstance(transport, UdpTransport):
+                raise OSError("the socket cannot tell addresses apart")
+            transport.restrict(self.config.udp_binds)
+        except OSError as exc:
+            self.endpoint.close()
+            raise ConfigError(f"cannot listen on several --bind addresses: {exc}; give one --bind") from None
+        log.info("listening only on %s", ", ".join(self.config.udp_binds))
+
     # -- channels and LAN discovery ------------------------------------------------------------
     def rendezvous_ids(self) -> list[str]:
         return [rendezvous_id(name) for name in self.channels()]
@@ -249,6 +263,7 @@ class PeerNetwork:
             observed=[c.observed for c in self.relay_clients.values() if c.observed],
             reflexive=self.stun.reflexive.values(),
             local=self.local_address,
+            binds=self.config.udp_binds,
             dual_stack=getattr(self.endpoint.transport, "dual_stack", False),
             lan_ipv4=default_lan_interfaces,
             ipv6=ipv6_addresses,

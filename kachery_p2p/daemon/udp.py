@@ -15,6 +15,10 @@ Why not ``loop.create_datagram_endpoint``:
   changes for IPv4 peers.
 - One wake-up per burst: the reader drains up to ``READ_BATCH`` datagrams each time the socket is readable.
 
+Several ``--bind`` addresses: the socket stays the wildcard one and ``restrict`` makes it drop datagrams sent to any
+other address; what it sends first to a new remote leaves from the first bound address of that family. One socket
+keeps "answer from the address asked" exactly as above (no per-address socket to pick).
+
 Platforms without IP_PKTINFO (or where it cannot be set) fall back to plain reads and kernel-chosen sources.
 """
 
@@ -27,7 +31,7 @@ import logging
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("kachery_p2p.udp")
@@ -67,7 +71,9 @@ class UdpTransport(asyncio.DatagramTransport):
         self._routes: dict[Address, Callable[[bytes], None]] = {}
         self._watched: dict[Address, float] = {}
         self._closing = False
-        self.stats = {"received": 0, "sent": 0, "send_errors": 0}
+        self._allowed: frozenset[str] = frozenset()  # empty: every address of the socket
+        self._default_source: dict[bool, str] = {}  # IPv6? -> the source for a remote not heard from yet
+        self.stats = {"received": 0, "sent": 0, "send_errors": 0, "not_bound": 0}
         self._extra = {"socket": sock, "sockname": sock.getsockname()}
         loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -91,6 +97,21 @@ class UdpTransport(asyncio.DatagramTransport):
 
     def get_write_buffer_size(self) -> int:
         return 0
+
+    def restrict(self, addresses: Iterable[str]) -> None:
+        """Listen only on ``addresses`` (several --bind on the wildcard socket): datagrams sent to any other
+        address are dropped, and we never send from one. OSError where the socket cannot learn destinations."""
+        allowed = list(dict.fromkeys(addresses))
+        if not self._pktinfo:
+            raise OSError("this system cannot tell which address a datagram was sent to (IP_PKTINFO)")
+        self._allowed = frozenset(allowed)
+        for address in reversed(allowed):
+            self._default_source[":" in address] = address
+
+    @property
+    def bound_addresses(self) -> list[str]:
+        """The addresses ``restrict`` allowed (empty: all)."""
+        return sorted(self._allowed)
 
     # -- other ways than UDP (the relay's TCP transport) ------------------------------------------
     def route_via(self, addr: Address, send: Callable[[bytes], None]) -> None:
@@ -136,6 +157,11 @@ class UdpTransport(asyncio.DatagramTransport):
                 self.stats["sent"] += 1
                 return
         source = self._reply_from.get(remote) if self._pktinfo else None
+        if source is None and self._allowed:
+            source = self._default_source.get(":" in remote[0])
+            if source is None:  # no bound address of that family
+                self.stats["send_errors"] += 1
+                return
         try:
             dest = self._sock_address(remote)
             if source is None:
@@ -187,6 +213,9 @@ class UdpTransport(asyncio.DatagramTransport):
                 protocol.error_received(exc)
                 return
             remote = normalize(source)
+            if self._allowed and (not ancillary or self._destination(ancillary) not in self._allowed):
+                self.stats["not_bound"] += 1  # sent to an address of this host we were told not to listen on
+                continue
             if self._watched and remote in self._watched:
                 self._watched[remote] = self._loop.time()
             if ancillary:
