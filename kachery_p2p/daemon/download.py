@@ -22,7 +22,7 @@ from ..ids import SHA1_EMPTY, FileUri
 from ..quic import messages
 from ..quic.identity import short_node_id
 from ..store import ContentStore, Manifest, PartialFile
-from ..transfer.plan import DownloadPlan, Piece
+from ..transfer.plan import DownloadPlan, Pace
 from ..transfer.policy import Attempt, DownloadPolicy, fits_on_disk
 from ..transfer.timeline import Timeline
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
@@ -49,6 +49,7 @@ MAX_MANIFEST_BYTES = 16 << 20
 # never below this, so that the per-request cost stays small next to the bytes.
 MAX_PIECE = 4 * 1024 * 1024
 MIN_PIECE = 256 * 1024
+MIN_STEAL = 64 * 1024  # the smallest tail of a piece in flight that an idle provider takes over
 disk_usage = shutil.disk_usage  # replaced in tests
 
 
@@ -226,7 +227,7 @@ class Download:
         wake = asyncio.Event()
         finished = asyncio.Event()
         verifying: set[asyncio.Task[None]] = set()
-        durations: list[tuple[float, int]] = []  # (seconds, bytes) of each piece received
+        pace = plan.pace = Pace(ENDGAME_AGE_FACTOR, ENDGAME_FIRST_AGE)  # how fast each provider delivers
 
         suspects: dict[int, dict[tuple[int, int], tuple[str, str]]] = {}
         fatal: list[StoreError] = []
@@ -260,13 +261,6 @@ class Download:
                 finished.set()
             wake.set()
 
-        def endgame_age(piece: Piece) -> float:
-            # Duplicate only pieces that have taken clearly longer than usual for their size.
-            seconds, size = sum(d for d, _ in durations), sum(b for _, b in durations)
-            if not durations or seconds <= 0:
-                return ENDGAME_FIRST_AGE
-            return ENDGAME_AGE_FACTOR * piece.size * seconds / max(1, size)
-
         async def worker(provider: Provider) -> None:
             try:
                 await work(provider)
@@ -277,10 +271,10 @@ class Download:
             busy = 0
             while not plan.finished and provider.node_id not in plan.banned and not fatal:
                 now = time.monotonic()
-                piece = plan.next_piece(provider.node_id, now)
+                piece = plan.next_piece(provider.node_id, now) or plan.steal(provider.node_id, now, MIN_STEAL)
                 endgame = False
                 if piece is None:
-                    piece = plan.endgame_piece(provider.node_id, now, endgame_age)
+                    piece = plan.endgame_piece(provider.node_id, now)
                     endgame = piece is not None
                 if piece is None:
                     if plan.in_flight == 0 and not verifying:
@@ -292,7 +286,8 @@ class Download:
                     continue
                 try:
                     got = await fetch_piece(self.sha1, provider, piece, partial, plan, endgame, self._count)
-                    timeline.piece(provider.node_id, now, time.monotonic(), piece.size, True, not got)
+                    size = plan.end_of(piece) - piece.start  # less than asked when its tail was stolen
+                    timeline.piece(provider.node_id, now, time.monotonic(), size, True, not got)
                 except StoreError as exc:  # our disk, not the provider: the whole download stops
                     fatal.append(exc)
                     finished.set()
@@ -309,8 +304,9 @@ class Download:
                     log.info("piece %d-%d from %s failed: %s", piece.start, piece.end,
                              short_node_id(provider.node_id), exc)
                     return
+                busy = 0  # busy answers in a row: one piece delivered resets it
                 if got:
-                    durations.append((time.monotonic() - now, piece.size))
+                    pace.record(time.monotonic() - now, size, provider.node_id)
                     index = plan.piece_received(piece, provider.node_id)
                     if index is not None:
                         task = asyncio.ensure_future(verify(index))

@@ -25,13 +25,15 @@ async def fetch_piece(
     Packets carry ~1.3 kB each: they are gathered and written in large blocks. A second copy
     requested in the endgame is held in memory; if it arrives whole first it takes the piece over
     and rewrites all of it, and the other copy writes nothing more. A copy that arrives second
-    writes nothing, so it cannot touch bytes already verified.
+    writes nothing, so it cannot touch bytes already verified. When another provider took the tail
+    of the piece (``plan.steal``), the fetch ends where the tail begins and its stream is reset.
     """
     buffer = bytearray()
     written = piece.start
     node_id = provider.node_id
-    # Set when another copy got the piece first: this request stops (its stream is reset).
-    taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    # "taken": another copy got the piece first; "complete": every byte up to the piece's current
+    # end arrived (its tail was stolen). Either way this request stops (its stream is reset).
+    stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def flush() -> None:
         nonlocal written
@@ -42,32 +44,43 @@ async def fetch_piece(
 
     def sink(data: bytes) -> None:
         count(len(data))
-        if taken.done():
+        if stop.done():
             return
         if not plan.is_open(piece, node_id):
-            taken.set_result(None)
+            stop.set_result("taken")
             return
-        if written + len(buffer) + len(data) > piece.end:
+        have = written + len(buffer)
+        if have + len(data) > piece.end:
             raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
+        end = plan.end_of(piece)
+        if have + len(data) >= end:
+            buffer.extend(memoryview(data)[: end - have])
+            plan.arrived(piece, node_id, end - piece.start)  # nothing left to steal
+            stop.set_result("complete")
+            return
         buffer.extend(data)
+        plan.arrived(piece, node_id, have + len(data) - piece.start)
         if not buffered and len(buffer) >= WRITE_BLOCK:
             flush()
 
     session = provider.session
-    header = {"op": "get", "sha1": sha1, "start": piece.start, "end": piece.end}
+    header = {"op": "get", "sha1": sha1, "start": piece.start, "end": plan.end_of(piece)}
     request = asyncio.ensure_future(request_while_alive(session, header, sink, PIECE_TIMEOUT))
     try:
-        waiters: set[asyncio.Future[Any]] = {request, taken}
+        waiters: set[asyncio.Future[Any]] = {request, stop}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not request.done():
             request.cancel()  # resets the stream: the provider stops sending
-    if taken.done() and not request.done():
+    if stop.done() and stop.result() == "taken":
         return False
-    reply = request.result()
-    messages.check_ok(reply)
-    if written + len(buffer) != piece.end:
-        raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")
+    if not stop.done():
+        messages.check_ok(request.result())
+    end = plan.end_of(piece)
+    if end < written + len(buffer) and written <= end:
+        del buffer[end - written :]  # its tail was taken while this copy ended: keep only the rest
+    if written + len(buffer) != end:
+        raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {end - piece.start} bytes")
     # From here to piece_received (in the caller) nothing awaits: no other copy can write between.
     if buffered:
         if not plan.claim_write(piece, node_id, take_over=True):

@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .pace import Pace
+
 DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
 # Pieces per stream at work, at most, among the bytes not yet handed out (guided sizing).
 GUIDE = 2
@@ -69,8 +71,10 @@ class DownloadPlan:
             raise ValueError("piece sizes must be positive, the smallest at most the largest")
         self.piece_size = piece_size
         self.min_piece_size = min_piece_size
-        # Streams fetching at once (set by the caller as providers join and leave): guided sizing.
+        # Streams fetching at once (set by the caller as providers join and leave) and how fast each
+        # provider delivers: guided sizing and endgame copies.
         self.workers = 1
+        self.pace: Pace | None = None
         self.max_strikes = max_strikes
         self.total_bytes = sum(end - start for start, end in chunks)
         self._chunks = [_ChunkState(start, end) for start, end in chunks]
@@ -85,6 +89,10 @@ class DownloadPlan:
         self._in_flight: dict[Piece, set[str]] = {}
         self._writers: dict[Piece, str] = {}
         self._handed_at: dict[Piece, float] = {}
+        # Work stealing: a piece in flight whose tail was handed to another provider ends earlier
+        # (its fetcher stops there), and how many bytes of each piece have arrived so far.
+        self._ends: dict[Piece, int] = {}
+        self._progress: dict[Piece, int] = {}
         for index in range(len(chunks)):
             if index in verified:
                 self._mark_verified(index)
@@ -107,12 +115,13 @@ class DownloadPlan:
         self._queue.append(Piece(index, chunk.start, chunk.end, chunk.generation))
         chunk.missing = chunk.end - chunk.start
 
-    def _cut(self, piece: Piece) -> int:
+    def _cut(self, piece: Piece, provider: str | None) -> int:
         """How many bytes of the queued range ``piece`` to hand out now."""
         if self.min_piece_size is None:
             return min(piece.size, self.piece_size)
         left = sum(p.size for p in self._queue)
-        want = -(-left // (GUIDE * max(1, self.workers)))
+        share = self.pace.share(provider) if self.pace is not None else 1.0
+        want = int(-(-left // (GUIDE * max(1, self.workers))) * share)
         want = -(-want // PIECE_ALIGN) * PIECE_ALIGN
         want = max(self.min_piece_size, min(self.piece_size, want))
         # No crumb smaller than the smallest piece left behind.
@@ -141,6 +150,60 @@ class DownloadPlan:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def end_of(self, piece: Piece) -> int:
+        """Where the piece ends now (earlier than ``piece.end`` once its tail was stolen)."""
+        return self._ends.get(piece, piece.end)
+
+    def _current(self, piece: Piece) -> Piece:
+        end = self._ends.get(piece, piece.end)
+        return piece if end == piece.end else Piece(piece.chunk, piece.start, end, piece.generation)
+
+    def _forget(self, piece: Piece) -> None:
+        del self._in_flight[piece]
+        self._writers.pop(piece, None)
+        self._handed_at.pop(piece, None)
+        self._ends.pop(piece, None)
+        self._progress.pop(piece, None)
+
+    def arrived(self, piece: Piece, provider: str, count: int) -> None:
+        """``count`` bytes of the piece have arrived from its only fetcher so far (for stealing its tail)."""
+        if self._in_flight.get(piece) == {provider}:
+            self._progress[piece] = count
+
+    def steal(self, provider: str, now: float, min_size: int) -> Piece | None:
+        """With nothing left to hand out, take the tail of the piece whose fetcher would end last:
+        split at the point where both should end together (by the fetcher's speed on this piece and
+        this provider's usual speed). The fetcher stops at the split; nothing is fetched twice."""
+        if self._queue or self.pace is None:
+            return None
+        mine = self.pace.rate(provider)
+        best: tuple[float, Piece, int] | None = None
+        for piece, fetchers in self._in_flight.items():
+            if len(fetchers) != 1 or provider in fetchers or self._chunks[piece.chunk].pinned:
+                continue
+            done, started = self._progress.get(piece, 0), self._handed_at.get(piece)
+            if started is None or done <= 0 or now <= started:
+                continue
+            theirs = done / (now - started)
+            rate = mine or theirs
+            end = self.end_of(piece)
+            left = end - (piece.start + done)
+            split = piece.start + done + int(left * theirs / (theirs + rate))
+            split = min(end, -(-split // PIECE_ALIGN) * PIECE_ALIGN)
+            if end - split < min_size:
+                continue
+            finish = left / theirs  # when the fetcher alone would end
+            if best is None or finish > best[0]:
+                best = (finish, piece, split)
+        if best is None:
+            return None
+        _, piece, split = best
+        tail = Piece(piece.chunk, split, self.end_of(piece), piece.generation)
+        self._ends[piece] = split
+        self._in_flight[tail] = {provider}
+        self._handed_at[tail] = now
+        return tail
+
     def next_piece(self, provider: str | None = None, now: float | None = None) -> Piece | None:
         for position, piece in enumerate(self._queue):
             chunk = self._chunks[piece.chunk]
@@ -151,7 +214,7 @@ class DownloadPlan:
                     chunk.owner = provider
                 elif chunk.owner != provider:
                     continue
-            size = self._cut(piece)
+            size = self._cut(piece, provider)
             if size < piece.size:
                 rest = Piece(piece.chunk, piece.start + size, piece.end, piece.generation)
                 piece = Piece(piece.chunk, piece.start, piece.start + size, piece.generation)
@@ -170,22 +233,38 @@ class DownloadPlan:
         """With nothing left to hand out, ask for a piece another provider is still fetching, so that
         one slow provider cannot hold up the end. The first copy to arrive is used. Only pieces in
         flight for at least ``min_age`` seconds qualify: duplicating a piece that is about to land
-        anyway only wastes bandwidth. ``min_age`` may depend on the piece (its size over the usual rate)."""
+        anyway only wastes bandwidth. With a ``pace`` (and ``now``), the piece chosen is the one this
+        provider would deliver soonest ahead of its fetcher, and only if it would."""
         if self._queue:
             return None
         age = min_age if callable(min_age) else (lambda _piece: min_age)
-        candidates = [
-            (len(fetchers), piece)
+        open_pieces = [
+            (piece, fetchers)
             for piece, fetchers in self._in_flight.items()
-            if provider not in fetchers
-            and not self._chunks[piece.chunk].pinned
-            and (now is None or now - self._handed_at.get(piece, now) >= age(piece))
+            if provider not in fetchers and not self._chunks[piece.chunk].pinned
         ]
-        if not candidates:
+        chosen: Piece | None = None
+        if self.pace is not None and now is not None:
+            gains = [
+                (gain, piece)
+                for piece, fetchers in open_pieces
+                if (gain := self.pace.worth_copying(piece, self._handed_at.get(piece, now), fetchers, provider, now))
+                is not None
+            ]
+            if gains:
+                chosen = max(gains, key=lambda item: (item[0], -item[1].start))[1]
+        else:
+            candidates = [
+                (len(fetchers), piece)
+                for piece, fetchers in open_pieces
+                if now is None or now - self._handed_at.get(piece, now) >= age(piece)
+            ]
+            if candidates:
+                chosen = min(candidates, key=lambda item: (item[0], item[1].start))[1]
+        if chosen is None:
             return None
-        _, piece = min(candidates, key=lambda item: (item[0], item[1].start))
-        self._in_flight[piece].add(provider)
-        return piece
+        self._in_flight[chosen].add(provider)
+        return chosen
 
     def is_open(self, piece: Piece, provider: str | None = None) -> bool:
         """Still wanted from this provider: handed out to it and not received yet. A copy asked for
@@ -216,24 +295,22 @@ class DownloadPlan:
             del self._writers[piece]  # its partial copy is void; the next copy rewrites the piece
         if provider is not None and fetchers:
             return  # another provider is still fetching it
-        del self._in_flight[piece]
-        self._writers.pop(piece, None)
-        self._handed_at.pop(piece, None)
+        current = self._current(piece)
+        self._forget(piece)
         self._chunks[piece.chunk].owner = None
-        self._queue.appendleft(piece)
+        self._queue.appendleft(current)
 
     def piece_received(self, piece: Piece, provider: str) -> int | None:
         """Returns the chunk index when the chunk is complete and must now be verified."""
         if not self.is_open(piece, provider) or self._writers.get(piece, provider) != provider:
             return None  # a second copy (endgame), or one asked for before a requeue
-        del self._in_flight[piece]
-        self._writers.pop(piece, None)
-        self._handed_at.pop(piece, None)
+        current = self._current(piece)
+        self._forget(piece)
         chunk = self._chunks[piece.chunk]
         chunk.providers.add(provider)
-        chunk.sources[(piece.start, piece.end)] = provider
-        chunk.missing -= piece.size
-        self.bytes_received += piece.size
+        chunk.sources[(current.start, current.end)] = provider
+        chunk.missing -= current.size
+        self.bytes_received += current.size
         return piece.chunk if chunk.missing == 0 else None
 
     def piece_sources(self, index: int) -> dict[tuple[int, int], str]:
