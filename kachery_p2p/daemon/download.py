@@ -78,19 +78,26 @@ class Download:
         self.on_verified: Callable[[int], None] | None = None
         self.plan: DownloadPlan | None = None
         self.timeline: Timeline | None = None
+        # Late providers (add_provider): every provider seen, the policy, and the running fetch's hook.
+        self._everyone: list[Provider] = list(providers)
+        self._policy: DownloadPolicy | None = None
+        self._trusted: Manifest | None = None
+        self._attempt_size: int | None = None
+        self._join: Callable[[Provider], None] | None = None
 
     async def run(self) -> Path:
         """Download, verify and store the file. Size claims are tried in turn (``DownloadPolicy``): the
         bytes that verify against the sha1 win and every provider that claimed otherwise is dropped."""
-        everyone = list(self.providers)
-        policy = DownloadPolicy({p.node_id: p.size for p in everyone}, self._needs_provider_manifest)
-        trusted = await self._uri_manifest(everyone) if self.uri.manifest is not None else None
+        everyone = self._everyone = list(self.providers)
+        policy = self._policy = DownloadPolicy({p.node_id: p.size for p in everyone}, self._needs_provider_manifest)
+        trusted = self._trusted = await self._uri_manifest(everyone) if self.uri.manifest is not None else None
         if trusted is not None:
             policy.liars |= {p.node_id for p in everyone if p.size != trusted.size}
             policy.claims = {p.node_id: p.size for p in everyone if p.size == trusted.size}
         failures: list[str] = []
         while (attempt := policy.next_attempt(self._fits)) is not None:
             self.providers = [p for p in everyone if p.node_id in attempt.providers and p.node_id not in policy.liars]
+            self._attempt_size = attempt.size
             try:
                 path, banned = await self._attempt(attempt, trusted)
             except AttemptFailed as exc:
@@ -103,6 +110,26 @@ class Download:
                 log.warning("provider %s lied about %s; dropped it", short_node_id(node_id), self.sha1)
             return path
         raise no_attempt_left(self.sha1, policy, failures, trusted is not None)
+
+    def add_provider(self, provider: Provider) -> None:
+        """A provider found after the download started (the search goes on meanwhile). Its size claim
+        is one more claim for the policy (never trusted over verification); with the size now being
+        fetched it joins the running download at once, with its own streams."""
+        if any(p.node_id == provider.node_id for p in self._everyone):
+            return
+        if self._policy is None:  # not started yet (queued): it starts with the others
+            self._everyone.append(provider)
+            self.providers.append(provider)
+            return
+        self._everyone.append(provider)
+        if self._trusted is not None and provider.size != self._trusted.size:
+            self._policy.liars.add(provider.node_id)
+            return
+        self._policy.claims[provider.node_id] = provider.size
+        if provider.size == self._attempt_size and provider.node_id not in self._policy.liars:
+            self.providers.append(provider)
+            if self._join is not None:
+                self._join(provider)
 
     async def _attempt(self, attempt: Attempt, trusted: Manifest | None) -> tuple[Path, set[str]]:
         """One try at one claimed size (and, for a big file without a URI manifest, one provider's
@@ -315,27 +342,21 @@ class Download:
                 wake.set()
                 await self._report(plan)
 
-        for _round in range(MAX_ROUNDS):
-            live = [p for p in self.providers if p.node_id not in plan.banned and p.alive]
-            if plan.finished or not live or fatal:
-                break
-            plan.workers = len(live) * STREAMS_PER_PROVIDER
-            workers = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
-            all_done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
-            finished_wait: asyncio.Future[Any] = asyncio.ensure_future(finished.wait())
-            try:
-                # Done when every chunk is verified, even if a vanished provider's streams still hang.
-                await asyncio.wait({all_done, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
-                while verifying:
-                    await asyncio.gather(*list(verifying))
-            finally:
-                finished_wait.cancel()
-                for task in workers:
-                    task.cancel()
-                await asyncio.gather(all_done, return_exceptions=True)
-            for task in workers:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+        workers: list[asyncio.Future[None]] = []
+
+        def join(provider: Provider) -> None:  # a provider found while the download runs starts at once
+            if plan.finished or fatal or provider.node_id in plan.banned:
+                return
+            timeline.joined(provider.node_id, time.monotonic())
+            plan.workers += STREAMS_PER_PROVIDER
+            workers.extend(asyncio.ensure_future(worker(provider)) for _ in range(STREAMS_PER_PROVIDER))
+            wake.set()
+
+        self._join = join
+        try:
+            await self._rounds(plan, worker, workers, finished, verifying, fatal)
+        finally:
+            self._join = None
         timeline.done(time.monotonic())
         log.info("pieces of %s (%d bytes, piece size %d): %s", self.sha1, plan.total_bytes, plan.piece_size,
                  timeline.describe(short_node_id))
@@ -346,6 +367,36 @@ class Download:
             raise NotFoundError(
                 f"could not download {self.sha1}: every provider failed" + (f" (bad data from {bad})" if bad else "")
             )
+
+    async def _rounds(
+        self, plan: DownloadPlan, worker: Callable[[Provider], Awaitable[None]], workers: list[asyncio.Future[None]],
+        finished: asyncio.Event, verifying: set[asyncio.Task[None]], fatal: list[StoreError],
+    ) -> None:
+        """Workers for every live provider, again (at most MAX_ROUNDS times) while work is left."""
+        for _round in range(MAX_ROUNDS):
+            live = [p for p in self.providers if p.node_id not in plan.banned and p.alive]
+            if plan.finished or not live or fatal:
+                break
+            plan.workers = len(live) * STREAMS_PER_PROVIDER
+            workers[:] = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
+            all_done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
+            finished_wait: asyncio.Future[Any] = asyncio.ensure_future(finished.wait())
+            try:
+                # Done when every chunk is verified, even if a vanished provider's streams still hang.
+                await asyncio.wait({all_done, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
+                while verifying:
+                    await asyncio.gather(*list(verifying))
+            finally:
+                finished_wait.cancel()
+                # (a provider may join while the others are being stopped: until none is left running)
+                while running := [task for task in workers if not task.done()]:
+                    for task in running:
+                        task.cancel()
+                    await asyncio.gather(*running, return_exceptions=True)
+                await asyncio.gather(all_done, return_exceptions=True)
+            for task in workers:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
 
     def _count(self, size: int) -> None:
         self.last_byte_at = now = time.monotonic()

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .plan import Piece
-
 
 class Pace:
     """How fast each provider's streams usually deliver (bytes/s per stream, from the pieces received).
@@ -43,21 +38,18 @@ class Pace:
             return 1.0
         return mine / (sum(rates) / len(rates))
 
-    def min_age(self, piece: Piece) -> float:
-        rate = self.rate()
-        return self.first_age if rate is None else self.factor * piece.size / rate
-
-    def worth_copying(self, piece: Piece, handed_at: float, fetchers: set[str], me: str, now: float) -> float | None:
-        """How much sooner ``me`` would deliver the piece than its fetchers will (None: not sooner)."""
+    def worth_copying(self, size: int, handed_at: float, fetchers: set[str], me: str, now: float) -> float | None:
+        """How much sooner ``me`` would deliver a piece of ``size`` bytes than its fetchers will (None:
+        not sooner)."""
         mine = self.rate(me)
         if mine is None:
             return now - handed_at - self.first_age if now - handed_at >= self.first_age else None
         due = []
         for fetcher in fetchers:
             rate = self.rate(fetcher) or mine
-            expected = piece.size / rate
+            expected = size / rate
             stuck = now - handed_at > self.factor * expected
             due.append(float("inf") if stuck else handed_at + expected)
-        my_due = now + piece.size / mine * 1.1  # a margin: a copy costs bandwidth
+        my_due = now + size / mine * 1.1  # a margin: a copy costs bandwidth
         gain = min(due) - my_due
         return gain if gain > 0 else None

@@ -245,10 +245,11 @@ class DownloadPlan:
         ]
         chosen: Piece | None = None
         if self.pace is not None and now is not None:
+            pace = self.pace
             gains = [
                 (gain, piece)
                 for piece, fetchers in open_pieces
-                if (gain := self.pace.worth_copying(piece, self._handed_at.get(piece, now), fetchers, provider, now))
+                if (gain := pace.worth_copying(piece.size, self._handed_at.get(piece, now), fetchers, provider, now))
                 is not None
             ]
             if gains:
