@@ -19,15 +19,15 @@ from typing import Any
 
 from ..errors import NotFoundError, RemoteProtocolError, StoreError, VerificationError
 from ..ids import SHA1_EMPTY, FileUri
-from ..quic import messages
 from ..quic.identity import short_node_id
 from ..store import ContentStore, Manifest, PartialFile
 from ..transfer.plan import DownloadPlan, Pace
 from ..transfer.policy import Attempt, DownloadPolicy, fits_on_disk
 from ..transfer.timeline import Timeline
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
+from .download_manifest import provider_manifest, uri_manifest
 from .endpoint import LinkClosed
-from .piece_fetch import PIECE_TIMEOUT, fetch_piece
+from .piece_fetch import fetch_piece
 from .slow import Provider
 
 log = logging.getLogger("kachery_p2p.download")
@@ -44,7 +44,6 @@ BUSY_BACKOFF = 0.2
 MAX_BUSY = 50
 # Files above this size have a manifest (verification chunks); the URI names it when it was stored.
 MANIFEST_THRESHOLD = 20_000_000
-MAX_MANIFEST_BYTES = 16 << 20
 # Pieces: up to 4 MiB while much is left, smaller towards the end (guided sizing, transfer/plan.py);
 # never below this, so that the per-request cost stays small next to the bytes.
 MAX_PIECE = 4 * 1024 * 1024
@@ -90,7 +89,7 @@ class Download:
         bytes that verify against the sha1 win and every provider that claimed otherwise is dropped."""
         everyone = self._everyone = list(self.providers)
         policy = self._policy = DownloadPolicy({p.node_id: p.size for p in everyone}, self._needs_provider_manifest)
-        trusted = self._trusted = await self._uri_manifest(everyone) if self.uri.manifest is not None else None
+        trusted = self._trusted = await uri_manifest(self.uri, everyone) if self.uri.manifest is not None else None
         if trusted is not None:
             policy.liars |= {p.node_id for p in everyone if p.size != trusted.size}
             policy.claims = {p.node_id: p.size for p in everyone if p.size == trusted.size}
@@ -139,7 +138,9 @@ class Download:
             if self.sha1 != SHA1_EMPTY:
                 raise AttemptFailed(f"providers say {self.sha1} is empty, which cannot be", set(attempt.providers))
             return (await asyncio.to_thread(self.store.store_bytes, b"")).path, set()
-        manifest = trusted if trusted is not None else await self._provider_manifest(size, attempt.manifest_source)
+        manifest = trusted
+        if manifest is None:
+            manifest = await provider_manifest(self.sha1, size, attempt.manifest_source, self.providers)
         partial = await asyncio.to_thread(self.store.open_partial, self.sha1, size, manifest)
         # Chunk hashes from a provider's manifest are unproven until the whole sha1 checks out: such
         # an attempt that fails is discarded at once, and its bans prove nothing.
@@ -187,7 +188,7 @@ class Download:
 
         Only with the URI's manifest (whose chunk hashes are proven) are chunks fetched alone; any
         other file is downloaded whole and verified first."""
-        manifest = await self._uri_manifest(self.providers) if self.uri.manifest is not None else None
+        manifest = await uri_manifest(self.uri, self.providers) if self.uri.manifest is not None else None
         wanted = set(manifest.chunks_covering(start, min(end, manifest.size))) if manifest else set()
         if manifest is None or len(wanted) == len(manifest.chunks):
             path = await self.run()
@@ -208,47 +209,6 @@ class Download:
         finally:
             partial.close()  # quick, and not cancellable half-way: the next open of this file needs the lock
         return fd, size
-
-    async def _uri_manifest(self, providers: list[Provider]) -> Manifest:
-        """The URI's manifest (checked against its sha1) from the first provider that has it."""
-        assert self.uri.manifest is not None
-        errors = []
-        for provider in providers:
-            try:
-                has, _ = await provider.session.request({"op": "has", "sha1": self.uri.manifest}, timeout=30)
-                length = int(messages.check_ok(has)["size"])
-                if not 0 < length <= MAX_MANIFEST_BYTES:
-                    raise RemoteProtocolError(f"a manifest of {length} bytes")
-                header = {"op": "get", "sha1": self.uri.manifest, "start": 0, "end": length}
-                reply, data = await provider.session.request(header, timeout=PIECE_TIMEOUT)
-                messages.check_ok(reply)
-                manifest = Manifest.parse(data, expected_sha1=self.sha1, expected_manifest_sha1=self.uri.manifest)
-                if manifest.sha1 != self.sha1:
-                    raise VerificationError("the manifest describes another file")
-                return manifest
-            except (RemoteProtocolError, VerificationError, LinkClosed, asyncio.TimeoutError, ValueError,
-                    KeyError, TypeError) as exc:
-                errors.append(f"{short_node_id(provider.node_id)}: {exc}")
-        raise NotFoundError(f"no provider could give the manifest {self.uri.manifest}: {'; '.join(errors)}")
-
-    async def _provider_manifest(self, size: int, source: str | None) -> Manifest | None:
-        """A manifest from one provider (unproven until the whole file verifies); None for a small file."""
-        provider = next((p for p in self.providers if p.node_id == source), None)
-        if provider is None:
-            return None
-        try:
-            reply, data = await provider.session.request({"op": "manifest", "sha1": self.sha1}, timeout=PIECE_TIMEOUT)
-            messages.check_ok(reply)
-            manifest = Manifest.parse(data, expected_sha1=self.sha1)
-        except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError) as exc:
-            raise AttemptFailed(f"no manifest from {short_node_id(provider.node_id)}: {exc}") from None
-        except (VerificationError, ValueError) as exc:
-            who = provider.node_id
-            raise AttemptFailed(f"bad manifest from {short_node_id(who)}: {exc}", {who}) from None
-        if manifest.sha1 != self.sha1 or manifest.size != size:
-            raise AttemptFailed(f"the manifest from {short_node_id(provider.node_id)} describes another file",
-                                 {provider.node_id})
-        return manifest
 
     async def _fetch(self, plan: DownloadPlan, partial: PartialFile) -> None:
         wake = asyncio.Event()
