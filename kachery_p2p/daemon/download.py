@@ -317,9 +317,10 @@ class Download:
             await self._rounds(plan, worker, workers, finished, verifying, fatal)
         finally:
             self._join = None
-        timeline.done(time.monotonic())
-        log.info("pieces of %s (%d bytes, piece size %d): %s", self.sha1, plan.total_bytes, plan.piece_size,
-                 timeline.describe(short_node_id))
+            timeline.done(time.monotonic())
+            log.info("pieces of %s (%d bytes%s): %s", self.sha1, plan.total_bytes,
+                     "" if plan.finished else f", stopped with {plan.bytes_pending} to hand out and"
+                     f" {plan.in_flight} in flight", timeline.describe(short_node_id))
         if fatal:
             raise fatal[0]
         if not plan.finished:
