@@ -24,13 +24,14 @@ from typing import Any
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
 
 from ..errors import PortInUseError
 from ..peering.path import PathKind
 from ..quic.flow import KacheryQuicConnection
 from ..quic.identity import NodeIdentity
-from ..quic.settings import quic_configuration
+from ..quic.retry import RetryPolicy, RetryTokens
+from ..quic.settings import congestion_control_from_environ, quic_configuration
 from ..relay.frames import DatagramKind, classify, decode_relay_frame
 from . import udp
 from .link import Link, LinkClosed, StreamHandler
@@ -47,6 +48,9 @@ PENDING_DIRECT_SEC = 10.0
 # Initials can no longer lock every new peer out for the 10 s authentication timeout.
 MAX_HALF_OPEN = 256
 MAX_HALF_OPEN_PER_SOURCE = 8
+# Under load (a quarter of MAX_HALF_OPEN half-open, or half a source's share from one source) a direct
+# Initial without a token gets a stateless Retry; only a client that echoes the token (it receives at
+# its address) gets a slot (``quic.retry``). Initials through a relay come from authenticated nodes.
 
 
 class QuicEndpoint(asyncio.DatagramProtocol):
@@ -59,13 +63,19 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         on_other_datagram: Callable[[DatagramKind, bytes, Address], None] | None = None,
         max_datagram_size: int = 1350,
         max_links: int = 512,
+        congestion_control: str | None = None,
     ) -> None:
         self.identity = identity
+        # reno unless KACHERY_P2P_CONGESTION_CONTROL says otherwise (a bad value: ConfigError at start-up)
+        self.congestion_control = congestion_control or congestion_control_from_environ()
         self.on_incoming = on_incoming
         self.on_other_datagram = on_other_datagram or (lambda kind, data, addr: None)
-        self.server_config = quic_configuration(identity, is_client=False, max_datagram_size=max_datagram_size)
+        self.server_config = quic_configuration(
+            identity, is_client=False, max_datagram_size=max_datagram_size, congestion_control=self.congestion_control
+        )
         self._configs: dict[tuple[bool, int], QuicConfiguration] = {}
         self.relays: set[Address] = set()
+        self.frame_tokens: dict[Address, bytes] = {}  # what each relay wants in our frames (RelayClient)
         self.transport: asyncio.DatagramTransport | None = None
         self.links: set[Link] = set()
         self._peer_paths: dict[str, set[PeerPath]] = {}
@@ -73,14 +83,19 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._by_cid: dict[bytes, Link] = {}
         self.max_links = max_links
         self._half_open: dict[Link, tuple[Any, ...]] = {}  # insertion order: oldest first
-        self.stats: dict[str, int] = {"malformed": 0, "unroutable": 0, "refused": 0, "evicted": 0}
+        self.stats: dict[str, int] = dict.fromkeys(("malformed", "unroutable", "refused", "evicted"), 0)
+        self.stats.update({"retry_sent": 0, "retry_validated": 0, "bad_token": 0})
+        self.retry_tokens = RetryTokens()
+        self.retry_policy = RetryPolicy(MAX_HALF_OPEN, MAX_HALF_OPEN_PER_SOURCE)
 
     def config_for(self, is_client: bool, addr: Address, relayed: bool) -> QuicConfiguration:
         size = RELAYED_DATAGRAM_SIZE if relayed else datagram_size_for(addr)
         key = (is_client, size)
         config = self._configs.get(key)
         if config is None:
-            config = quic_configuration(self.identity, is_client=is_client, max_datagram_size=size)
+            config = quic_configuration(
+                self.identity, is_client=is_client, max_datagram_size=size, congestion_control=self.congestion_control
+            )
             self._configs[key] = config
         return config
 
@@ -130,7 +145,19 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         link._cids.clear()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        addr = (addr[0], addr[1])
+        if type(addr) is not tuple or len(addr) != 2:
+            addr = (addr[0], addr[1])
+        # Fast path, nearly every datagram of a transfer: a short-header QUIC packet (first bits 01) to a known
+        # connection id, which sits right after the first byte. No header object, no Buffer, no copy but the id.
+        if len(data) > CID_LENGTH and data[0] & 0xC0 == 0x40:
+            link = self._by_cid.get(data[1 : 1 + CID_LENGTH])
+            if link is not None:
+                try:
+                    link.datagram_received(data, "direct", addr)
+                except Exception:  # a bad datagram must never take the socket down
+                    self.stats["malformed"] += 1
+                    log.exception("dropped a datagram from %s", addr)
+                return
         try:
             kind = classify(data)
             if kind == "quic":
@@ -160,7 +187,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             if peer is None:
                 link = self._accept(data, header, source, None)
             else:
-                link = self._accept(data, header, relay_stable_address(source, peer), PeerPath(source, peer))
+                path = PeerPath(source, peer, self.frame_tokens)
+                link = self._accept(data, header, relay_stable_address(source, peer), path)
             if link is None:
                 return
         link.datagram_received(data, via, source)
@@ -175,23 +203,53 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         peer = path.peer_node_id if isinstance(path, PeerPath) else ""
         source: tuple[Any, ...] = (addr[0],) if path is None else ("relayed", path.addr, peer)
         from_source = [link for link, key in self._half_open.items() if key == source]
+        odcid, retry_cid = header.destination_cid, None
+        if path is None:
+            if header.token:
+                odcid = self.retry_tokens.check(header.token, addr, header.destination_cid, time.monotonic())
+                if odcid is None:  # forged, expired, or minted for another address: no slot
+                    self.stats["bad_token"] += 1
+                    return None
+                retry_cid = header.destination_cid
+                self.stats["retry_validated"] += 1
+            elif self.retry_policy.require_retry(len(self._half_open), len(from_source), time.monotonic()):
+                self._send_retry(header, addr)
+                return None
         if len(from_source) >= MAX_HALF_OPEN_PER_SOURCE:
-            self._evict(from_source[0])
+            self._evict(_oldest(from_source))
         elif len(self._half_open) >= MAX_HALF_OPEN:
-            self._evict(next(iter(self._half_open)))
+            self._evict(_oldest(list(self._half_open)))
         if len(self.links) >= self.max_links:
             self.stats["refused"] += 1
             return None
         conn = KacheryQuicConnection(
             configuration=self.config_for(False, addr, relayed=path is not None),
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=odcid,
+            retry_source_connection_id=retry_cid,
         )
         link = self._new_link(conn, addr, False, path)
+        link.address_validated = retry_cid is not None
         self._half_open[link] = source
         self.register_cid(header.destination_cid, link)
         self.register_cid(conn.host_cid, link)
         self.on_incoming(link)
         return link
+
+    def _send_retry(self, header: Any, addr: Address) -> None:
+        """A stateless Retry: no state kept; the token carries what the validated Initial needs."""
+        if self.transport is None:
+            return
+        retry_cid = os.urandom(CID_LENGTH)
+        token = self.retry_tokens.mint(addr, header.destination_cid, retry_cid, time.monotonic())
+        packet = encode_quic_retry(
+            version=header.version,
+            source_cid=retry_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+        self.stats["retry_sent"] += 1
+        self.transport.sendto(packet, addr)
 
     def connect(self, addr: Address, path: Path | None = None) -> Link:
         """Dial ``addr`` (a real address, or a stable relay address with its PeerPath)."""
@@ -239,6 +297,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             not link.is_closed and isinstance(link.path, PeerPath) and link.path.peer_node_id == peer_node_id
             for link in self.links
         )
+
+
+def _oldest(links: list[Link]) -> Link:
+    """The one to evict: the oldest whose address is not validated, else the oldest."""
+    return next((link for link in links if not link.address_validated), links[0])
 
 
 def _bind_error(host: str, port: int) -> str | None:

@@ -29,6 +29,7 @@ def stream_send_reset(conn: QuicConnection, stream_id: int) -> bool:
     stream = conn._streams.get(stream_id)
     return stream is not None and getattr(stream.sender, "_reset_error_code", None) is not None
 
+
 SEND_HIGH_WATER = 1 << 20
 SEND_LOW_WATER = 256 * 1024
 # RFC 9000 section 8: before a server has validated the client's address it sends at most three times
@@ -103,26 +104,31 @@ class Link:
 
     # -- io from the endpoint -------------------------------------------------------------------
     def datagram_received(self, data: bytes, via: PathKind = "direct", source: Address | None = None) -> None:
-        self.bytes_received += len(data)
-        self.path.received(via, source or self.addr, len(data))
-        self.last_activity = time.monotonic()
-        self.conn.receive_datagram(data, self.addr, now=time.monotonic())
+        size = len(data)
+        self.bytes_received += size
+        self.path.received(via, source or self.addr, size)
+        self.last_activity = now = time.monotonic()
+        self.conn.receive_datagram(data, self.addr, now=now)
         self._process_events()
         # Datagrams that arrive together are answered together: one ACK for a burst, not one each.
-        self.transmit_soon()
+        if not self._transmit_pending:
+            self._transmit_pending = True
+            self._loop.call_soon(self.transmit)
 
     def transmit(self) -> None:
         self._transmit_pending = False
         transport = self.endpoint.transport
         if transport is None:
             return
-        path = self.path
+        burst: list[bytes] = []
         for data, _addr in self.conn.datagrams_to_send(now=time.monotonic()):
             if not self.address_validated and self.bytes_sent + len(data) > AMPLIFICATION_FACTOR * self.bytes_received:
                 self.dropped_unvalidated += 1  # lost to aioquic: only a close or a probe can get here
                 continue
             self.bytes_sent += len(data)
-            path.send(transport, data)
+            burst.append(data)
+        if burst:  # one hand-over per burst: the socket sends runs of equal-size datagrams in one system call
+            self.path.send_many(transport, burst)
         self._arm_timer()
         self._wake_writers()
 
@@ -132,8 +138,11 @@ class Link:
             self._loop.call_soon(self.transmit)
 
     def _arm_timer(self) -> None:
+        # One timer per connection, moved only when it must fire sooner: a deadline that moved later (every
+        # ACK pushes the loss and idle timers on) keeps the armed timer, which fires early, finds nothing due
+        # in ``handle_timer`` and arms for the new deadline then. No cancel and re-arm per burst.
         at = self.conn.get_timer()
-        if at == self._timer_at and self._timer is not None:
+        if self._timer is not None and at is not None and self._timer_at is not None and at >= self._timer_at:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -154,12 +163,11 @@ class Link:
         while event is not None:
             if isinstance(event, events.StreamDataReceived):
                 handler = self._streams.get(event.stream_id)
-                if handler is None and self._is_local(event.stream_id):
-                    # The rest of a reply to a request we gave up (reset): never a new stream.
-                    event = self.conn.next_event()
-                    continue
                 if handler is None:
-                    handler = self.on_new_stream(event.stream_id)
+                    # A stream of ours with no handler is a request we gave up on (timed out, reset):
+                    # its late reply is dropped, never taken for a request from the peer.
+                    if self._peer_opened(event.stream_id):
+                        handler = self.on_new_stream(event.stream_id)
                     if handler is None:
                         if self._can_stop(event.stream_id):
                             self.conn.stop_stream(event.stream_id, 1)
@@ -195,8 +203,9 @@ class Link:
                 self._terminated(LinkClosed(describe_close(event), event.error_code))
             event = self.conn.next_event()
 
-    def _is_local(self, stream_id: int) -> bool:
-        return (stream_id & 1) == (0 if self.is_client else 1)
+    def _peer_opened(self, stream_id: int) -> bool:
+        # Bit 0 of a stream id: 0 when the client opened it, 1 when the server did.
+        return bool(stream_id & 1) == self.is_client
 
     def _can_stop(self, stream_id: int) -> bool:
         # Only streams the peer opened and that can carry data to us can be stopped.
