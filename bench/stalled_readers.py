@@ -144,6 +144,7 @@ async def _scenario(daemon: BenchDaemon, channel: str, sha1: str, size: int, arg
         after.append(sample())
         await asyncio.sleep(0.1)
     out["after_min"], out["after_last"] = min(after), after[-1]
+    out["after_every_5s"] = [round(after[i] / 1e6) for i in range(0, len(after), 50)]  # samples 0.1 s apart
     return out
 
 
@@ -197,7 +198,7 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
         report(f"{NAME} daemon RSS after close", out["after_last"] / mb, "MB", out["before"] / mb,
                baseline_is="the same daemon before the sessions", config=config,
                lowest_mb=round(out["after_min"] / mb, 1), seconds_after=args.after,
-               peers_listed_after=out["peers_after"]),
+               peers_listed_after=out["peers_after"], mb_every_5s_after_close=out["after_every_5s"]),
     ] + [
         report(f"{NAME} daemon RSS round {i + 2}", later["during"] / mb, "MB", out["during"] / mb,
                baseline_is="the first round's peak, same daemon", config=config,
