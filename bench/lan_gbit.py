@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_parser, cpu_seconds, pick_mib, report, sha1_file, skip, write_payload
+from bench.common import CLK_TCK, bench_parser, cpu_seconds, pick_mib, report, sha1_file, skip, write_payload
 from bench.netlab import (
     lab_load,
     lab_modules,
@@ -93,6 +93,20 @@ def udp_errors(host: Any, field: str) -> int:
         return -1
 
 
+def system_seconds(pid: int) -> float:
+    """stime of a live process (the kernel's share of ``cpu_seconds``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[12]) / CLK_TCK
+
+
+def _socket_use(before: dict[str, int], after: dict[str, int]) -> str:
+    """Datagrams per wake-up of the reader and per system call of the writer, from the daemon's UDP stats."""
+    delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
+    reads, received, sent = delta.get("reads", 0), delta.get("received", 0), delta.get("sent", 0)
+    return (f"rx {received} in {reads} wake-ups ({received / max(1, reads):.1f} each), tx {sent} "
+            f"({delta.get('gso_sends', 0)} GSO sends), {delta.get('send_errors', 0)} send errors")
+
+
 def start_profiler(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(spy):
@@ -151,11 +165,17 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
         counters = ("RcvbufErrors", "SndbufErrors")
         udp_before = {(h.ns, c): udp_errors(h, c) for h in (host_a, host_b) for c in counters}
         daemons = (("receiver", b), ("sender", a))
+        udp_stats_before = {label: node.info().get("udp", {}) for label, node in daemons}
         cpu_before = {label: cpu_seconds(node.proc.pid) for label, node in daemons}
+        sys_before = {label: system_seconds(node.proc.pid) for label, node in daemons}
         load = lab_load(b, uri, args.timeout)
         cpu = {label: cpu_seconds(node.proc.pid) - cpu_before[label] for label, node in daemons}
+        kernel = {label: system_seconds(node.proc.pid) - sys_before[label] for label, node in daemons}
+        socket_use = {label: _socket_use(udp_stats_before[label], node.info().get("udp", {}))
+                      for label, node in daemons}
         drops = tbf_drops(lab, [host_a, host_b]) - drops_before
         udp = {(h.ns, c): udp_errors(h, c) - udp_before[(h.ns, c)] for h in (host_a, host_b) for c in counters}
+        # (the counters: RcvbufErrors of the receiver's namespace, SndbufErrors of the sender's)
         for spy in spies:
             try:
                 spy.wait(timeout=args.profile_seconds + 30)
@@ -182,7 +202,12 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
                 transfer_mb_s=round(size / 1e6 / transfer, 2) if transfer else None,
                 receiver_cpu_s_per_gb=round(cpu["receiver"] / gb, 2),
                 sender_cpu_s_per_gb=round(cpu["sender"] / gb, 2),
+                kernel_share=f"receiver {kernel['receiver'] / max(cpu['receiver'], 1e-9):.0%}, "
+                f"sender {kernel['sender'] / max(cpu['sender'], 1e-9):.0%}",
+                receiver_socket=socket_use["receiver"],
+                sender_socket=socket_use["sender"],
                 tbf_drops=drops,
+                gso_refused=any("GSO refused" in node.log() for node in (a, b)),
                 rcvbuf_errors_receiver=udp[(host_b.ns, "RcvbufErrors")],
                 sndbuf_errors_sender=udp[(host_a.ns, "SndbufErrors")],
             )

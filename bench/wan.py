@@ -14,14 +14,17 @@ For each path, in the same run: ``curl`` in B downloads the file from ``python -
 curl's is a new TCP connection) and B times ``kachery-p2p load --json URI`` of a new file of the same size
 stored in A. Figure = size / wall clock of each command (ours includes the CLI start and the provider
 search; ``transfer_mb_s`` and ``tcp_transfer_mb_s`` are first byte to last for both). Fairness: curl in B
-downloads a large file from A; one second later B loads ours; both rates are taken over the time ours was
-transferring (from its first byte to done). Target: neither flow below a third of the link.
+downloads from A (a server that sends until curl goes, so it outlasts ours); one second later B loads
+ours; both rates are taken over the time ours was transferring (from its first byte to done). Target:
+neither flow below a third of the link.
 
     .venv/bin/python -m bench wan [--mib 40] [--quick] [--rtts 20,80] [--losses 0,0.005,0.02] [--no-fair]
+                                 [--cc reno,bbr]
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -31,12 +34,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_parser, pick_mib, report, sha1_file, skip, write_payload
+from bench.common import (
+    bench_parser,
+    cpu_seconds,
+    patched_environ,
+    pick_mib,
+    report,
+    sha1_file,
+    skip,
+    write_payload,
+)
 from bench.netlab import lab_load, lab_modules, log_tail, netns_skip_reason, start_lan_node, wait_for_channel_peer
 
 NAME = "wan"
 MIB = 1 << 20
 HTTP_PORT = 8080
+CC_ENV = "KACHERY_P2P_CONGESTION_CONTROL"  # the daemon's congestion controller (reno, cubic, bbr)
 
 
 def _wan_module() -> Any:
@@ -103,8 +116,11 @@ def stop_pair(*nodes: Any) -> None:
             node.proc.wait(5)
 
 
-def our_load(lab: Any, path: Any, work: Path, mib: int, cap: float, what: str, before_load: Any = None) -> Any:
-    """Fresh daemons, A stores ``mib`` MiB, B loads it; the LoadRun (sha1 checked). ``before_load()`` runs
+def our_load(
+    lab: Any, path: Any, work: Path, mib: int, cap: float, what: str, before_load: Any = None
+) -> tuple[Any, tuple[float, float]]:
+    """Fresh daemons, A stores ``mib`` MiB, B loads it; the LoadRun (sha1 checked) and the CPU seconds the
+    sender and the receiver daemon used during the load. ``before_load()`` runs
     just before the load starts (the fairness row starts curl there)."""
     a, b, _ = start_pair(lab, path, work)
     try:
@@ -114,117 +130,159 @@ def our_load(lab: Any, path: Any, work: Path, mib: int, cap: float, what: str, b
         os.unlink(source)
         if before_load is not None:
             before_load()
+        cpu0 = (cpu_seconds(a.proc.pid), cpu_seconds(b.proc.pid))
         load = lab_load(b, uri, cap)
+        cpu = (cpu_seconds(a.proc.pid) - cpu0[0], cpu_seconds(b.proc.pid) - cpu0[1])  # (sender, receiver)
         if not load.timed_out and (not load.ok or sha1_file(load.path or "") != sha1):
             raise RuntimeError(
                 f"{what}: load failed: rc={load.rc} bytes={load.bytes_loaded}\n{load.stderr}\n"
                 f"--- receiver log\n{log_tail(b)}\n--- sender log\n{log_tail(a)}"
             )
-        return load
+        return load, cpu
     finally:
         stop_pair(a, b)
 
 
-def path_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: float) -> dict[str, Any]:
+def controller(cc: str | None) -> Any:
+    """Daemons started inside the block use congestion controller ``cc`` (None: the daemon's default)."""
+    return patched_environ({CC_ENV: cc}, [CC_ENV]) if cc else contextlib.nullcontext()
+
+
+def path_rows(lab: Any, path: Any, work: Path, mib: int, cap: float, ccs: list[str | None]) -> list[dict[str, Any]]:
+    """One kernel TCP download, then ours once per controller in ``ccs``: one result per controller."""
     label = f"rtt {path.rtt_ms:g} ms, loss {path.loss * 100:g}%"
     drops0 = path.queue_drops()
     tcp = curl(path.b, f"http://{path.a.ip}:{HTTP_PORT}/file.bin", cap)
     tcp_mb_s = tcp["bytes"] / 1e6 / tcp["seconds"]
-    drops1, cpu0 = path.queue_drops(), path.delayer_cpu_seconds()
-    load = our_load(lab, path, work / f"r{int(path.rtt_ms)}-{path.loss:g}", mib, cap, label)
-    drops2, cpu1 = path.queue_drops(), path.delayer_cpu_seconds()
-    got = mib * MIB if not load.timed_out else load.bytes_loaded
-    transfer = load.transfer_seconds()
-    ours_transfer = got / 1e6 / transfer if transfer else None
-    return report(
-        f"{NAME} {label}",
-        got / 1e6 / load.elapsed,
-        "MB/s",
-        tcp_mb_s,
-        target="ratio>=1.0",
-        baseline_is=f"kernel TCP ({kernel_cc()}) http.server+curl, same path, same run",
-        config=f"{mib} MiB, {path.mbit:g} Mbit/s tbf, RTT {path.rtt_ms:g} ms, {path.loss * 100:g}% loss each way"
-        + (f", CAPPED at {cap:g} s" if load.timed_out else ""),
-        seconds=round(load.elapsed, 2),
-        tcp_seconds=round(tcp["seconds"], 2),
-        ttfb_ms=round((load.first_byte or 0) * 1000, 1),
-        transfer_mb_s=round(ours_transfer, 2) if ours_transfer else None,
-        tcp_transfer_mb_s=round(tcp["transfer_mb_s"], 2),
-        transfer_ratio=round(ours_transfer / tcp["transfer_mb_s"], 2) if ours_transfer else None,
-        capped=load.timed_out,
-        queue_drops=drops2 - drops1,
-        tcp_queue_drops=drops1 - drops0,
-        delayer_cpu_s=round(sum(cpu1) - sum(cpu0), 2),
-    )
+    tcp_drops = path.queue_drops() - drops0
+    rows = []
+    for cc in ccs:
+        drops1, dcpu0 = path.queue_drops(), path.delayer_cpu_seconds()
+        with controller(cc):
+            where = work / f"r{int(path.rtt_ms)}-{path.loss:g}-{cc or 'default'}"
+            load, cpu = our_load(lab, path, where, mib, cap, label)
+        drops2, dcpu1 = path.queue_drops(), path.delayer_cpu_seconds()
+        got = mib * MIB if not load.timed_out else load.bytes_loaded
+        transfer = load.transfer_seconds()
+        ours_transfer = got / 1e6 / transfer if transfer else None
+        rows.append(report(
+            f"{NAME} {label}" + (f" [{cc}]" if cc else ""),
+            got / 1e6 / load.elapsed,
+            "MB/s",
+            tcp_mb_s,
+            target="ratio>=1.0",
+            baseline_is=f"kernel TCP ({kernel_cc()}) http.server+curl, same path, same run",
+            config=f"{mib} MiB, {path.mbit:g} Mbit/s tbf, RTT {path.rtt_ms:g} ms, {path.loss * 100:g}% loss each way"
+            + (f", CAPPED at {cap:g} s" if load.timed_out else ""),
+            controller=cc or "default",
+            seconds=round(load.elapsed, 2),
+            tcp_seconds=round(tcp["seconds"], 2),
+            ttfb_ms=round((load.first_byte or 0) * 1000, 1),
+            transfer_mb_s=round(ours_transfer, 2) if ours_transfer else None,
+            tcp_transfer_mb_s=round(tcp["transfer_mb_s"], 2),
+            transfer_ratio=round(ours_transfer / tcp["transfer_mb_s"], 2) if ours_transfer else None,
+            capped=load.timed_out,
+            cpu_s_sender=round(cpu[0], 2),
+            cpu_s_receiver=round(cpu[1], 2),
+            queue_drops=drops2 - drops1,
+            tcp_queue_drops=tcp_drops,
+            delayer_cpu_s=round(sum(dcpu1) - sum(dcpu0), 2),
+            delay_line_drops=path.delay_line_drops(),
+        ))
+    return rows
 
 
-class FileGrowth:
-    """Samples the size of a file (curl's output) every 50 ms in a thread: bytes written within a window."""
+# An HTTP/1.0 server whose one URL never ends (random bytes until the client goes): the competing download
+# of the fairness row lasts as long as ours, whatever either rate is.
+ENDLESS_SERVER = """
+import os, socketserver, sys
+BLOCK = os.urandom(1 << 16)
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline() not in (b"\\r\\n", b"\\n", b""):
+            pass
+        self.wfile.write(b"HTTP/1.0 200 OK\\r\\nContent-Type: application/octet-stream\\r\\n\\r\\n")
+        try:
+            while True:
+                self.wfile.write(BLOCK)
+        except OSError:
+            pass
+socketserver.TCPServer.allow_reuse_address = True
+socketserver.TCPServer((sys.argv[1], int(sys.argv[2])), Handler).serve_forever()
+"""
+ENDLESS_PORT = HTTP_PORT + 1
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
+
+class ByteCounter:
+    """Reads a process's stdout to the end in a thread, keeping (time, total bytes) after every read."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+        self.samples: list[tuple[float, int]] = [(time.monotonic(), 0)]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                size = self.path.stat().st_size
-            except OSError:
-                size = 0
-            self.samples.append((time.monotonic(), size))
-            self._stop.wait(0.05)
+        total = 0
+        while chunk := self.stream.read1(1 << 16):  # type: ignore[attr-defined]
+            total += len(chunk)
+            self.samples.append((time.monotonic(), total))
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def join(self) -> None:
+        self._thread.join(10)
 
-    def bytes_between(self, t0: float, t1: float) -> float:
-        def at(t: float) -> float:
-            before = [s for s in self.samples if s[0] <= t]
-            after = [s for s in self.samples if s[0] >= t]
-            if not before or not after:
-                return float((before or after)[-1 if before else 0][1])
-            (ta, sa), (tb, sb) = before[-1], after[0]
-            return sa + (sb - sa) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
-
-        return at(t1) - at(t0)
+    def at(self, t: float) -> int:
+        """Bytes received by time ``t`` (the last read at or before it)."""
+        return max((n for ts, n in self.samples if ts <= t), default=0)
 
 
-def fairness_row(lab: Any, path: Any, work: Path, web: Path, mib: int, cap: float) -> list[dict[str, Any]]:
+def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float, cc: str | None) -> list[dict[str, Any]]:
     link = path.mbit * 1e6 / 8 / 1e6
-    out = work / "curl-fair.bin"
-    url = f"http://{path.a.ip}:{HTTP_PORT}/big.bin"
+    server = path.a.popen(
+        [sys.executable, "-c", ENDLESS_SERVER, path.a.ip, str(ENDLESS_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     holder: dict[str, Any] = {}
 
     def start_curl() -> None:
-        argv = ["curl", "-sS", "--max-time", f"{cap:g}", "-o", str(out), url]
-        holder["proc"] = path.b.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        holder["growth"] = FileGrowth(out)
+        argv = ["curl", "-sS", "--max-time", f"{cap + 30:g}", "--retry", "5", "--retry-connrefused",
+                "--retry-delay", "1", "-o", "-", f"http://{path.a.ip}:{ENDLESS_PORT}/"]
+        proc = path.b.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        holder["proc"], holder["count"] = proc, ByteCounter(proc)
         time.sleep(1.0)  # the TCP flow is up to speed when ours starts
 
+    throughout = False
     try:
-        load = our_load(lab, path, work / "fair", mib, cap, "fairness", before_load=start_curl)
+        with controller(cc):
+            load, cpu = our_load(lab, path, work / f"fair-{cc or 'default'}", mib, cap, "fairness", start_curl)
+        throughout = holder["proc"].poll() is None  # curl still downloading when ours ended: the window is shared
     finally:
-        proc = holder.get("proc")
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
-        if "growth" in holder:
-            holder["growth"].stop()
-    transfer = load.transfer_seconds()
-    if transfer is None or load.first_byte is None:
-        raise RuntimeError(f"fairness: our load did not finish within {cap:g} s")
-    t0, t1 = load.started + load.first_byte, load.started + load.first_byte + transfer
-    tcp_mb_s = holder["growth"].bytes_between(t0, t1) / 1e6 / transfer
-    ours = mib * MIB / 1e6 / transfer
+        for proc in (holder.get("proc"), server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        if "count" in holder:
+            holder["count"].join()
+    if load.first_byte is None:
+        raise RuntimeError(f"fairness: our load got no byte within {cap:g} s")
+    # a capped load counts what it had reached when it was stopped
+    transfer = load.transfer_seconds() or (load.elapsed - load.first_byte)
+    got = mib * MIB if not load.timed_out else load.bytes_loaded
+    t0 = load.started + load.first_byte
+    counter: ByteCounter = holder["count"]
+    tcp_mb_s = (counter.at(t0 + transfer) - counter.at(t0)) / 1e6 / transfer
+    ours = got / 1e6 / transfer
     config = f"{mib} MiB ours vs one curl download, {path.mbit:g} Mbit/s, RTT {path.rtt_ms:g} ms, loss {path.loss:g}"
+    config += f", CAPPED at {cap:g} s" if load.timed_out else ""
     common = {"baseline_is": f"link rate {path.mbit:g} Mbit/s", "target": "ratio>=0.333", "config": config}
+    tag = f" [{cc}]" if cc else ""
+    cpu_s = {"cpu_s_sender": round(cpu[0], 2), "cpu_s_receiver": round(cpu[1], 2)}
     return [
-        report(f"{NAME} fair: ours", ours, "MB/s", link, **common, seconds=round(transfer, 2)),
-        report(f"{NAME} fair: kernel TCP ({kernel_cc()})", tcp_mb_s, "MB/s", link, **common),
+        report(f"{NAME} fair: ours{tag}", ours, "MB/s", link, **common, seconds=round(transfer, 2), **cpu_s),
+        report(f"{NAME} fair: kernel TCP ({kernel_cc()}){tag}", tcp_mb_s, "MB/s", link, **common,
+               tcp_ran_throughout=throughout),
     ]
 
 
@@ -236,12 +294,15 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("--fair-rtt", type=float, default=20.0, help="RTT of the fairness row in ms (default 20)")
     parser.add_argument("--no-fair", action="store_true", help="leave out the fairness row")
     parser.add_argument("--no-paths", action="store_true", help="only the fairness row")
-    parser.add_argument("--timeout", type=float, default=None, help="cap per transfer in s (default 120, --quick 60)")
+    parser.add_argument("--cc", default="", help="congestion controllers of ours, each its own row, e.g. reno,bbr "
+                        f"(sets {CC_ENV} for the daemons; default: the daemon's own choice)")
+    parser.add_argument("--timeout", type=float, default=None, help="cap per transfer in s (default 120, --quick 30)")
     args = parser.parse_args(argv)
     mib = pick_mib(args, 40, 12)
-    cap = args.timeout or (60.0 if args.quick else 120.0)
+    cap = args.timeout or (30.0 if args.quick else 120.0)
     rtts = [float(x) for x in args.rtts.split(",") if x.strip()]
     losses = [float(x) for x in args.losses.split(",") if x.strip()]
+    ccs: list[str | None] = [x.strip() for x in args.cc.split(",") if x.strip()] or [None]
     reason = netns_skip_reason()
     if reason:
         return [skip(NAME, reason)]
@@ -262,11 +323,11 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
                 for rtt in rtts:
                     for loss in losses:
                         path.set(rtt_ms=rtt, loss=loss)
-                        results.append(path_row(lab, path, work, web, mib, cap))
+                        results.extend(path_rows(lab, path, work, mib, cap, ccs))
             if not args.no_fair:
-                write_payload(web / "big.bin", max(8 * mib, 96))  # outlasts ours even at a quarter of the link
                 path.set(rtt_ms=args.fair_rtt, loss=0.0)
-                results.extend(fairness_row(lab, path, work, web, mib, cap))
+                for cc in ccs:
+                    results.extend(fairness_row(lab, path, work, mib, cap, cc))
         finally:
             path.close()
     return results

@@ -94,6 +94,7 @@ class DaemonConfig:
     lan_discovery: bool = True
     relay_mode: bool = False
     hole_punching: bool = True
+    birthday_probing: bool = True  # after a failed punch, cone facing symmetric NAT: probe many ports (nat.birthday)
     relay_tcp: bool = True  # reach relays over TLS/TCP when UDP gets no answer from them
     relay_tcp_ports: tuple[int, ...] = ()  # relay mode: more TCP ports (e.g. 443) beside the UDP port's
     port_mapping: bool = True  # ask the gateway for a mapping (PCP, NAT-PMP, UPnP IGD); never blocks start-up

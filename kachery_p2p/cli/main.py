@@ -37,6 +37,8 @@ def cli() -> None:
     "--lan-interface", "lan_interfaces", multiple=True, help="IPv4 address to announce on (repeatable; default: all)."
 )
 @click.option("--hole-punching/--no-hole-punching", default=True, help="Try direct paths to relayed peers.")
+@click.option("--birthday-probing/--no-birthday-probing", default=True, show_default=True,
+              help="When a punch between a cone and a symmetric NAT fails, probe 256 ports (a few seconds).")
 @click.option("--port-mapping/--no-port-mapping", default=True, envvar="KACHERY_P2P_PORT_MAPPING", show_default=True,
               help="Ask the router for a port mapping (PCP, NAT-PMP, UPnP IGD) [env KACHERY_P2P_PORT_MAPPING=0].")
 @click.option("--relay", "relay_mode", is_flag=True, help="Run as a relay node (on a public server).")
@@ -72,6 +74,7 @@ def start_daemon_cmd(
     lan_discovery: bool,
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
+    birthday_probing: bool,
     port_mapping: bool,
     relay_mode: bool,
     relay_rate: float,
@@ -106,6 +109,7 @@ def start_daemon_cmd(
         lan_discovery=lan_discovery,
         lan_interfaces=lan_interfaces,
         hole_punching=hole_punching,
+        birthday_probing=birthday_probing,
         port_mapping=port_mapping,
         relay_tcp=relay_tcp,
         relay_tcp_ports=relay_tcp_ports,

@@ -96,26 +96,31 @@ class Link:
 
     # -- io from the endpoint -------------------------------------------------------------------
     def datagram_received(self, data: bytes, via: PathKind = "direct", source: Address | None = None) -> None:
-        self.bytes_received += len(data)
-        self.path.received(via, source or self.addr, len(data))
-        self.last_activity = time.monotonic()
-        self.conn.receive_datagram(data, self.addr, now=time.monotonic())
+        size = len(data)
+        self.bytes_received += size
+        self.path.received(via, source or self.addr, size)
+        self.last_activity = now = time.monotonic()
+        self.conn.receive_datagram(data, self.addr, now=now)
         self._process_events()
         # Datagrams that arrive together are answered together: one ACK for a burst, not one each.
-        self.transmit_soon()
+        if not self._transmit_pending:
+            self._transmit_pending = True
+            self._loop.call_soon(self.transmit)
 
     def transmit(self) -> None:
         self._transmit_pending = False
         transport = self.endpoint.transport
         if transport is None:
             return
-        path = self.path
+        burst: list[bytes] = []
         for data, _addr in self.conn.datagrams_to_send(now=time.monotonic()):
             if not self.address_validated and self.bytes_sent + len(data) > AMPLIFICATION_FACTOR * self.bytes_received:
                 self.dropped_unvalidated += 1  # lost to aioquic: only a close or a probe can get here
                 continue
             self.bytes_sent += len(data)
-            path.send(transport, data)
+            burst.append(data)
+        if burst:  # one hand-over per burst: the socket sends runs of equal-size datagrams in one system call
+            self.path.send_many(transport, burst)
         self._arm_timer()
         self._wake_writers()
 
@@ -125,8 +130,11 @@ class Link:
             self._loop.call_soon(self.transmit)
 
     def _arm_timer(self) -> None:
+        # One timer per connection, moved only when it must fire sooner: a deadline that moved later (every
+        # ACK pushes the loss and idle timers on) keeps the armed timer, which fires early, finds nothing due
+        # in ``handle_timer`` and arms for the new deadline then. No cancel and re-arm per burst.
         at = self.conn.get_timer()
-        if at == self._timer_at and self._timer is not None:
+        if self._timer is not None and at is not None and self._timer_at is not None and at >= self._timer_at:
             return
         if self._timer is not None:
             self._timer.cancel()

@@ -14,6 +14,13 @@ Why not ``loop.create_datagram_endpoint``:
   one port; IPv4 addresses reach the protocol as plain "a.b.c.d" (never "::ffff:a.b.c.d"), so nothing above
   changes for IPv4 peers.
 - One wake-up per burst: the reader drains up to ``READ_BATCH`` datagrams each time the socket is readable.
+- UDP GRO where the kernel has it: datagrams of one flow that arrive together (a GSO burst of the peer) come up
+  as one read with their segment size (a UDP_GRO control message) and are cut apart here, in order.
+- One system call per burst sent: ``sendto_many`` hands a run of equal-size datagrams to one address (the last may
+  be shorter) to the kernel in one ``sendmsg`` with a UDP_SEGMENT (GSO) control message, next to the IP_PKTINFO
+  one; the kernel cuts it into datagrams (or the NIC does). Where the kernel refuses GSO (EIO from a device
+  without checksum offload, ENOPROTOOPT/EINVAL/EOPNOTSUPP from an old kernel or another platform) the run is
+  sent datagram by datagram and GSO stays off for this socket. Routed addresses (``route_via``) get plain sends.
 
 Several ``--bind`` addresses: the socket stays the wildcard one and ``restrict`` makes it drop datagrams sent to any
 other address; what it sends first to a new remote leaves from the first bound address of that family. One socket
@@ -26,12 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 log = logging.getLogger("kachery_p2p.udp")
@@ -44,7 +54,14 @@ MAX_DATAGRAM = 65535
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
-ANCILLARY_SIZE = socket.CMSG_SPACE(32)
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103 if sys.platform.startswith("linux") else None)
+UDP_GRO = getattr(socket, "UDP_GRO", 104 if sys.platform.startswith("linux") else None)
+ANCILLARY_SIZE = socket.CMSG_SPACE(32) + socket.CMSG_SPACE(8)  # PKTINFO and the GRO segment size
+GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65000  # one UDP payload before segmentation (IPv4 allows 65507)
+# errno of a sendmsg refused because of the UDP_SEGMENT message itself: send plainly from then on
+GSO_REFUSED = {errno.EIO, errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP}
 
 
 def normalize(addr: Any) -> Address:
@@ -73,7 +90,9 @@ class UdpTransport(asyncio.DatagramTransport):
         self._closing = False
         self._allowed: frozenset[str] = frozenset()  # empty: every address of the socket
         self._default_source: dict[bool, str] = {}  # IPv6? -> the source for a remote not heard from yet
-        self.stats = {"received": 0, "sent": 0, "send_errors": 0, "not_bound": 0}
+        self.stats = {"received": 0, "sent": 0, "send_errors": 0, "not_bound": 0, "gso_sends": 0, "reads": 0}
+        self.gro = False  # set by open_udp when the kernel coalesces reads
+        self.gso = UDP_SEGMENT is not None and os.environ.get("KACHERY_P2P_UDP_GSO", "1") != "0"
         self._extra = {"socket": sock, "sockname": sock.getsockname()}
         loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -177,6 +196,60 @@ class UdpTransport(asyncio.DatagramTransport):
                 self._reply_from.pop(remote, None)
             self._protocol.error_received(exc)
 
+    def sendto_many(self, datagrams: Sequence[bytes], addr: Address) -> None:
+        """Send ``datagrams`` in order to ``addr``: runs of equal size (the last of a run may be shorter) in one
+        GSO ``sendmsg`` each where the kernel allows, else one by one as ``sendto``."""
+        if len(datagrams) < 2 or not self.gso or self._closing or (self._routes and addr in self._routes):
+            for data in datagrams:
+                self.sendto(data, addr)
+            return
+        remote = (addr[0], addr[1])
+        source = self._reply_from.get(remote) if self._pktinfo else None
+        if source is None and self._allowed:
+            source = self._default_source.get(":" in remote[0])
+            if source is None:
+                self.stats["send_errors"] += len(datagrams)
+                return
+        dest = self._sock_address(remote)
+        cmsgs = [] if source is None else [self._source_cmsg(source)]
+        count, start = len(datagrams), 0
+        while start < count:
+            size = len(datagrams[start])
+            end, total = start + 1, size
+            while end < count and end - start < GSO_MAX_SEGMENTS and total + size <= GSO_MAX_BYTES:
+                last = len(datagrams[end])
+                if last > size:
+                    break
+                end, total = end + 1, total + last
+                if last < size:  # a shorter one can only end a run
+                    break
+            if end - start == 1 or not self.gso:
+                for data in datagrams[start:end]:
+                    self.sendto(data, addr)
+            else:
+                self._send_segments(datagrams[start:end], size, dest, cmsgs, remote, source)
+            start = end
+
+    def _send_segments(self, run: Sequence[bytes], size: int, dest: tuple[Any, ...],
+                       cmsgs: list[tuple[int, int, bytes]], remote: Address, source: str | None) -> None:
+        try:
+            self._sock.sendmsg(run, [*cmsgs, (SOL_UDP, UDP_SEGMENT or 0, struct.pack("=H", size))], 0, dest)
+            self.stats["sent"] += len(run)
+            self.stats["gso_sends"] += 1
+        except (BlockingIOError, InterruptedError):
+            self.stats["send_errors"] += len(run)  # a full buffer drops them, as UDP may; QUIC retransmits
+        except OSError as exc:
+            if exc.errno in GSO_REFUSED:
+                self.gso = False
+                log.info("UDP GSO refused (%s): sending datagram by datagram", exc.strerror or exc)
+                for data in run:
+                    self.sendto(data, remote)
+                return
+            self.stats["send_errors"] += len(run)
+            if source is not None:
+                self._reply_from.pop(remote, None)
+            self._protocol.error_received(exc)
+
     # -- internals --------------------------------------------------------------------------------
     def _sock_address(self, remote: Address) -> tuple[Any, ...]:
         if self._family != socket.AF_INET6:
@@ -186,7 +259,10 @@ class UdpTransport(asyncio.DatagramTransport):
             host = "::ffff:" + host
         return host, remote[1], 0, 0
 
-    def _source_cmsg(self, source: str) -> tuple[int, int, bytes]:
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def _source_cmsg(source: str) -> tuple[int, int, bytes]:
+        """The control message that sends from ``source`` (built once per address, not per datagram)."""
         if ":" in source:
             return socket.IPPROTO_IPV6, IPV6_PKTINFO or 0, socket.inet_pton(socket.AF_INET6, source) + bytes(4)
         return socket.IPPROTO_IP, IP_PKTINFO or 0, struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4))
@@ -201,32 +277,72 @@ class UdpTransport(asyncio.DatagramTransport):
         return None
 
     def _on_readable(self) -> None:
-        sock, protocol, table = self._sock, self._protocol, self._reply_from
-        for _ in range(READ_BATCH):
-            if self._closing:
-                return
-            try:
-                data, ancillary, _flags, source = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                protocol.error_received(exc)
-                return
-            remote = normalize(source)
-            if self._allowed and (not ancillary or self._destination(ancillary) not in self._allowed):
-                self.stats["not_bound"] += 1  # sent to an address of this host we were told not to listen on
-                continue
-            if self._watched and remote in self._watched:
-                self._watched[remote] = self._loop.time()
-            if ancillary:
-                local = self._destination(ancillary)
-                if local is not None and table.get(remote) != local:
-                    table.pop(remote, None)
-                    table[remote] = local
-                    if len(table) > REPLY_TABLE_SIZE:
-                        del table[next(iter(table))]
-            self.stats["received"] += 1
-            protocol.datagram_received(data, remote)
+        # Per datagram only the read and the hand-over: where it came from and what it was sent to are
+        # worked out again only when they differ from the previous datagram's (a transfer's run of datagrams
+        # shares both), and the counter is added once per batch.
+        sock, protocol, table, allowed = self._sock, self._protocol, self._reply_from, self._allowed
+        last_source: Any = None
+        last_ancillary: Any = None
+        remote: Address = ("", 0)
+        bound = True
+        segment = count = 0
+        try:
+            for _ in range(READ_BATCH):
+                if self._closing:
+                    return
+                try:
+                    data, ancillary, _flags, source = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    protocol.error_received(exc)
+                    return
+                if source != last_source or ancillary != last_ancillary:
+                    last_source, last_ancillary = source, ancillary
+                    remote = normalize(source)
+                    local = self._destination(ancillary) if ancillary else None
+                    segment = _segment_size(ancillary) if ancillary else 0
+                    bound = not allowed or local in allowed
+                    if bound and local is not None and table.get(remote) != local:
+                        table.pop(remote, None)
+                        table[remote] = local
+                        if len(table) > REPLY_TABLE_SIZE:
+                            del table[next(iter(table))]
+                if not bound:
+                    self.stats["not_bound"] += 1  # sent to an address of this host we were told not to listen on
+                    continue
+                if self._watched and remote in self._watched:
+                    self._watched[remote] = self._loop.time()
+                if segment and len(data) > segment:  # several datagrams coalesced by GRO
+                    for offset in range(0, len(data), segment):
+                        count += 1
+                        protocol.datagram_received(data[offset : offset + segment], remote)
+                        if self._closing:
+                            return
+                    continue
+                count += 1
+                protocol.datagram_received(data, remote)
+        finally:
+            self.stats["received"] += count
+            self.stats["reads"] += 1
+
+
+def _segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The GRO segment size of a read (0: one datagram)."""
+    for level, kind, data in ancillary:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
+            return int.from_bytes(data[:4] if len(data) >= 4 else data[:2], sys.byteorder)
+    return 0
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    if UDP_GRO is None or os.environ.get("KACHERY_P2P_UDP_GRO", "1") == "0":
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _enable_pktinfo(sock: socket.socket) -> bool:
@@ -277,6 +393,7 @@ async def open_udp(protocol_factory: Callable[[], asyncio.DatagramProtocol], hos
             sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
     protocol = protocol_factory()
     transport = UdpTransport(loop, sock, protocol, _enable_pktinfo(sock))
+    transport.gro = _enable_gro(sock)
     protocol.connection_made(transport)
     return transport, protocol
 

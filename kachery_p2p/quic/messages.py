@@ -23,9 +23,13 @@ Feed requests (channel peers only; see kachery_p2p.daemon.feeds_peers):
 
 Relay requests (a node to a relay, or a relay to a node for "punch"):
     {"op": "publish", "record": {signed rendezvous record}}  -> {"ok": true, "observed": "ip:port"}
+        with "frameToken": true also -> "frameToken": hex32 (relay frames must carry it from now on)
     {"op": "lookup", "rendezvousIds": [hex64, ...]}          -> {"ok": true, "peers": [{"record", "observed"}]}
     {"op": "connect", "target", "token", "candidates"}       -> {"ok": true, "candidates": [...]}
     {"op": "punch", "source", "token", "candidates"}         -> {"ok": true, "candidates": [...]}
+
+Between two peers over their (relayed) session, after the plain punch failed (``daemon.birthday``):
+    {"op": "birthday", "token", "mapping", "address"}       -> {"ok": true, "mapping", "address"} or error "busy"
 
 Errors: {"ok": false, "code": one of ERROR_CODES, "message": text}.
 """
@@ -48,6 +52,11 @@ _HEX64 = HEX64_RE
 _HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
 _HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 
+
+
+def is_hex32(text: str) -> bool:
+    """32 lower-case hex digits (a 16-byte token or nonce)."""
+    return _HEX32.match(text) is not None
 
 def _bad(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, code="bad_request")
@@ -123,6 +132,7 @@ class ChannelsUpdate:
 @dataclass(frozen=True)
 class Publish:
     record: dict[str, Any]
+    frame_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,13 @@ class Punch:
     source: str
     token: str
     candidates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Birthday:
+    token: str  # 32 hex digits: the probes' token
+    mapping: str  # the sender's mapping behaviour (nat.report.MappingBehaviour value)
+    address: str  # the sender's public ip:port (reflexive)
 
 
 @dataclass(frozen=True)
@@ -172,7 +189,7 @@ class FeedSubmit:
 
 Request = (
     Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
-    | FeedHas | FeedSubscribe | FeedSubmit | FeedUnsubscribe
+    | FeedHas | FeedSubscribe | FeedSubmit | FeedUnsubscribe | Birthday
 )
 MAX_CANDIDATES = 16
 _CANDIDATE = re.compile(r"^[0-9a-fA-F.:\[\]]{3,60}:[0-9]{1,5}\Z")
@@ -225,7 +242,7 @@ def parse_request(header: dict[str, Any]) -> Request:
         record = header.get("record")
         if not isinstance(record, dict):
             raise _bad("record must be an object")
-        return Publish(record=record)
+        return Publish(record=record, frame_token=header.get("frameToken") is True)
     if op == "lookup":
         ids = header.get("rendezvousIds")
         if not isinstance(ids, list) or len(ids) > MAX_PROOFS:
@@ -236,6 +253,12 @@ def parse_request(header: dict[str, Any]) -> Request:
         token = _hex(header.get("token"), _HEX32, "token")
         candidates = parse_candidates(header.get("candidates", []))
         return Connect(node_id, token, candidates) if op == "connect" else Punch(node_id, token, candidates)
+    if op == "birthday":
+        mapping = header.get("mapping")
+        if not isinstance(mapping, str) or len(mapping) > 40:
+            raise _bad("mapping must be a short string")
+        (address,) = parse_candidates([header.get("address")])
+        return Birthday(_hex(header.get("token"), _HEX32, "token"), mapping, address)
     if op in ("feed-has", "feed-subscribe", "feed-submit", "feed-unsubscribe"):
         return _parse_feed_request(op, header)
     raise _bad(f"unknown op {str(op)[:40]!r}")

@@ -7,11 +7,12 @@ Speaks nfnetlink_queue over a raw netlink socket (no libnetfilter_queue, no C bu
 metadata-only copy mode, so each notification is ~80 bytes and carries no payload. A constant delay keeps
 packets in arrival order, so releasing is one ``NFQNL_MSG_VERDICT_BATCH`` (accept every id up to N) per
 wake-up, whatever the number of packets due: the per-packet work in Python is reading one id out of a
-notification. Notifications are read in bursts (one recv of up to 1 MiB), and all packets of a burst share
-its arrival time. After each wake-up the loop sleeps at least ``--tick-ms`` (default 0.5 ms) so that at
-100 Mbit/s a wake-up handles several packets; arrivals are stamped half a tick early to keep the mean delay
-on target. A notification the kernel could not deliver (receive buffer full) is harmless: the next batch
-verdict releases that packet too.
+notification. Notifications are read in bursts (every one waiting, each recv into one reused buffer),
+and all packets of a burst share its arrival time. After each wake-up the loop sleeps at least
+``--tick-ms`` (default 0.5 ms) so that at 100 Mbit/s a wake-up handles several packets; arrivals are
+stamped half a tick early to keep the mean delay on target; wake-ups aim early by a running estimate of
+their own lateness (at most 1 ms). A notification the kernel could not deliver (receive buffer full) is
+harmless: the next batch verdict releases that packet too.
 
 Prints ``ready`` on stdout once the queue is bound; on SIGTERM/SIGINT it releases everything still held and
 prints one JSON line of counters (packets, wake-ups, verdicts, max held, late releases) on stdout.
@@ -34,16 +35,16 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_CONFIG, NFQNL_MSG_VERDICT_BATCH = 0, 2, 3
 NFQA_PACKET_HDR, NFQA_VERDICT_HDR = 1, 2
-NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
+NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN = 1, 2, 3
 NFQNL_CFG_CMD_BIND = 1
 NFQNL_COPY_META = 1
-NFQA_CFG_F_GSO = 1 << 2
 NF_ACCEPT = 1
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
 NETLINK_NO_ENOBUFS = 5
 SOL_NETLINK = 270
 PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
+_HEAD, _ATTR, _ID = struct.Struct("=IH"), struct.Struct("=HH"), struct.Struct("!I")
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -72,10 +73,9 @@ class DelayQueue:
         self._config(
             _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
             + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", maxlen))
-            + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO))
-            + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO))
-        )
+        )  # no NFQA_CFG_F_GSO: a GSO super-packet that slips through is cut into MTU-sized ones before queueing
         self.sock.setblocking(False)
+        self._buf = bytearray(1 << 16)
         self.pending: collections.deque[tuple[float, int]] = collections.deque()  # (due, last id of a burst)
         self.stop = False
         self.stats: dict[str, float] = {
@@ -103,21 +103,23 @@ class DelayQueue:
     def _read_burst(self, stamp: float) -> None:
         last = -1
         count = 0
-        while True:
+        buf, recv_into = self._buf, self.sock.recv_into
+        head, attr, pid = _HEAD.unpack_from, _ATTR.unpack_from, _ID.unpack_from
+        while True:  # the kernel sends one notification per datagram: one recv each, into one reused buffer
             try:
-                data = self.sock.recv(1 << 20)
+                end = recv_into(buf)
             except BlockingIOError:
                 break
-            off, end = 0, len(data)
-            while off + 16 <= end:
-                length, kind = struct.unpack_from("=IH", data, off)
+            off = 0
+            while off + 28 <= end:
+                length, kind = head(buf, off)
                 if length < 16:
                     break
                 if kind == PACKET_TYPE:
                     # first attribute follows nlmsghdr(16) + nfgenmsg(4); the kernel puts NFQA_PACKET_HDR first
-                    alen, atype = struct.unpack_from("=HH", data, off + 20)
+                    alen, atype = attr(buf, off + 20)
                     if atype & 0x7FFF == NFQA_PACKET_HDR and alen >= 8:
-                        (last,) = struct.unpack_from("!I", data, off + 24)
+                        (last,) = pid(buf, off + 24)
                         count += 1
                 off += (length + 3) & ~3
         if count:

@@ -9,8 +9,8 @@ In the router, every forwarded packet (either direction) passes the mangle FORWA
 ``statistic --mode random`` DROP for the loss, then ``NFQUEUE`` to one delayer process (nfq_delay.py) that
 holds it RTT/2, then the egress qdisc of the outgoing veth: ``tbf`` at the link rate, whose queue is the
 path's bottleneck buffer (default one bandwidth-delay product, at least 64 KB). A constant delay before a
-FIFO rate limiter behaves as the limiter followed by the propagation delay. Offloads (TSO, GSO, GRO) are
-off on all four veth ends, so every packet on the path is MTU-sized (1500).
+FIFO rate limiter behaves as the limiter followed by the propagation delay. Offloads (TSO, GSO, UDP GSO, GRO)
+are off on all four veth ends, so every packet on the path is MTU-sized (1500).
 
     with Lab() as lab:
         path = WanPath(lab, rtt_ms=20, loss=0.005, mbit=100)
@@ -66,22 +66,6 @@ print(json.dumps({"sent": sent, "rtts_ms": list(rtts.values())}), flush=True)
 """
 NET_A, NET_B = "192.0.2", "198.51.100"
 QUEUE_NUM = 0
-# legacy ethtool ioctls (SIOCETHTOOL 0x8946; ETHTOOL_S/GTSO 0x1f/0x1e, S/GGSO 0x24/0x23, S/GGRO 0x2c/0x2b),
-# run inside the namespace, so no ethtool binary is needed
-OFFLOAD_SCRIPT = """
-import ctypes, fcntl, socket, struct, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-def call(dev, cmd, data=0):
-    buf = ctypes.create_string_buffer(struct.pack("II", cmd, data), 8)
-    ifr = struct.pack("16sP", dev.encode(), ctypes.addressof(buf)).ljust(40, b"\\0")
-    fcntl.ioctl(s.fileno(), 0x8946, ifr)
-    return struct.unpack("II", buf.raw)[1]
-for dev in sys.argv[1:]:
-    for set_cmd, get_cmd in ((0x1F, 0x1E), (0x24, 0x23), (0x2C, 0x2B)):
-        call(dev, set_cmd, 0)
-        if call(dev, get_cmd):
-            sys.exit(f"{dev}: offload {set_cmd:#x} still on")
-"""
 
 
 @functools.lru_cache(maxsize=1)
@@ -113,8 +97,9 @@ def wan_available() -> tuple[bool, str]:
 
 
 def offloads_off(lab: Lab, ns: str, *devs: str) -> None:
-    """``ethtool -K DEV tso off gso off gro off`` for each device in ``ns``, through the ioctl (no ethtool)."""
-    lab._nsexec(ns, sys.executable, "-c", OFFLOAD_SCRIPT, *devs)
+    """``ethtool -K DEV tso off gso off gro off tx-udp-segmentation off ...`` for each device in ``ns`` (offloads.py:
+    through the ioctl, no ethtool binary needed)."""
+    lab._nsexec(ns, sys.executable, str(HERE / "offloads.py"), *devs)
 
 
 class WanPath:
@@ -265,6 +250,13 @@ class WanPath:
         """Packets the bottleneck queues (tbf, both directions) have dropped since the last ``set``."""
         out = self.lab._nsexec(self.router_ns, "tc", "-s", "qdisc", "show").stdout
         return sum(int(m) for m in re.findall(r"dropped (\d+)", out))
+
+    def delay_line_drops(self) -> int:
+        """Packets the kernel's NFQUEUE dropped (queue full, or a notification it could not deliver) since the
+        delayer bound the queue: 0 on a healthy emulator, whose only losses are the configured ones."""
+        out = self.lab._nsexec(self.router_ns, "cat", "/proc/net/netfilter/nfnetlink_queue", check=False).stdout
+        # queue_num portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+        return sum(int(f[5]) + int(f[6]) for f in (line.split() for line in out.splitlines()) if len(f) >= 7)
 
     def delayer_cpu_seconds(self) -> tuple[float, float]:
         """(user, system) CPU seconds the running delayer has used so far ((0, 0) when none runs). System time
