@@ -10,21 +10,24 @@ to its baseline measured in the same run, with the target of the performance iss
     python -m bench --skip A,B [...]     # the suite without A and B
 
 Leading options (``--quick``, ``--mib N``) go to every benchmark of the suite. Benchmarks that need network
-namespaces (lan-load, nat-cold, shaped-load, nat-load) print why they are skipped when not run as root.
+namespaces (lan-load, nat-cold, shaped-load, wan, nat-load) print why they are skipped when not run as root.
 
 The suite, in order (letters as in the performance issue):
   (a) raw-aioquic    raw aioquic, one stream, default settings, two processes, loopback: the baseline
   (b) daemon-load    daemon-to-daemon kachery-p2p-load on loopback, ratio to (a) of the same run
   (c) lan-load       the same between two namespaces on a MTU-1500 LAN, ratio to raw aioquic over that pair
+      lan-gbit       the same over a 1 Gbit/s (tbf) MTU-1500 pair vs kernel TCP (http.server + curl); CPU-s/GB
   (d) small-load     1 KiB load from a connected peer: Python API and CLI, median and p90
   (e) daemon-memory  idle RSS and CPU; peak RSS during a 1 GiB load; RSS after it
   (f) nat-cold       time to first byte from a peer not yet connected, across two NATs with a relay
   (g) shaped-load    goodput over a 100 Mbit/s link, without loss and with 1% loss, as a fraction of it
+  (h) wan            100 Mbit/s, RTT 20/80 ms x loss 0/0.5/2%: ours vs kernel TCP (curl); sharing the link with curl
       local-store    store / load / cat of a large file in one daemon, vs a plain copy
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
       feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
       soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
-  Not in the suite: relay-load (N simulated nodes register, publish, look up: RSS per node, lookup p50/p99)
+  Not in the suite: relay-load (N simulated nodes register, publish, look up: RSS per node, lookup p50/p99;
+      two real nodes load through that relay meanwhile), stalled-readers (RSS of a daemon whose peers stop reading, #4)
 
 To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
 per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
@@ -47,6 +50,7 @@ from bench import (
     daemon_memory,
     daemon_transfer,
     feeds,
+    lan_gbit,
     lan_transfer,
     local_store,
     multi_provider,
@@ -58,6 +62,8 @@ from bench import (
     shaped_load,
     small_load,
     soak,
+    stalled_readers,
+    wan,
 )
 from bench.common import print_table
 
@@ -68,10 +74,12 @@ REGISTRY: dict[str, BenchFn] = {
     raw_aioquic.NAME: raw_aioquic.run,
     daemon_transfer.NAME: daemon_transfer.run,
     lan_transfer.NAME: lan_transfer.run,
+    lan_gbit.NAME: lan_gbit.run,
     small_load.NAME: small_load.run,
     daemon_memory.NAME: daemon_memory.run,
     nat_cold.NAME: nat_cold.run,
     shaped_load.NAME: shaped_load.run,
+    wan.NAME: wan.run,
     local_store.NAME: local_store.run,
     nat_transfer.NAME: nat_transfer.run,
     reach_matrix.NAME: reach_matrix.run,
@@ -80,7 +88,7 @@ REGISTRY: dict[str, BenchFn] = {
     soak.NAME: soak.run,
 }
 # Not in the default suite (long at 1,000+ nodes): python -m bench relay-load --nodes N
-EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run}
+EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run, stalled_readers.NAME: stalled_readers.run}
 
 
 def _machine() -> str:

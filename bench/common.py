@@ -457,6 +457,7 @@ class LoadRun:
     paths: list[str] = field(default_factory=list)  # link kinds seen in progress ("direct", "relayed")
     timed_out: bool = False
     stderr: str = ""
+    error: str = ""  # the message of a --json error line
 
     @property
     def ok(self) -> bool:
@@ -514,6 +515,8 @@ def timed_load(
                 for kind in message.get("paths") or []:
                     if kind not in run.paths:
                         run.paths.append(str(kind))
+                if message.get("type") == "error":
+                    run.error = str(message.get("message", ""))
                 if message.get("type") == "done":
                     run.done = now
                     run.path = str(message["path"])

@@ -39,7 +39,11 @@ class BenchDaemon:
                 self.proc.wait()
 
 
-def start_daemon(label: str, extra: list[str] | None = None, root: Path | None = None) -> BenchDaemon:
+def start_daemon(
+    label: str, extra: list[str] | None = None, root: Path | None = None, env_extra: dict[str, str] | None = None
+) -> BenchDaemon:
+    """Start a daemon and wait for its node info; ``env_extra`` is added to its environment (and to that
+    of the CLI commands run for it), e.g. PYTHONPATH to run another version of the package."""
     root = root or Path(tempfile.mkdtemp(prefix=f"kp2p-bench-{label}-"))
     udp_port = free_port()
     env = {
@@ -48,11 +52,14 @@ def start_daemon(label: str, extra: list[str] | None = None, root: Path | None =
         "KACHERY_STORAGE_DIR": str(root / "store"),
         "KACHERY_P2P_API_PORT": str(free_port(kind=1)),
         "HOME": str(root),
+        **(env_extra or {}),
     }
     argv = [sys.executable, "-m", "kachery_p2p", "start-daemon", "--label", label, "--port", str(udp_port),
             "--no-lan-discovery", *(extra or [])]
     log = open(root / "daemon.log", "wb")  # noqa: SIM115 - kept open for the daemon's lifetime
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # ``python -m`` puts the working directory first on sys.path: run elsewhere when PYTHONPATH is given
+    cwd = str(root) if env_extra and "PYTHONPATH" in env_extra else None
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     daemon = BenchDaemon(root, env, proc, udp_port)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

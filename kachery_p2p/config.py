@@ -88,11 +88,13 @@ class DaemonConfig:
     api_host: str = "127.0.0.1"
     udp_port: int = DEFAULT_UDP_PORT
     udp_host: str = "0.0.0.0"
+    udp_binds: tuple[str, ...] = ()  # --bind given more than once: the wildcard socket answers only these
     label: str = ""
     bootstrap: tuple[HostPort, ...] = ()
     lan_discovery: bool = True
     relay_mode: bool = False
     hole_punching: bool = True
+    birthday_probing: bool = True  # after a failed punch, cone facing symmetric NAT: probe many ports (nat.birthday)
     relay_tcp: bool = True  # reach relays over TLS/TCP when UDP gets no answer from them
     relay_tcp_ports: tuple[int, ...] = ()  # relay mode: more TCP ports (e.g. 443) beside the UDP port's
     port_mapping: bool = True  # ask the gateway for a mapping (PCP, NAT-PMP, UPnP IGD); never blocks start-up

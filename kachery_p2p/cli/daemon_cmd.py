@@ -25,12 +25,13 @@ def start_daemon(
     *,
     label: str,
     udp_port: int | None,
-    udp_host: str,
+    udp_hosts: tuple[str, ...],
     api_port: int | None,
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
+    birthday_probing: bool = True,
     port_mapping: bool = True,
     relay_tcp: bool = True,
     relay_tcp_ports: tuple[int, ...] = (),
@@ -56,12 +57,14 @@ def start_daemon(
         if api_port is not None
         else api_port_from_environ(),
         udp_port=parse_port(udp_port, what="--port") if udp_port is not None else DEFAULT_UDP_PORT,
-        udp_host=_ipv4(udp_host, "--bind"),
+        udp_host=_bind_host(udp_hosts),
+        udp_binds=_binds(udp_hosts),
         label=label or os.uname().nodename[:64],
         bootstrap=tuple(HostPort.parse(item) for item in bootstrap) + bootstrap_from_environ(),
         lan_discovery=lan_discovery,
         lan_interfaces=_lan_interfaces(lan_interfaces) if lan_discovery else (),
         hole_punching=hole_punching,
+        birthday_probing=birthday_probing,
         port_mapping=port_mapping,
         relay_tcp=relay_tcp,
         relay_tcp_ports=relay_tcp_ports,
@@ -95,6 +98,30 @@ def _ipv4(address: str, option: str) -> str:
     except ValueError:
         raise ConfigError(f"{option} needs an IPv4 address, not {address!r}") from None
     return address
+
+
+def _binds(given: tuple[str, ...]) -> tuple[str, ...]:
+    """Every --bind address (IPv4 or IPv6, each once); () for the default (every address)."""
+    import ipaddress
+
+    out: list[str] = []
+    for address in given:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"--bind needs an IP address, not {address!r}") from None
+        if ip.is_unspecified or ip.is_multicast:
+            raise ConfigError(f"--bind needs a unicast address of this host, not {address!r}; "
+                              "leave --bind out to listen on every address")
+        if str(ip) not in out:
+            out.append(str(ip))
+    return tuple(out)
+
+
+def _bind_host(given: tuple[str, ...]) -> str:
+    """The socket's own address: the one --bind address, else the (dual-stack) wildcard."""
+    binds = _binds(given)
+    return binds[0] if len(binds) == 1 else "0.0.0.0"
 
 
 def _lan_interfaces(given: tuple[str, ...]) -> tuple[str, ...]:

@@ -27,7 +27,8 @@ def cli() -> None:
 @click.option("--label", default="", help="A short name for this node, shown to peers.")
 @click.option("--port", "udp_port", type=int, default=None,
               help="UDP port for QUIC (0 picks a free one) [default: 14507].")
-@click.option("--bind", "udp_host", default="0.0.0.0", show_default=True, help="Local IPv4 address for the UDP socket.")
+@click.option("--bind", "udp_hosts", multiple=True,
+              help="Local address to listen on (repeatable) [default: every address, IPv4 and IPv6].")
 @click.option("--api-port", type=int, default=None,
               help="Control port, recorded in the config dir for clients [default: $KACHERY_P2P_API_PORT or 20431].")
 @click.option("--bootstrap", multiple=True, help="Relay or peer to dial: HOST:PORT or NODEID@HOST:PORT (repeatable).")
@@ -36,6 +37,8 @@ def cli() -> None:
     "--lan-interface", "lan_interfaces", multiple=True, help="IPv4 address to announce on (repeatable; default: all)."
 )
 @click.option("--hole-punching/--no-hole-punching", default=True, help="Try direct paths to relayed peers.")
+@click.option("--birthday-probing/--no-birthday-probing", default=True, show_default=True,
+              help="When a punch between a cone and a symmetric NAT fails, probe 256 ports (a few seconds).")
 @click.option("--port-mapping/--no-port-mapping", default=True, envvar="KACHERY_P2P_PORT_MAPPING", show_default=True,
               help="Ask the router for a port mapping (PCP, NAT-PMP, UPnP IGD) [env KACHERY_P2P_PORT_MAPPING=0].")
 @click.option("--relay", "relay_mode", is_flag=True, help="Run as a relay node (on a public server).")
@@ -65,12 +68,13 @@ def cli() -> None:
 def start_daemon_cmd(
     label: str,
     udp_port: int | None,
-    udp_host: str,
+    udp_hosts: tuple[str, ...],
     api_port: int | None,
     bootstrap: tuple[str, ...],
     lan_discovery: bool,
     lan_interfaces: tuple[str, ...],
     hole_punching: bool,
+    birthday_probing: bool,
     port_mapping: bool,
     relay_mode: bool,
     relay_rate: float,
@@ -99,12 +103,13 @@ def start_daemon_cmd(
     start_daemon(
         label=label,
         udp_port=udp_port,
-        udp_host=udp_host,
+        udp_hosts=udp_hosts,
         api_port=api_port,
         bootstrap=bootstrap,
         lan_discovery=lan_discovery,
         lan_interfaces=lan_interfaces,
         hole_punching=hole_punching,
+        birthday_probing=birthday_probing,
         port_mapping=port_mapping,
         relay_tcp=relay_tcp,
         relay_tcp_ports=relay_tcp_ports,

@@ -267,7 +267,25 @@ def format_summary(report: dict[str, Any]) -> str:
     if isinstance(daemon, dict):
         candidates = ", ".join(str(c) for c in daemon.get("candidates") or []) or "-"
         lines.append(f"Daemon candidates: {candidates}")
+        lines.extend(_relay_transport_lines(daemon.get("relayTransports") or []))
+    else:
+        lines.append("Relay transport: no daemon running here (a daemon reaches relays over UDP, and over"
+                     " TLS/TCP by itself when UDP gets no answer)")
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
     lines.append(f"Took {report.get('elapsed_s', 0):.2f} s")
     return "\n".join(lines)
+
+
+def _relay_transport_lines(transports: list[Any]) -> list[str]:
+    """How the running daemon reaches each bootstrap relay (``relayTransports`` of node-info) and why."""
+    if not transports:
+        return ["Relay transport: UDP only (the daemon has no bootstrap relay, runs as a relay, or has"
+                " --no-relay-tcp)"]
+    lines = []
+    for item in transports:
+        if not isinstance(item, dict):
+            continue
+        kind = "TLS/TCP" if item.get("transport") == "tcp" else "UDP"
+        lines.append(f"Relay transport: {item.get('relay')} over {kind} ({item.get('why')})")
+    return lines

@@ -1,5 +1,6 @@
 """``kachery-p2p-nat-check``: a summary for people by default, ``--json`` for programs; exit 1 when UDP
-does not work (no STUN server answered), so scripts can tell."""
+does not work (no STUN server answered), so scripts can tell. When a daemon runs, it also says how that daemon
+reaches each relay (UDP, or TLS/TCP when UDP gets no answer) and why."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def nat_check_cmd(servers: tuple[str, ...], timeout: float, no_rfc3489: bool, as
         from ..client.api import get_node_info
 
         info = get_node_info()
-        report["daemon"] = {"candidates": info.get("candidates"), "relays": info.get("relays")}
+        report["daemon"] = {"candidates": info.get("candidates"), "relays": info.get("relays"),
+                            "relayTransports": info.get("relayTransports") or []}
     except KacheryP2PError:
         report["daemon"] = None
     click.echo(json.dumps(report, indent=2) if as_json else format_summary(report))

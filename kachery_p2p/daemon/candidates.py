@@ -2,7 +2,8 @@
 
 Order: the operator's ``--public-address``, the router's port mapping, what relays saw (their view and STUN),
 then this host's own addresses: global and unique-local IPv6 when the socket is dual-stack (reachable through
-stateful firewalls by the simultaneous punch), then the LAN's IPv4 addresses. Anything a peer would refuse
+stateful firewalls by the simultaneous punch), then the LAN's IPv4 addresses
+(or, with several ``--bind``, those addresses). Anything a peer would refuse
 (an unspecified or multicast address, such as where a TCP-relayed node appears inside its relay) is left out.
 """
 
@@ -26,7 +27,7 @@ def _is_ip(host: str) -> bool:
 
 
 def gather(*, public: HostPort | None, mapped: Address | None, observed: Iterable[str], reflexive: Iterable[Address],
-           local: Address | None, dual_stack: bool, lan_ipv4: Callable[[], list[str]],
+           local: Address | None, dual_stack: bool, binds: Iterable[str] = (), lan_ipv4: Callable[[], list[str]],
            ipv6: Callable[[], list[str]]) -> list[str]:
     found: list[str] = []
 
@@ -51,7 +52,11 @@ def gather(*, public: HostPort | None, mapped: Address | None, observed: Iterabl
         add(*addr)
     if local is not None:
         host, port = local
-        if host not in ("0.0.0.0", "", "::"):
+        bound = list(binds)
+        if bound and host in ("0.0.0.0", "", "::"):  # several --bind: those addresses only
+            for item in bound:
+                add(item, port)
+        elif host not in ("0.0.0.0", "", "::"):
             add(host, port)
         else:
             for item in ipv6() if dual_stack else []:

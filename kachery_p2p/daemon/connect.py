@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import HostPort
@@ -55,6 +55,8 @@ class Connector:
         self.tasks = tasks
         self.policy = policy
         self._via: dict[str, RelayClient] = {}
+        # After a failed punch, with the relayed session up: birthday probing (daemon.birthday), if enabled.
+        self.birthday: Callable[[PeerSession, str], Awaitable[bool]] | None = None
         self._timer: asyncio.TimerHandle | None = None
         peers.connecting = policy.connecting  # one set: attempts under way, waiting step-ins included
         peers.listeners.append(self._session_changed)
@@ -153,6 +155,9 @@ class Connector:
                 await relayed
             except ATTEMPT_ERRORS as exc:
                 log.info("relayed connection to %s failed: %s", short_node_id(node_id), exc)
+        session = self.peers.session_for(node_id)
+        if decision.punch and self.birthday is not None and session is not None and session.link.path.kind == "relayed":
+            await self.birthday(session, node_id)
 
     async def dial_relayed(self, client: RelayClient, node_id: str) -> PeerSession:
         self.endpoint.relays.add(client.relay_addr)

@@ -24,11 +24,13 @@ from typing import Any
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
 
 from ..errors import PortInUseError
 from ..peering.path import PathKind
+from ..quic.flow import KacheryQuicConnection
 from ..quic.identity import NodeIdentity
+from ..quic.retry import RetryPolicy, RetryTokens
 from ..quic.settings import quic_configuration
 from ..relay.frames import DatagramKind, classify, decode_relay_frame
 from . import udp
@@ -46,6 +48,9 @@ PENDING_DIRECT_SEC = 10.0
 # Initials can no longer lock every new peer out for the 10 s authentication timeout.
 MAX_HALF_OPEN = 256
 MAX_HALF_OPEN_PER_SOURCE = 8
+# Under load (a quarter of MAX_HALF_OPEN half-open, or half a source's share from one source) a direct
+# Initial without a token gets a stateless Retry; only a client that echoes the token (it receives at
+# its address) gets a slot (``quic.retry``). Initials through a relay come from authenticated nodes.
 
 
 class QuicEndpoint(asyncio.DatagramProtocol):
@@ -72,7 +77,10 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._by_cid: dict[bytes, Link] = {}
         self.max_links = max_links
         self._half_open: dict[Link, tuple[Any, ...]] = {}  # insertion order: oldest first
-        self.stats: dict[str, int] = {"malformed": 0, "unroutable": 0, "refused": 0, "evicted": 0}
+        self.stats: dict[str, int] = dict.fromkeys(("malformed", "unroutable", "refused", "evicted"), 0)
+        self.stats.update({"retry_sent": 0, "retry_validated": 0, "bad_token": 0})
+        self.retry_tokens = RetryTokens()
+        self.retry_policy = RetryPolicy(MAX_HALF_OPEN, MAX_HALF_OPEN_PER_SOURCE)
 
     def config_for(self, is_client: bool, addr: Address, relayed: bool) -> QuicConfiguration:
         size = RELAYED_DATAGRAM_SIZE if relayed else datagram_size_for(addr)
@@ -129,7 +137,19 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         link._cids.clear()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        addr = (addr[0], addr[1])
+        if type(addr) is not tuple or len(addr) != 2:
+            addr = (addr[0], addr[1])
+        # Fast path, nearly every datagram of a transfer: a short-header QUIC packet (first bits 01) to a known
+        # connection id, which sits right after the first byte. No header object, no Buffer, no copy but the id.
+        if len(data) > CID_LENGTH and data[0] & 0xC0 == 0x40:
+            link = self._by_cid.get(data[1 : 1 + CID_LENGTH])
+            if link is not None:
+                try:
+                    link.datagram_received(data, "direct", addr)
+                except Exception:  # a bad datagram must never take the socket down
+                    self.stats["malformed"] += 1
+                    log.exception("dropped a datagram from %s", addr)
+                return
         try:
             kind = classify(data)
             if kind == "quic":
@@ -174,27 +194,57 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         peer = path.peer_node_id if isinstance(path, PeerPath) else ""
         source: tuple[Any, ...] = (addr[0],) if path is None else ("relayed", path.addr, peer)
         from_source = [link for link, key in self._half_open.items() if key == source]
+        odcid, retry_cid = header.destination_cid, None
+        if path is None:
+            if header.token:
+                odcid = self.retry_tokens.check(header.token, addr, header.destination_cid, time.monotonic())
+                if odcid is None:  # forged, expired, or minted for another address: no slot
+                    self.stats["bad_token"] += 1
+                    return None
+                retry_cid = header.destination_cid
+                self.stats["retry_validated"] += 1
+            elif self.retry_policy.require_retry(len(self._half_open), len(from_source), time.monotonic()):
+                self._send_retry(header, addr)
+                return None
         if len(from_source) >= MAX_HALF_OPEN_PER_SOURCE:
-            self._evict(from_source[0])
+            self._evict(_oldest(from_source))
         elif len(self._half_open) >= MAX_HALF_OPEN:
-            self._evict(next(iter(self._half_open)))
+            self._evict(_oldest(list(self._half_open)))
         if len(self.links) >= self.max_links:
             self.stats["refused"] += 1
             return None
-        conn = QuicConnection(
+        conn = KacheryQuicConnection(
             configuration=self.config_for(False, addr, relayed=path is not None),
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=odcid,
+            retry_source_connection_id=retry_cid,
         )
         link = self._new_link(conn, addr, False, path)
+        link.address_validated = retry_cid is not None
         self._half_open[link] = source
         self.register_cid(header.destination_cid, link)
         self.register_cid(conn.host_cid, link)
         self.on_incoming(link)
         return link
 
+    def _send_retry(self, header: Any, addr: Address) -> None:
+        """A stateless Retry: no state kept; the token carries what the validated Initial needs."""
+        if self.transport is None:
+            return
+        retry_cid = os.urandom(CID_LENGTH)
+        token = self.retry_tokens.mint(addr, header.destination_cid, retry_cid, time.monotonic())
+        packet = encode_quic_retry(
+            version=header.version,
+            source_cid=retry_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+        self.stats["retry_sent"] += 1
+        self.transport.sendto(packet, addr)
+
     def connect(self, addr: Address, path: Path | None = None) -> Link:
         """Dial ``addr`` (a real address, or a stable relay address with its PeerPath)."""
-        conn = QuicConnection(configuration=self.config_for(True, addr, relayed=path is not None))
+        conn = KacheryQuicConnection(configuration=self.config_for(True, addr, relayed=path is not None))
         link = self._new_link(conn, addr, True, path)
         self.register_cid(conn.host_cid, link)
         conn.connect(addr, now=time.monotonic())
@@ -238,6 +288,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             not link.is_closed and isinstance(link.path, PeerPath) and link.path.peer_node_id == peer_node_id
             for link in self.links
         )
+
+
+def _oldest(links: list[Link]) -> Link:
+    """The one to evict: the oldest whose address is not validated, else the oldest."""
+    return next((link for link in links if not link.address_validated), links[0])
 
 
 def _bind_error(host: str, port: int) -> str | None:

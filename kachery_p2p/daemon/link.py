@@ -24,6 +24,10 @@ from .paths import Address, Path
 
 SEND_HIGH_WATER = 1 << 20
 SEND_LOW_WATER = 256 * 1024
+# RFC 9000 section 8: before a server has validated the client's address it sends at most three times
+# what it received from it. aioquic holds its handshake to that but not its CONNECTION_CLOSE, so a
+# ClientHello from a forged (silent) source got 3.11x its size back; ``transmit`` enforces the total.
+AMPLIFICATION_FACTOR = 3
 
 
 class LinkOwner(Protocol):
@@ -84,27 +88,39 @@ class Link:
         self._pings: dict[int, asyncio.Future[None]] = {}
         self.bytes_received = 0
         self.bytes_sent = 0
+        # A client dialed the address itself; a server's peer is validated by the handshake completing
+        # (it read our Handshake keys) or by echoing a Retry token (``QuicEndpoint``).
+        self.address_validated = is_client
+        self.dropped_unvalidated = 0
         self.last_activity = time.monotonic()
 
     # -- io from the endpoint -------------------------------------------------------------------
     def datagram_received(self, data: bytes, via: PathKind = "direct", source: Address | None = None) -> None:
-        self.bytes_received += len(data)
-        self.path.received(via, source or self.addr, len(data))
-        self.last_activity = time.monotonic()
-        self.conn.receive_datagram(data, self.addr, now=time.monotonic())
+        size = len(data)
+        self.bytes_received += size
+        self.path.received(via, source or self.addr, size)
+        self.last_activity = now = time.monotonic()
+        self.conn.receive_datagram(data, self.addr, now=now)
         self._process_events()
         # Datagrams that arrive together are answered together: one ACK for a burst, not one each.
-        self.transmit_soon()
+        if not self._transmit_pending:
+            self._transmit_pending = True
+            self._loop.call_soon(self.transmit)
 
     def transmit(self) -> None:
         self._transmit_pending = False
         transport = self.endpoint.transport
         if transport is None:
             return
-        path = self.path
+        burst: list[bytes] = []
         for data, _addr in self.conn.datagrams_to_send(now=time.monotonic()):
+            if not self.address_validated and self.bytes_sent + len(data) > AMPLIFICATION_FACTOR * self.bytes_received:
+                self.dropped_unvalidated += 1  # lost to aioquic: only a close or a probe can get here
+                continue
             self.bytes_sent += len(data)
-            path.send(transport, data)
+            burst.append(data)
+        if burst:  # one hand-over per burst: the socket sends runs of equal-size datagrams in one system call
+            self.path.send_many(transport, burst)
         self._arm_timer()
         self._wake_writers()
 
@@ -137,7 +153,10 @@ class Link:
             if isinstance(event, events.StreamDataReceived):
                 handler = self._streams.get(event.stream_id)
                 if handler is None:
-                    handler = self.on_new_stream(event.stream_id)
+                    # A stream of ours with no handler is a request we gave up on (timed out, reset):
+                    # its late reply is dropped, never taken for a request from the peer.
+                    if self._peer_opened(event.stream_id):
+                        handler = self.on_new_stream(event.stream_id)
                     if handler is None:
                         if self._can_stop(event.stream_id):
                             self.conn.stop_stream(event.stream_id, 1)
@@ -152,6 +171,7 @@ class Link:
                 if handler is not None:
                     handler.on_reset(RemoteProtocolError("the peer reset the stream", code="stream_reset"))
             elif isinstance(event, events.HandshakeCompleted):
+                self.address_validated = True
                 if not self.handshake.done():
                     self.handshake.set_result(None)
                 self.on_handshake()
@@ -166,6 +186,10 @@ class Link:
             elif isinstance(event, events.ConnectionTerminated):
                 self._terminated(LinkClosed(describe_close(event), event.error_code))
             event = self.conn.next_event()
+
+    def _peer_opened(self, stream_id: int) -> bool:
+        # Bit 0 of a stream id: 0 when the client opened it, 1 when the server did.
+        return bool(stream_id & 1) == self.is_client
 
     def _can_stop(self, stream_id: int) -> bool:
         # Only streams the peer opened and that can carry data to us can be stopped.

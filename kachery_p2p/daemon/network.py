@@ -23,13 +23,15 @@ from typing import Any
 from ..channels.announcements import Announcement
 from ..channels.membership import rendezvous_id
 from ..config import DaemonConfig
-from ..errors import RemoteProtocolError
+from ..errors import ConfigError, RemoteProtocolError
 from ..ids import FileUri
+from ..nat.report import classify
 from ..peering.policy import RETRY_DIRECT_SEC, UNUSED_SESSION_GRACE, ConnectPolicy, keep_accepted_session, keepalive_due
 from ..quic import messages
 from ..quic.identity import NodeIdentity, short_node_id
 from ..relay.frames import DatagramKind
 from ..store import ContentStore
+from .birthday import BirthdayManager
 from .candidates import gather as gather_candidates
 from .connect import Connector
 from .endpoint import Link, LinkClosed, QuicEndpoint
@@ -47,6 +49,7 @@ from .stun_client import StunClient
 from .sysnet import ipv6_addresses
 from .tasks import Supervisor
 from .transfers import Transfers
+from .udp import UdpTransport
 
 log = logging.getLogger("kachery_p2p.network")
 
@@ -75,6 +78,11 @@ class PeerNetwork:
             self.endpoint, self.new_session, self.register, self.peers, self.punch, self.candidates, self.tasks,
             ConnectPolicy(identity.node_id, config.hole_punching, _retry_direct_sec()),
         )
+        self.birthday = BirthdayManager(self.endpoint, identity.node_id, self._mapping, self._public_ipv4,
+                                        config.udp_host)
+        if config.hole_punching and config.birthday_probing and not config.relay_mode:
+            self.punch.other_probe = self.birthday.probe_received
+            self.connector.birthday = self.birthday.ask
         self.relay_clients: dict[str, RelayClient] = {}
         self.transfers = Transfers(store, self.peers)
         self.server.on_range = self.transfers.activity.count_upload
@@ -85,10 +93,14 @@ class PeerNetwork:
         self.tcp_fallbacks: list[TcpFallback] = []
         # Handlers of further request types (feeds), by message class: registered by their services.
         self.request_handlers: dict[type, Callable[[PeerSession, Any], Awaitable[Any]]] = {}
+        if self.connector.birthday is not None:
+            self.request_handlers[messages.Birthday] = self.birthday.handle
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self.local_address = await self.endpoint.open(self.config.udp_host, self.config.udp_port)
+        if len(self.config.udp_binds) > 1:
+            self._restrict_binds()
         log.info("QUIC on udp %s:%d", *self.local_address)
         if self.config.port_mapping and not self.config.relay_mode:
             self.port_mapping = PortMapping(self.local_address[1], on_change=lambda _a: self.channels_changed())
@@ -117,6 +129,7 @@ class PeerNetwork:
         self.tasks.cancel_all()
         self.connector.stop()
         self.punch.stop()
+        self.birthday.stop()
         if self.relay is not None:
             self.relay.stop()
         if self.relay_tcp is not None:
@@ -237,6 +250,17 @@ class PeerNetwork:
                 if keepalive_due(session.link.last_activity, now) and not session.link.is_closed:
                     self.tasks.spawn(_quiet(session.link.ping()))
 
+    def _restrict_binds(self) -> None:
+        transport = self.endpoint.transport
+        try:
+            if not isinstance(transport, UdpTransport):
+                raise OSError("the socket cannot tell addresses apart")
+            transport.restrict(self.config.udp_binds)
+        except OSError as exc:
+            self.endpoint.close()
+            raise ConfigError(f"cannot listen on several --bind addresses: {exc}; give one --bind") from None
+        log.info("listening only on %s", ", ".join(self.config.udp_binds))
+
     # -- channels and LAN discovery ------------------------------------------------------------
     def rendezvous_ids(self) -> list[str]:
         return [rendezvous_id(name) for name in self.channels()]
@@ -249,10 +273,18 @@ class PeerNetwork:
             observed=[c.observed for c in self.relay_clients.values() if c.observed],
             reflexive=self.stun.reflexive.values(),
             local=self.local_address,
+            binds=self.config.udp_binds,
             dual_stack=getattr(self.endpoint.transport, "dual_stack", False),
             lan_ipv4=default_lan_interfaces,
             ipv6=ipv6_addresses,
         )
+
+    def _mapping(self) -> str:
+        """Our NAT's mapping behaviour, from STUN against our relays (two relay IPs are needed to know)."""
+        return classify(self.local_address, dict(self.stun.reflexive)).value
+
+    def _public_ipv4(self) -> tuple[str, int] | None:
+        return next((addr for addr in self.stun.reflexive.values() if ":" not in addr[0]), None)
 
     async def _close_sessions_at(self, addr: tuple[str, int]) -> None:
         """End our sessions with whoever is at ``addr`` (the dialer reconnects at once, over the new way)."""
@@ -285,6 +317,8 @@ class PeerNetwork:
             "relays": {node_id: c.observed for node_id, c in self.relay_clients.items()},
             "candidates": self.candidates(),
             "punch": dict(self.punch.stats),
+            "birthday": self.birthday.info(),
+            "udp": dict(getattr(self.endpoint.transport, "stats", {})),
             "nat": self.stun.report(self.local_address) if self.stun.reflexive else None,
             "connecting": sorted(self.peers.connecting),
             "portMapping": self.port_mapping.info() if self.port_mapping else None,
@@ -305,7 +339,8 @@ class PeerNetwork:
         for session in filter(None, map(self.peers.session_for, self.peers.node_ids())):
             path = session.link.path
             via = getattr(path, "relay_addr", path.addr) if path.kind == "relayed" else path.addr
-            result.append({**session.info(), "transport": "tcp" if routed(tuple(via)) else "udp"})
+            tcp = routed(tuple(via)) and not self.birthday.carries(tuple(via))
+            result.append({**session.info(), "transport": "tcp" if tcp else "udp"})
         return result
 
     # -- for services that take the network (feeds): the peer table's lookups ---------------------

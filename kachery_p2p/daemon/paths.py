@@ -54,6 +54,16 @@ class Path:
         self.bytes["sent"] += len(data)
         transport.sendto(data, self.addr)
 
+    def send_many(self, transport: asyncio.DatagramTransport, datagrams: list[bytes]) -> None:
+        """``send`` for a burst: one call to the transport (``UdpTransport.sendto_many`` batches it)."""
+        self.bytes["sent"] += sum(map(len, datagrams))
+        many = getattr(transport, "sendto_many", None)
+        if many is None:
+            for data in datagrams:
+                transport.sendto(data, self.addr)
+        else:
+            many(datagrams, self.addr)
+
     def received(self, via: PathKind, source: Address, size: int) -> None:
         self.bytes["received"] += size
 
@@ -92,6 +102,10 @@ class PeerPath(Path):
         else:
             self.addr = self.relay_addr
             transport.sendto(self._prefix + data, self.relay_addr)
+
+    def send_many(self, transport: asyncio.DatagramTransport, datagrams: list[bytes]) -> None:
+        for data in datagrams:  # the selector decides per datagram
+            self.send(transport, data)
 
     def received(self, via: PathKind, source: Address, size: int) -> None:
         self.selector.datagram_received(via, source, size, time.monotonic())

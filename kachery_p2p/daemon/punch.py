@@ -11,10 +11,11 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from ..channels import rendezvous
 from ..nat.punch import PUNCH_DURATION, PunchAttempt, PunchResult
-from ..relay.frames import decode_probe
+from ..relay.frames import Probe, decode_probe
 from .endpoint import Address, QuicEndpoint
 
 log = logging.getLogger("kachery_p2p.punch")
@@ -35,6 +36,7 @@ class PunchManager:
         self._attempts: dict[bytes, tuple[PunchAttempt, asyncio.Future[PunchResult]]] = {}
         self._timers: dict[bytes, asyncio.TimerHandle] = {}
         self.stats = {"probes_sent": 0, "probes_received": 0, "acks_received": 0, "ignored": 0}
+        self.other_probe: Callable[[Probe, Address], bool] | None = None  # probes of other attempts (birthday)
 
     @staticmethod
     def new_token() -> str:
@@ -59,6 +61,8 @@ class PunchManager:
             self.stats["ignored"] += 1
             return
         entry = self._attempts.get(probe.token)
+        if entry is None and self.other_probe is not None and self.other_probe(probe, addr):
+            return
         if entry is None or not entry[0].receive_probe(probe, addr, time.monotonic()):
             self.stats["ignored"] += 1
             return

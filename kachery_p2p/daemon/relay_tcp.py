@@ -115,7 +115,7 @@ class RelayTcpServer:
         self._next = 0
         self.stats = {"accepted": 0, "refused": 0, "dropped": 0}
 
-    async def start(self, host: str, ports: list[int]) -> None:
+    async def start(self, host: str | list[str], ports: list[int]) -> None:
         context = server_context(self.identity)
         for port in dict.fromkeys(ports):
             any_host = host in ("", "0.0.0.0", "::")  # then every address of both families, as the UDP socket
@@ -125,7 +125,7 @@ class RelayTcpServer:
             self.ports.append(port)
         log.info("relay also on TCP port(s) %s", ", ".join(map(str, self.ports)))
 
-    async def start_ports(self, host: str, udp_port: int, extra_ports: tuple[int, ...]) -> None:
+    async def start_ports(self, host: str | list[str], udp_port: int, extra_ports: tuple[int, ...]) -> None:
         """TCP on the UDP port (a warning if taken: UDP still works) and on every extra port (ConfigError if not)."""
         try:
             await self.start(host, [udp_port])
@@ -285,7 +285,7 @@ async def relay_over_tcp(transport: object, config: DaemonConfig, identity: Node
         return None, []
     if config.relay_mode:
         server = RelayTcpServer(transport, identity, config.relay_limits.max_registrations)
-        await server.start_ports(config.udp_host, udp_port, config.relay_tcp_ports)
+        await server.start_ports(list(config.udp_binds) or config.udp_host, udp_port, config.relay_tcp_ports)
         return server, []
     if not config.relay_tcp:
         return None, []

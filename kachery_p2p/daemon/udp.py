@@ -14,6 +14,15 @@ Why not ``loop.create_datagram_endpoint``:
   one port; IPv4 addresses reach the protocol as plain "a.b.c.d" (never "::ffff:a.b.c.d"), so nothing above
   changes for IPv4 peers.
 - One wake-up per burst: the reader drains up to ``READ_BATCH`` datagrams each time the socket is readable.
+- One system call per burst sent: ``sendto_many`` hands a run of equal-size datagrams to one address (the last may
+  be shorter) to the kernel in one ``sendmsg`` with a UDP_SEGMENT (GSO) control message, next to the IP_PKTINFO
+  one; the kernel cuts it into datagrams (or the NIC does). Where the kernel refuses GSO (EIO from a device
+  without checksum offload, ENOPROTOOPT/EINVAL/EOPNOTSUPP from an old kernel or another platform) the run is
+  sent datagram by datagram and GSO stays off for this socket. Routed addresses (``route_via``) get plain sends.
+
+Several ``--bind`` addresses: the socket stays the wildcard one and ``restrict`` makes it drop datagrams sent to any
+other address; what it sends first to a new remote leaves from the first bound address of that family. One socket
+keeps "answer from the address asked" exactly as above (no per-address socket to pick).
 
 Platforms without IP_PKTINFO (or where it cannot be set) fall back to plain reads and kernel-chosen sources.
 """
@@ -22,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 log = logging.getLogger("kachery_p2p.udp")
@@ -41,6 +52,12 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux")
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
 ANCILLARY_SIZE = socket.CMSG_SPACE(32)
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103 if sys.platform.startswith("linux") else None)
+GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65000  # one UDP payload before segmentation (IPv4 allows 65507)
+# errno of a sendmsg refused because of the UDP_SEGMENT message itself: send plainly from then on
+GSO_REFUSED = {errno.EIO, errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP}
 
 
 def normalize(addr: Any) -> Address:
@@ -67,7 +84,10 @@ class UdpTransport(asyncio.DatagramTransport):
         self._routes: dict[Address, Callable[[bytes], None]] = {}
         self._watched: dict[Address, float] = {}
         self._closing = False
-        self.stats = {"received": 0, "sent": 0, "send_errors": 0}
+        self._allowed: frozenset[str] = frozenset()  # empty: every address of the socket
+        self._default_source: dict[bool, str] = {}  # IPv6? -> the source for a remote not heard from yet
+        self.stats = {"received": 0, "sent": 0, "send_errors": 0, "not_bound": 0, "gso_sends": 0, "reads": 0}
+        self.gso = UDP_SEGMENT is not None and os.environ.get("KACHERY_P2P_UDP_GSO", "1") != "0"
         self._extra = {"socket": sock, "sockname": sock.getsockname()}
         loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -91,6 +111,21 @@ class UdpTransport(asyncio.DatagramTransport):
 
     def get_write_buffer_size(self) -> int:
         return 0
+
+    def restrict(self, addresses: Iterable[str]) -> None:
+        """Listen only on ``addresses`` (several --bind on the wildcard socket): datagrams sent to any other
+        address are dropped, and we never send from one. OSError where the socket cannot learn destinations."""
+        allowed = list(dict.fromkeys(addresses))
+        if not self._pktinfo:
+            raise OSError("this system cannot tell which address a datagram was sent to (IP_PKTINFO)")
+        self._allowed = frozenset(allowed)
+        for address in reversed(allowed):
+            self._default_source[":" in address] = address
+
+    @property
+    def bound_addresses(self) -> list[str]:
+        """The addresses ``restrict`` allowed (empty: all)."""
+        return sorted(self._allowed)
 
     # -- other ways than UDP (the relay's TCP transport) ------------------------------------------
     def route_via(self, addr: Address, send: Callable[[bytes], None]) -> None:
@@ -136,6 +171,11 @@ class UdpTransport(asyncio.DatagramTransport):
                 self.stats["sent"] += 1
                 return
         source = self._reply_from.get(remote) if self._pktinfo else None
+        if source is None and self._allowed:
+            source = self._default_source.get(":" in remote[0])
+            if source is None:  # no bound address of that family
+                self.stats["send_errors"] += 1
+                return
         try:
             dest = self._sock_address(remote)
             if source is None:
@@ -148,6 +188,60 @@ class UdpTransport(asyncio.DatagramTransport):
         except OSError as exc:
             self.stats["send_errors"] += 1
             if source is not None:  # the address may have gone away: forget it, the kernel picks next time
+                self._reply_from.pop(remote, None)
+            self._protocol.error_received(exc)
+
+    def sendto_many(self, datagrams: Sequence[bytes], addr: Address) -> None:
+        """Send ``datagrams`` in order to ``addr``: runs of equal size (the last of a run may be shorter) in one
+        GSO ``sendmsg`` each where the kernel allows, else one by one as ``sendto``."""
+        if len(datagrams) < 2 or not self.gso or self._closing or (self._routes and addr in self._routes):
+            for data in datagrams:
+                self.sendto(data, addr)
+            return
+        remote = (addr[0], addr[1])
+        source = self._reply_from.get(remote) if self._pktinfo else None
+        if source is None and self._allowed:
+            source = self._default_source.get(":" in remote[0])
+            if source is None:
+                self.stats["send_errors"] += len(datagrams)
+                return
+        dest = self._sock_address(remote)
+        cmsgs = [] if source is None else [self._source_cmsg(source)]
+        count, start = len(datagrams), 0
+        while start < count:
+            size = len(datagrams[start])
+            end, total = start + 1, size
+            while end < count and end - start < GSO_MAX_SEGMENTS and total + size <= GSO_MAX_BYTES:
+                last = len(datagrams[end])
+                if last > size:
+                    break
+                end, total = end + 1, total + last
+                if last < size:  # a shorter one can only end a run
+                    break
+            if end - start == 1 or not self.gso:
+                for data in datagrams[start:end]:
+                    self.sendto(data, addr)
+            else:
+                self._send_segments(datagrams[start:end], size, dest, cmsgs, remote, source)
+            start = end
+
+    def _send_segments(self, run: Sequence[bytes], size: int, dest: tuple[Any, ...],
+                       cmsgs: list[tuple[int, int, bytes]], remote: Address, source: str | None) -> None:
+        try:
+            self._sock.sendmsg(run, [*cmsgs, (SOL_UDP, UDP_SEGMENT or 0, struct.pack("=H", size))], 0, dest)
+            self.stats["sent"] += len(run)
+            self.stats["gso_sends"] += 1
+        except (BlockingIOError, InterruptedError):
+            self.stats["send_errors"] += len(run)  # a full buffer drops them, as UDP may; QUIC retransmits
+        except OSError as exc:
+            if exc.errno in GSO_REFUSED:
+                self.gso = False
+                log.info("UDP GSO refused (%s): sending datagram by datagram", exc.strerror or exc)
+                for data in run:
+                    self.sendto(data, remote)
+                return
+            self.stats["send_errors"] += len(run)
+            if source is not None:
                 self._reply_from.pop(remote, None)
             self._protocol.error_received(exc)
 
@@ -175,29 +269,46 @@ class UdpTransport(asyncio.DatagramTransport):
         return None
 
     def _on_readable(self) -> None:
-        sock, protocol, table = self._sock, self._protocol, self._reply_from
-        for _ in range(READ_BATCH):
-            if self._closing:
-                return
-            try:
-                data, ancillary, _flags, source = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                protocol.error_received(exc)
-                return
-            remote = normalize(source)
-            if self._watched and remote in self._watched:
-                self._watched[remote] = self._loop.time()
-            if ancillary:
-                local = self._destination(ancillary)
-                if local is not None and table.get(remote) != local:
-                    table.pop(remote, None)
-                    table[remote] = local
-                    if len(table) > REPLY_TABLE_SIZE:
-                        del table[next(iter(table))]
-            self.stats["received"] += 1
-            protocol.datagram_received(data, remote)
+        # Per datagram only the read and the hand-over: where it came from and what it was sent to are
+        # worked out again only when they differ from the previous datagram's (a transfer's run of datagrams
+        # shares both), and the counter is added once per batch.
+        sock, protocol, table, allowed = self._sock, self._protocol, self._reply_from, self._allowed
+        last_source: Any = None
+        last_ancillary: Any = None
+        remote: Address = ("", 0)
+        bound = True
+        count = 0
+        try:
+            for _ in range(READ_BATCH):
+                if self._closing:
+                    return
+                try:
+                    data, ancillary, _flags, source = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    protocol.error_received(exc)
+                    return
+                if source != last_source or ancillary != last_ancillary:
+                    last_source, last_ancillary = source, ancillary
+                    remote = normalize(source)
+                    local = self._destination(ancillary) if ancillary else None
+                    bound = not allowed or local in allowed
+                    if bound and local is not None and table.get(remote) != local:
+                        table.pop(remote, None)
+                        table[remote] = local
+                        if len(table) > REPLY_TABLE_SIZE:
+                            del table[next(iter(table))]
+                if not bound:
+                    self.stats["not_bound"] += 1  # sent to an address of this host we were told not to listen on
+                    continue
+                if self._watched and remote in self._watched:
+                    self._watched[remote] = self._loop.time()
+                count += 1
+                protocol.datagram_received(data, remote)
+        finally:
+            self.stats["received"] += count
+            self.stats["reads"] += 1
 
 
 def _enable_pktinfo(sock: socket.socket) -> bool:

@@ -27,6 +27,9 @@ Relay requests (a node to a relay, or a relay to a node for "punch"):
     {"op": "connect", "target", "token", "candidates"}       -> {"ok": true, "candidates": [...]}
     {"op": "punch", "source", "token", "candidates"}         -> {"ok": true, "candidates": [...]}
 
+Between two peers over their (relayed) session, after the plain punch failed (``daemon.birthday``):
+    {"op": "birthday", "token", "mapping", "address"}       -> {"ok": true, "mapping", "address"} or error "busy"
+
 Errors: {"ok": false, "code": one of ERROR_CODES, "message": text}.
 """
 
@@ -145,6 +148,13 @@ class Punch:
 
 
 @dataclass(frozen=True)
+class Birthday:
+    token: str  # 32 hex digits: the probes' token
+    mapping: str  # the sender's mapping behaviour (nat.report.MappingBehaviour value)
+    address: str  # the sender's public ip:port (reflexive)
+
+
+@dataclass(frozen=True)
 class FeedHas:
     feed_id: str
     subfeed_hash: str
@@ -172,7 +182,7 @@ class FeedSubmit:
 
 Request = (
     Has | GetManifest | GetRange | ChannelsUpdate | Publish | Lookup | Connect | Punch
-    | FeedHas | FeedSubscribe | FeedSubmit | FeedUnsubscribe
+    | FeedHas | FeedSubscribe | FeedSubmit | FeedUnsubscribe | Birthday
 )
 MAX_CANDIDATES = 16
 _CANDIDATE = re.compile(r"^[0-9a-fA-F.:\[\]]{3,60}:[0-9]{1,5}\Z")
@@ -236,6 +246,12 @@ def parse_request(header: dict[str, Any]) -> Request:
         token = _hex(header.get("token"), _HEX32, "token")
         candidates = parse_candidates(header.get("candidates", []))
         return Connect(node_id, token, candidates) if op == "connect" else Punch(node_id, token, candidates)
+    if op == "birthday":
+        mapping = header.get("mapping")
+        if not isinstance(mapping, str) or len(mapping) > 40:
+            raise _bad("mapping must be a short string")
+        (address,) = parse_candidates([header.get("address")])
+        return Birthday(_hex(header.get("token"), _HEX32, "token"), mapping, address)
     if op in ("feed-has", "feed-subscribe", "feed-submit", "feed-unsubscribe"):
         return _parse_feed_request(op, header)
     raise _bad(f"unknown op {str(op)[:40]!r}")

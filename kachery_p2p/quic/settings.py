@@ -20,8 +20,9 @@ from .identity import NodeIdentity
 
 ALPN = "kachery-p2p/1"
 CLIENT_SERVER_NAME = "kachery-p2p"
-MAX_DATA = 16 * 1024 * 1024
-MAX_STREAM_DATA = 8 * 1024 * 1024
+# Initial receive windows; flow.py slides and auto-tunes them up to 16 MiB / 8 MiB (the memory bound).
+MAX_DATA = 4 * 1024 * 1024
+MAX_STREAM_DATA = 2 * 1024 * 1024
 # aioquic breaks on packets above this ("Unknown frame type"); see reference/nat-lab.md.
 MAX_DATAGRAM_SIZE_LIMIT = 16383
 # Measured in the NAT lab (python -m bench shaped-load, 100 Mbit/s link): aioquic's reno keeps 0.64 of the

@@ -1,7 +1,9 @@
 """Two nodes behind real NATs (network namespaces) share a channel and load a file through a relay.
 
 The reported path is direct wherever hole punching can work and relayed where it cannot
-(symmetric NAT facing a port-restricted or symmetric NAT). Results are printed as a matrix line.
+(symmetric NAT facing a port-restricted or symmetric NAT). Results are printed as a matrix line. Each node has
+one relay here, so it cannot tell its mapping behaviour and birthday probing is not tried (test_birthday_probing.py
+gives the nodes two relays).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import Host, Lab
-from nodes import LabNode, sha1_of, start_peer, start_relay, wait_until, write_random_file
+from nodes import RELAY_PORT, LabNode, sha1_of, start_peer, start_relay, wait_until, write_random_file
 
 CHANNEL = "tcp"
 BLOCK = ["FORWARD", "-i", "lan", "-p", "udp", "-j", "DROP"]
@@ -47,6 +47,10 @@ def test_udp_blocked_node_relays_over_tcp_and_returns_to_udp(lab: Lab, tmp_path:
     a = start_peer(lab, host_a, tmp_path / "a", "a", relay_host)
     b = start_peer(lab, host_b, tmp_path / "b", "b", relay_host)
     wait_until("a to reach the relay over TCP", lambda: _transport(a) == "tcp", 30)
+    check = a.cli("nat-check", "--server", f"{relay_host.ip}:{RELAY_PORT}", "--no-rfc3489", "--timeout", "1",
+                  check=False)
+    assert check.returncode == 1 and "UDP: no STUN server answered" in check.stdout, check.stdout + check.stderr
+    assert "over TLS/TCP (no UDP answer from the relay for" in check.stdout, check.stdout
     for node in (a, b):
         node.cli("join-channel", CHANNEL)
     a_id, b_id = a.info()["nodeId"], b.info()["nodeId"]

@@ -247,3 +247,14 @@ def test_nat_check_command_summary_json_and_exit_code(tmp_path: Path) -> None:
     unresolvable = nat_check_cli(tmp_path, "--server", "no-such-host.invalid:3478", "--timeout", "2")
     assert unresolvable.returncode == 1
     assert "DNS" in unresolvable.stdout.splitlines()[0], unresolvable.stdout
+
+
+def test_summary_names_the_relay_transport_and_why() -> None:
+    from kachery_p2p.cli.nat_check import format_summary
+
+    daemon = {"candidates": [], "relayTransports": [
+        {"relay": "192.0.2.1:3478", "transport": "tcp", "why": "no UDP answer from the relay for 4 s"}]}
+    text = format_summary({"servers": [], "daemon": daemon})
+    assert "Relay transport: 192.0.2.1:3478 over TLS/TCP (no UDP answer from the relay for 4 s)" in text
+    assert "Relay transport: UDP only" in format_summary({"servers": [], "daemon": {"relayTransports": []}})
+    assert "Relay transport: no daemon running here" in format_summary({"servers": [], "daemon": None})

@@ -32,6 +32,7 @@ from kachery_p2p.quic.auth import (
     new_nonce,
     verify_auth,
 )
+from kachery_p2p.quic.flow import KacheryQuicConnection
 from kachery_p2p.quic.frames import MAX_HEADER, FrameReader, encode_frame
 from kachery_p2p.quic.identity import NodeIdentity, check_peer_certificate
 from kachery_p2p.quic.settings import ALPN, peer_certificate, quic_configuration
@@ -621,8 +622,8 @@ class LossyNetwork:
 def make_network(
     client_identity: NodeIdentity, server_identity: NodeIdentity, seed: int, impairment: Impairment
 ) -> LossyNetwork:
-    client = QuicConnection(configuration=quic_configuration(client_identity, is_client=True))
-    server = QuicConnection(
+    client = KacheryQuicConnection(configuration=quic_configuration(client_identity, is_client=True))
+    server = KacheryQuicConnection(
         configuration=quic_configuration(server_identity, is_client=False),
         original_destination_connection_id=client.original_destination_connection_id,
     )
