@@ -27,7 +27,8 @@ The suite, in order (letters as in the performance issue):
       feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
       soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
   Not in the suite: relay-load (N simulated nodes register, publish, look up: RSS per node, lookup p50/p99;
-      two real nodes load through that relay meanwhile), stalled-readers (RSS of a daemon whose peers stop reading, #4)
+      two real nodes load through that relay meanwhile), stalled-readers (RSS of a daemon whose peers stop reading, #4),
+      cc-sim (congestion controllers on a simulated 100 Mbit/s WAN path, in memory: bench/cc_sim.py)
 
 To add a benchmark: write ``run(argv: list[str]) -> list[dict]`` that calls ``bench.common.report(...)``
 per result and returns the dicts (accept ``--quick``: ``bench.common.bench_parser``), and register it below.
@@ -47,6 +48,7 @@ from typing import Any
 os.environ.setdefault("KACHERY_P2P_PORT_MAPPING", "0")
 
 from bench import (
+    cc_sim,
     daemon_memory,
     daemon_transfer,
     feeds,
@@ -88,7 +90,11 @@ REGISTRY: dict[str, BenchFn] = {
     soak.NAME: soak.run,
 }
 # Not in the default suite (long at 1,000+ nodes): python -m bench relay-load --nodes N
-EXTRA: dict[str, BenchFn] = {relay_load.NAME: relay_load.run, stalled_readers.NAME: stalled_readers.run}
+EXTRA: dict[str, BenchFn] = {
+    relay_load.NAME: relay_load.run,
+    stalled_readers.NAME: stalled_readers.run,
+    cc_sim.NAME: cc_sim.run,
+}
 
 
 def _machine() -> str:

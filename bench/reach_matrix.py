@@ -5,9 +5,10 @@ Rows: a relay on a secondary address (port-restricted x port-restricted); symmet
 behind stateful firewalls (tests/netns/lab6.py); an IPv6-only node and an IPv4-only node through a dual-stack
 relay; a node whose network drops all UDP (relayed over TLS/TCP) facing a port-restricted one; a symmetric NAT
 whose router runs real miniupnpd facing a symmetric one (tests/netns/upnp.py). The links are not shaped: the
-figures compare paths on one machine, not networks.
+figures compare paths on one machine, not networks. Last, birthday-paradox probing between a port-restricted
+and a symmetric NAT (tests/netns/test_birthday_probing.py): the share of tries that go direct (theory ~64 %).
 
-    .venv/bin/python -m bench reach [--mib 16] [--quick]
+    .venv/bin/python -m bench reach [--mib 16] [--quick] [--birthday-tries 20]
 """
 
 from __future__ import annotations
@@ -135,8 +136,33 @@ def _row(label: str, expected: str, setup: Callable[[Any, Path], tuple[Any, Any]
     return results
 
 
+def _birthday(tries: int) -> dict[str, Any]:
+    from lab import Lab
+    from nodes import start_relay
+    from test_birthday_probing import one_try
+
+    outcomes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="kp2p-bench-birthday-") as tmp, Lab() as lab:
+        work = Path(tmp)
+        relays = [lab.add_public_host(f"relay{n}") for n in (1, 2)]
+        for host in relays:
+            start_relay(lab, host, work / host.name)
+        for i in range(tries):
+            try:
+                outcomes.append(one_try(lab, work, relays, i)["path"])
+            except Exception as exc:  # a failed try counts as not direct, and is said
+                print(f"[bench] {NAME}-birthday try {i + 1}: {str(exc)[:200]}", flush=True)
+                outcomes.append("failed")
+    direct = outcomes.count("direct")
+    return report(f"{NAME}-birthday-port-restricted-x-symmetric", 100.0 * direct / tries, "% direct",
+                  config=f"{tries} tries, 256 sockets x 256 ports", direct=direct, tries=tries,
+                  failed=outcomes.count("failed"))
+
+
 def run(argv: list[str]) -> list[dict[str, Any]]:
     parser = bench_parser(NAME, __doc__.splitlines()[0], mib=(16, 4))
+    parser.add_argument("--birthday-tries", type=int, default=None,
+                        help="birthday-probing tries (default 20, --quick 5; 0 leaves the row out)")
     args = parser.parse_args(argv)
     mib = pick_mib(args, 16, 4)
     reason = netns_skip_reason()
@@ -148,4 +174,10 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
             results.extend(_row(label, expected, setup, mib))
         except Exception as exc:  # one row failing must not hide the others
             results.append(skip(f"{NAME}-{label}", str(exc)[:300]))
+    tries = args.birthday_tries if args.birthday_tries is not None else (5 if args.quick else 20)
+    if tries > 0:
+        try:
+            results.append(_birthday(tries))
+        except Exception as exc:
+            results.append(skip(f"{NAME}-birthday", str(exc)[:300]))
     return results

@@ -161,9 +161,8 @@ class Connector:
 
     async def dial_relayed(self, client: RelayClient, node_id: str) -> PeerSession:
         self.endpoint.relays.add(client.relay_addr)
-        link = self.endpoint.connect(
-            relay_stable_address(client.relay_addr, node_id), PeerPath(client.relay_addr, node_id)
-        )
+        path = PeerPath(client.relay_addr, node_id, self.endpoint.frame_tokens)
+        link = self.endpoint.connect(relay_stable_address(client.relay_addr, node_id), path)
         session = self.new_session(link, node_id)
         await session.authenticate()
         self.register(session)

@@ -31,7 +31,7 @@ from ..peering.path import PathKind
 from ..quic.flow import KacheryQuicConnection
 from ..quic.identity import NodeIdentity
 from ..quic.retry import RetryPolicy, RetryTokens
-from ..quic.settings import quic_configuration
+from ..quic.settings import congestion_control_from_environ, quic_configuration
 from ..relay.frames import DatagramKind, classify, decode_relay_frame
 from . import udp
 from .link import Link, LinkClosed, StreamHandler
@@ -63,13 +63,19 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         on_other_datagram: Callable[[DatagramKind, bytes, Address], None] | None = None,
         max_datagram_size: int = 1350,
         max_links: int = 512,
+        congestion_control: str | None = None,
     ) -> None:
         self.identity = identity
+        # reno unless KACHERY_P2P_CONGESTION_CONTROL says otherwise (a bad value: ConfigError at start-up)
+        self.congestion_control = congestion_control or congestion_control_from_environ()
         self.on_incoming = on_incoming
         self.on_other_datagram = on_other_datagram or (lambda kind, data, addr: None)
-        self.server_config = quic_configuration(identity, is_client=False, max_datagram_size=max_datagram_size)
+        self.server_config = quic_configuration(
+            identity, is_client=False, max_datagram_size=max_datagram_size, congestion_control=self.congestion_control
+        )
         self._configs: dict[tuple[bool, int], QuicConfiguration] = {}
         self.relays: set[Address] = set()
+        self.frame_tokens: dict[Address, bytes] = {}  # what each relay wants in our frames (RelayClient)
         self.transport: asyncio.DatagramTransport | None = None
         self.links: set[Link] = set()
         self._peer_paths: dict[str, set[PeerPath]] = {}
@@ -87,7 +93,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         key = (is_client, size)
         config = self._configs.get(key)
         if config is None:
-            config = quic_configuration(self.identity, is_client=is_client, max_datagram_size=size)
+            config = quic_configuration(
+                self.identity, is_client=is_client, max_datagram_size=size, congestion_control=self.congestion_control
+            )
             self._configs[key] = config
         return config
 
@@ -179,7 +187,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             if peer is None:
                 link = self._accept(data, header, source, None)
             else:
-                link = self._accept(data, header, relay_stable_address(source, peer), PeerPath(source, peer))
+                path = PeerPath(source, peer, self.frame_tokens)
+                link = self._accept(data, header, relay_stable_address(source, peer), path)
             if link is None:
                 return
         link.datagram_received(data, via, source)

@@ -130,8 +130,11 @@ class Link:
             self._loop.call_soon(self.transmit)
 
     def _arm_timer(self) -> None:
+        # One timer per connection, moved only when it must fire sooner: a deadline that moved later (every
+        # ACK pushes the loss and idle timers on) keeps the armed timer, which fires early, finds nothing due
+        # in ``handle_timer`` and arms for the new deadline then. No cancel and re-arm per burst.
         at = self.conn.get_timer()
-        if at == self._timer_at and self._timer is not None:
+        if self._timer is not None and at is not None and self._timer_at is not None and at >= self._timer_at:
             return
         if self._timer is not None:
             self._timer.cancel()

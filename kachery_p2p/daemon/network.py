@@ -210,7 +210,7 @@ class PeerNetwork:
         if "relay" in session.peer_roles and self.relay is None and session.link.path.kind == "direct":
             client = RelayClient(
                 session, self.identity, self.config.label, self.rendezvous_ids, self.candidates, self.stun.query,
-                self.connector.relay_peer_seen,
+                self.connector.relay_peer_seen, self.endpoint.frame_tokens,
             )
             self.relay_clients[session.node_id] = client
             self.endpoint.relays.add(session.link.path.addr)

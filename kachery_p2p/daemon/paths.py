@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Mapping
 
 from ..ids import format_address
 from ..peering.path import PathKind, PathSelector
-from ..relay.frames import MAX_PAYLOAD, to_relay_header
+from ..relay.frames import FRAME_TOKEN_SIZE, MAX_PAYLOAD, to_relay_header
 from .sysnet import route_mtu
 
 Address = tuple[str, int]
@@ -21,7 +22,7 @@ Address = tuple[str, int]
 LOOPBACK_DATAGRAM_SIZE = 16000  # aioquic breaks above 16383
 DEFAULT_DATAGRAM_SIZE = 1350  # safe on internet paths (aioquic has no path-MTU discovery)
 RELAYED_DATAGRAM_SIZE = 1200  # fits a relay frame on any path (MAX_PAYLOAD is 1439)
-assert RELAYED_DATAGRAM_SIZE <= MAX_PAYLOAD
+assert RELAYED_DATAGRAM_SIZE <= MAX_PAYLOAD - FRAME_TOKEN_SIZE
 
 
 def datagram_size_for(addr: Address) -> int:
@@ -77,13 +78,18 @@ class Path:
 class PeerPath(Path):
     """A peer connection that starts through a relay and may move to a punched direct address and
     back (``peering.path.PathSelector`` decides, per datagram). The relay copies our end-to-end
-    encrypted QUIC packets to the peer inside relay frames."""
+    encrypted QUIC packets to the peer inside relay frames, with the frame token the relay gave us over
+    our session with it (``frame_tokens``, by relay address; issue 10 #14) once we have one."""
 
-    def __init__(self, relay_addr: Address, peer_node_id: str) -> None:
+    def __init__(
+        self, relay_addr: Address, peer_node_id: str, frame_tokens: Mapping[Address, bytes] | None = None
+    ) -> None:
         super().__init__(relay_addr)
         self.relay_addr = relay_addr
         self.peer_node_id = peer_node_id
         self.selector = PathSelector(relay=relay_addr)
+        self._frame_tokens: Mapping[Address, bytes] = frame_tokens if frame_tokens is not None else {}
+        self._token = b""
         self._prefix = to_relay_header(peer_node_id)
 
     @property
@@ -101,6 +107,9 @@ class PeerPath(Path):
             transport.sendto(data, self.addr)
         else:
             self.addr = self.relay_addr
+            token = self._frame_tokens.get(self.relay_addr, b"")
+            if token != self._token:  # the relay issued a new one (a new registration)
+                self._token, self._prefix = token, to_relay_header(self.peer_node_id, token)
             transport.sendto(self._prefix + data, self.relay_addr)
 
     def send_many(self, transport: asyncio.DatagramTransport, datagrams: list[bytes]) -> None:

@@ -53,7 +53,10 @@ class RelayService:
                 raise RemoteProtocolError("publish over a direct session", code="bad_request")
             text = self.state.publish(request.record, observed, session.node_id, now)
             self._arm_timer()
-            return {"ok": True, "observed": text}, None
+            reply: dict[str, Any] = {"ok": True, "observed": text}
+            if request.frame_token:
+                reply["frameToken"] = self.state.frame_token(session.node_id).hex()
+            return reply, None
         if isinstance(request, messages.Lookup):
             peers = self.state.lookup(list(request.rendezvous_ids), session.node_id, now)
             return {"ok": True, "peers": peers}, None

@@ -40,8 +40,10 @@ class RelayClient:
         candidates: Callable[[], list[str]],
         stun_query: Callable[[Address], Awaitable[Address | None]],
         on_peer: Callable[[RelayClient, str], None],
+        frame_tokens: dict[Address, bytes] | None = None,
     ) -> None:
         self.session = session
+        self.frame_tokens = frame_tokens if frame_tokens is not None else {}
         self.identity = identity
         self.label = label
         self.rendezvous_ids = rendezvous_ids
@@ -86,10 +88,15 @@ class RelayClient:
     async def publish(self) -> None:
         ids = self.rendezvous_ids()[:64]
         record = encode_record(self.identity, self.label, ids, self.candidates()[:8], time.time(), RECORD_LIFETIME)
-        reply, _ = await self.session.request({"op": "publish", "record": record}, timeout=10)
+        reply, _ = await self.session.request({"op": "publish", "record": record, "frameToken": True}, timeout=10)
         observed = messages.check_ok(reply).get("observed")
         if isinstance(observed, str):
             self.observed = observed
+        token = reply.get("frameToken")  # relays of earlier versions issue none (and know no 0x22 frame)
+        if isinstance(token, str) and messages.is_hex32(token):
+            self.frame_tokens[self.relay_addr] = bytes.fromhex(token)
+        else:
+            self.frame_tokens.pop(self.relay_addr, None)
 
     async def lookup(self) -> None:
         ids = self.rendezvous_ids()

@@ -14,6 +14,8 @@ Why not ``loop.create_datagram_endpoint``:
   one port; IPv4 addresses reach the protocol as plain "a.b.c.d" (never "::ffff:a.b.c.d"), so nothing above
   changes for IPv4 peers.
 - One wake-up per burst: the reader drains up to ``READ_BATCH`` datagrams each time the socket is readable.
+- UDP GRO where the kernel has it: datagrams of one flow that arrive together (a GSO burst of the peer) come up
+  as one read with their segment size (a UDP_GRO control message) and are cut apart here, in order.
 - One system call per burst sent: ``sendto_many`` hands a run of equal-size datagrams to one address (the last may
   be shorter) to the kernel in one ``sendmsg`` with a UDP_SEGMENT (GSO) control message, next to the IP_PKTINFO
   one; the kernel cuts it into datagrams (or the NIC does). Where the kernel refuses GSO (EIO from a device
@@ -51,9 +53,10 @@ MAX_DATAGRAM = 65535
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
-ANCILLARY_SIZE = socket.CMSG_SPACE(32)
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103 if sys.platform.startswith("linux") else None)
+UDP_GRO = getattr(socket, "UDP_GRO", 104 if sys.platform.startswith("linux") else None)
+ANCILLARY_SIZE = socket.CMSG_SPACE(32) + socket.CMSG_SPACE(8)  # PKTINFO and the GRO segment size
 GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
 GSO_MAX_BYTES = 65000  # one UDP payload before segmentation (IPv4 allows 65507)
 # errno of a sendmsg refused because of the UDP_SEGMENT message itself: send plainly from then on
@@ -87,6 +90,7 @@ class UdpTransport(asyncio.DatagramTransport):
         self._allowed: frozenset[str] = frozenset()  # empty: every address of the socket
         self._default_source: dict[bool, str] = {}  # IPv6? -> the source for a remote not heard from yet
         self.stats = {"received": 0, "sent": 0, "send_errors": 0, "not_bound": 0, "gso_sends": 0, "reads": 0}
+        self.gro = False  # set by open_udp when the kernel coalesces reads
         self.gso = UDP_SEGMENT is not None and os.environ.get("KACHERY_P2P_UDP_GSO", "1") != "0"
         self._extra = {"socket": sock, "sockname": sock.getsockname()}
         loop.add_reader(sock.fileno(), self._on_readable)
@@ -277,7 +281,7 @@ class UdpTransport(asyncio.DatagramTransport):
         last_ancillary: Any = None
         remote: Address = ("", 0)
         bound = True
-        count = 0
+        segment = count = 0
         try:
             for _ in range(READ_BATCH):
                 if self._closing:
@@ -293,6 +297,7 @@ class UdpTransport(asyncio.DatagramTransport):
                     last_source, last_ancillary = source, ancillary
                     remote = normalize(source)
                     local = self._destination(ancillary) if ancillary else None
+                    segment = _segment_size(ancillary) if ancillary else 0
                     bound = not allowed or local in allowed
                     if bound and local is not None and table.get(remote) != local:
                         table.pop(remote, None)
@@ -304,11 +309,36 @@ class UdpTransport(asyncio.DatagramTransport):
                     continue
                 if self._watched and remote in self._watched:
                     self._watched[remote] = self._loop.time()
+                if segment and len(data) > segment:  # several datagrams coalesced by GRO
+                    for offset in range(0, len(data), segment):
+                        count += 1
+                        protocol.datagram_received(data[offset : offset + segment], remote)
+                        if self._closing:
+                            return
+                    continue
                 count += 1
                 protocol.datagram_received(data, remote)
         finally:
             self.stats["received"] += count
             self.stats["reads"] += 1
+
+
+def _segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The GRO segment size of a read (0: one datagram)."""
+    for level, kind, data in ancillary:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
+            return int.from_bytes(data[:4] if len(data) >= 4 else data[:2], sys.byteorder)
+    return 0
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    if UDP_GRO is None or os.environ.get("KACHERY_P2P_UDP_GRO", "1") == "0":
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _enable_pktinfo(sock: socket.socket) -> bool:
@@ -359,6 +389,7 @@ async def open_udp(protocol_factory: Callable[[], asyncio.DatagramProtocol], hos
             sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
     protocol = protocol_factory()
     transport = UdpTransport(loop, sock, protocol, _enable_pktinfo(sock))
+    transport.gro = _enable_gro(sock)
     protocol.connection_made(transport)
     return transport, protocol
 

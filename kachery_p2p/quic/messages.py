@@ -23,6 +23,7 @@ Feed requests (channel peers only; see kachery_p2p.daemon.feeds_peers):
 
 Relay requests (a node to a relay, or a relay to a node for "punch"):
     {"op": "publish", "record": {signed rendezvous record}}  -> {"ok": true, "observed": "ip:port"}
+        with "frameToken": true also -> "frameToken": hex32 (relay frames must carry it from now on)
     {"op": "lookup", "rendezvousIds": [hex64, ...]}          -> {"ok": true, "peers": [{"record", "observed"}]}
     {"op": "connect", "target", "token", "candidates"}       -> {"ok": true, "candidates": [...]}
     {"op": "punch", "source", "token", "candidates"}         -> {"ok": true, "candidates": [...]}
@@ -51,6 +52,11 @@ _HEX64 = HEX64_RE
 _HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
 _HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 
+
+
+def is_hex32(text: str) -> bool:
+    """32 lower-case hex digits (a 16-byte token or nonce)."""
+    return _HEX32.match(text) is not None
 
 def _bad(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, code="bad_request")
@@ -126,6 +132,7 @@ class ChannelsUpdate:
 @dataclass(frozen=True)
 class Publish:
     record: dict[str, Any]
+    frame_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,7 +242,7 @@ def parse_request(header: dict[str, Any]) -> Request:
         record = header.get("record")
         if not isinstance(record, dict):
             raise _bad("record must be an object")
-        return Publish(record=record)
+        return Publish(record=record, frame_token=header.get("frameToken") is True)
     if op == "lookup":
         ids = header.get("rendezvousIds")
         if not isinstance(ids, list) or len(ids) > MAX_PROOFS:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import ssl
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography import x509
 
+from ..errors import ConfigError
+from . import bbr
 from .identity import NodeIdentity
 
 ALPN = "kachery-p2p/1"
@@ -28,21 +31,37 @@ MAX_DATAGRAM_SIZE_LIMIT = 16383
 # Measured in the NAT lab (python -m bench shaped-load, 100 Mbit/s link): aioquic's reno keeps 0.64 of the
 # link under 1 % random loss where its cubic keeps 0.43, and both fill 0.91 of it without loss.
 PREFERRED_CONGESTION_CONTROL = "reno"
+# KACHERY_P2P_CONGESTION_CONTROL=reno|cubic|bbr picks the controller of the connections a daemon opens
+# and accepts (bbr = quic/bbr.py's model-based controller).
+CONGESTION_CONTROL_ENV = "KACHERY_P2P_CONGESTION_CONTROL"
+CONGESTION_CONTROL_NAMES = {"reno": "reno", "cubic": "cubic", "bbr": bbr.NAME}
 
 
-@functools.lru_cache(maxsize=1)
-def _congestion_control_algorithm() -> str | None:
-    """The preferred algorithm if this aioquic has a congestion-control setting and knows it, else None."""
+def congestion_control_from_environ(environ: dict[str, str] | None = None) -> str:
+    """The controller named by KACHERY_P2P_CONGESTION_CONTROL (reno, cubic, bbr), else the preferred one."""
+    env = os.environ if environ is None else environ
+    name = env.get(CONGESTION_CONTROL_ENV, "").strip().lower()
+    if not name:
+        return PREFERRED_CONGESTION_CONTROL
+    if name not in CONGESTION_CONTROL_NAMES:
+        choices = ", ".join(CONGESTION_CONTROL_NAMES)
+        raise ConfigError(f"{CONGESTION_CONTROL_ENV}={name!r} is not a congestion controller (choose {choices})")
+    return CONGESTION_CONTROL_NAMES[name]
+
+
+@functools.lru_cache(maxsize=4)
+def _congestion_control_algorithm(wanted: str = PREFERRED_CONGESTION_CONTROL) -> str | None:
+    """``wanted`` if this aioquic has a congestion-control setting and knows it, else None."""
     if "congestion_control_algorithm" not in {f.name for f in dataclasses.fields(QuicConfiguration)}:
         return None
     try:
         import aioquic.quic.recovery  # noqa: F401  (registers the built-in algorithms)
         from aioquic.quic.congestion.base import create_congestion_control
 
-        create_congestion_control(PREFERRED_CONGESTION_CONTROL, max_datagram_size=1200)
+        create_congestion_control(wanted, max_datagram_size=1200)
     except Exception:
         return None
-    return PREFERRED_CONGESTION_CONTROL
+    return wanted
 
 
 def quic_configuration(
@@ -51,6 +70,7 @@ def quic_configuration(
     is_client: bool,
     max_datagram_size: int = 1350,
     idle_timeout: float = 30.0,
+    congestion_control: str | None = None,
 ) -> QuicConfiguration:
     """A QuicConfiguration presenting ``identity``'s certificate, with kachery-p2p's ALPN and windows.
 
@@ -71,7 +91,7 @@ def quic_configuration(
     )
     config.certificate = identity.certificate()
     config.private_key = identity.private_key
-    algorithm = _congestion_control_algorithm()
+    algorithm = _congestion_control_algorithm(congestion_control or PREFERRED_CONGESTION_CONTROL)
     if algorithm is not None:
         config.congestion_control_algorithm = algorithm
     return config

@@ -5,15 +5,20 @@ with the relay; it travels as small UDP datagrams on the same socket, so the rel
 nodes' own end-to-end encrypted QUIC packets (like TURN) and cannot read or alter file data::
 
     node  -> relay   0x20 | target node id (32 raw bytes) | payload (1..MAX_PAYLOAD bytes)
+    node  -> relay   0x22 | target node id (32 raw bytes) | frame token (16 bytes) | payload
     relay -> node    0x21 | source node id (32 raw bytes) | payload
     probe            0x10 | token (16 bytes) | sender node id (32 raw bytes) | flags (0 probe, 1 ack)
 
 A frame to the relay names only its target: the relay knows the source from the UDP address the
-frame came from (the address its authenticated QUIC session with that node uses).
+frame came from (the address its authenticated QUIC session with that node uses). A source address
+can be forged, so (issue 10 #14) the relay gives each registration a random frame token over the
+authenticated session (the ``publish`` reply) and, for a node that asked for one, forwards only 0x22
+frames carrying it: forged frames "from" that node are dropped before they count against its limits.
+0x20 stays for nodes of earlier versions (and relays that issue no token).
 
 Demultiplexing by first byte (``classify``): QUIC packets always have the fixed bit 0x40 set (long
 header 0b11xxxxxx, short header 0b01xxxxxx); STUN messages start with 0b000000xx and carry the magic
-cookie 0x2112A442 at offset 4 (RFC 8489); 0x10, 0x20 and 0x21 are none of these.
+cookie 0x2112A442 at offset 4 (RFC 8489); 0x10, 0x20, 0x21 and 0x22 are none of these.
 
 Sizes: ``MAX_PAYLOAD`` = 1439 = 1472 - 33, so a relay frame carrying a full payload is at most 1472
 bytes, the largest UDP payload that crosses a 1500-byte-MTU IPv4 path without IP fragmentation. The
@@ -29,6 +34,8 @@ from ..ids import is_hex64
 
 TO_RELAY = 0x20
 FROM_RELAY = 0x21
+TO_RELAY_TOKEN = 0x22
+FRAME_TOKEN_SIZE = 16
 PROBE = 0x10
 NODE_ID_SIZE = 32
 TOKEN_SIZE = 16
@@ -43,7 +50,7 @@ Buffer = bytes | bytearray | memoryview
 FrameKind = Literal["to_relay", "from_relay"]
 DatagramKind = Literal["quic", "stun", "relay", "probe", "unknown"]
 
-_KIND_BYTES: dict[int, FrameKind] = {TO_RELAY: "to_relay", FROM_RELAY: "from_relay"}
+_KIND_BYTES: dict[int, FrameKind] = {TO_RELAY: "to_relay", FROM_RELAY: "from_relay", TO_RELAY_TOKEN: "to_relay"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class RelayFrame:
     kind: FrameKind
     node_id: str
     payload: bytes
+    token: bytes = b""  # the sender's frame token (0x22 frames), else empty
 
 
 @dataclass(frozen=True)
@@ -88,10 +96,15 @@ def encode_to_relay(target_node_id: str, payload: Buffer) -> bytes:
     return bytes([TO_RELAY]) + _node_id_bytes(target_node_id) + _check_payload(payload)
 
 
-def to_relay_header(target_node_id: str) -> bytes:
+def to_relay_header(target_node_id: str, token: bytes = b"") -> bytes:
     """The header of every frame to ``target_node_id`` (``encode_to_relay`` without the payload), for
-    a sender that prefixes many payloads to one target and checks their size itself."""
-    return bytes([TO_RELAY]) + _node_id_bytes(target_node_id)
+    a sender that prefixes many payloads to one target and checks their size itself; with the frame
+    token the relay issued us, a 0x22 frame (payload at most MAX_PAYLOAD - FRAME_TOKEN_SIZE)."""
+    if not token:
+        return bytes([TO_RELAY]) + _node_id_bytes(target_node_id)
+    if len(token) != FRAME_TOKEN_SIZE:
+        raise ValueError(f"a frame token is exactly {FRAME_TOKEN_SIZE} bytes")
+    return bytes([TO_RELAY_TOKEN]) + _node_id_bytes(target_node_id) + bytes(token)
 
 
 def encode_from_relay(source_node_id: str, payload: Buffer) -> bytes:
@@ -113,6 +126,11 @@ def decode_relay_frame(data: Buffer) -> RelayFrame:
         raise ValueError(f"relay frame truncated ({len(data)} bytes)")
     if len(data) > MAX_FRAME_SIZE:
         raise ValueError(f"relay frame too large ({len(data)} bytes > {MAX_FRAME_SIZE})")
+    if data[0] == TO_RELAY_TOKEN:
+        if len(data) <= HEADER_SIZE + FRAME_TOKEN_SIZE:
+            raise ValueError(f"relay frame truncated ({len(data)} bytes)")
+        end = HEADER_SIZE + FRAME_TOKEN_SIZE
+        return RelayFrame(kind, data[1:HEADER_SIZE].hex(), data[end:], token=data[HEADER_SIZE:end])
     return RelayFrame(kind=kind, node_id=data[1:HEADER_SIZE].hex(), payload=data[HEADER_SIZE:])
 
 
@@ -158,7 +176,7 @@ def classify(data: Buffer) -> DatagramKind:
             return "stun"
         return "unknown"
     if first in _KIND_BYTES:
-        return "relay" if len(data) > HEADER_SIZE else "unknown"
+        return "relay" if len(data) > HEADER_SIZE + (FRAME_TOKEN_SIZE if first == TO_RELAY_TOKEN else 0) else "unknown"
     if first == PROBE:
         return "probe" if len(data) == PROBE_SIZE else "unknown"
     return "unknown"

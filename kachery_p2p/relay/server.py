@@ -7,6 +7,11 @@ holds what each node may forward. This object combines them and adds the rule th
 proved a shared rendezvous id (each published it in a record signed with its own key) may be
 connected or forwarded to each other. ``now`` is wall-clock time (records carry wall-clock stamps).
 
+A source address can be forged (issue 10 #14): a node that asks for it gets a random frame token with
+its registration (``frame_token``, sent back over its authenticated session, new for each new
+registration or address), and from then on only frames carrying that token are its frames; others
+"from" its address are dropped before they count against its limits.
+
 Contract: ``publish`` / ``lookup`` / ``connect_target`` / ``session_ended`` from the request pump;
 ``receive_frame(data, source, now)`` returns the datagram to send and where, or None (dropped and
 counted); ``get_timer()`` / ``handle_timer(now)`` expire records.
@@ -14,14 +19,16 @@ counted); ``get_timer()`` / ``handle_timer(now)`` expire records.
 
 from __future__ import annotations
 
+import hmac
+import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..channels.rendezvous import RendezvousRecord
 from ..errors import RemoteProtocolError
 from ..ids import format_address
-from .frames import decode_relay_frame, encode_from_relay
+from .frames import FRAME_TOKEN_SIZE, decode_relay_frame, encode_from_relay
 from .limits import ForwardingPolicy, RelayLimits, TokenBucket
 from .registry import Address, Registry
 
@@ -31,8 +38,10 @@ MAX_PUNCH_CANDIDATES = 8
 
 
 class RelayState:
-    def __init__(self, limits: RelayLimits | None = None) -> None:
+    def __init__(self, limits: RelayLimits | None = None, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.limits = limits if limits is not None else RelayLimits()
+        self._random_bytes = random_bytes
+        self._frame_tokens: dict[str, tuple[Address, bytes]] = {}  # node -> (registered address, token)
         self.registry = Registry(max_nodes=self.limits.max_registrations)
         self.policy = ForwardingPolicy(self.limits)
         self.stats: Counter[str] = Counter()
@@ -45,6 +54,18 @@ class RelayState:
         self.registry.publish(record, observed, session_node_id, now)
         self._pairs.clear()
         return format_address(observed)
+
+    def frame_token(self, node_id: str) -> bytes:
+        """The frame token of ``node_id``'s registration (call after ``publish``): the same while it
+        stays registered at the same address, a new one for a new registration. From now on only
+        frames carrying it are taken as this node's."""
+        address = self.registry.address_of(node_id)
+        if address is None:
+            raise RemoteProtocolError("that node is not registered with this relay", code="not_found")
+        held = self._frame_tokens.get(node_id)
+        if held is None or held[0] != address:
+            held = self._frame_tokens[node_id] = (address, self._random_bytes(FRAME_TOKEN_SIZE))
+        return held[1]
 
     def lookup(self, rendezvous_ids: Iterable[str], asking_node_id: str, now: float) -> list[dict[str, Any]]:
         self.registry.expire(now)
@@ -82,6 +103,7 @@ class RelayState:
         """The node's session at ``address`` ended: unregister it (unless it re-registered elsewhere)."""
         self._connects.pop(node_id, None)
         if self.registry.remove(node_id, address):
+            self._frame_tokens.pop(node_id, None)
             self.policy.end_session(node_id)
             self._pairs.clear()
 
@@ -96,6 +118,9 @@ class RelayState:
             return self._drop("malformed")
         if frame.kind != "to_relay":
             return self._drop("malformed")
+        held = self._frame_tokens.get(source)
+        if held is not None and not hmac.compare_digest(frame.token, held[1]):
+            return self._drop("bad frame token")  # forged "from" the node: costs it nothing
         target_addr = self.registry.address_of(frame.node_id)
         if target_addr is None or not self._live(frame.node_id, now):
             return self._drop("unregistered target")
@@ -116,6 +141,9 @@ class RelayState:
         gone = self.registry.expire(now)
         for node_id in gone:
             self.policy.end_session(node_id)
+            self._frame_tokens.pop(node_id, None)
+        for node_id in [n for n in self._frame_tokens if not self.registry.registered(n)]:
+            del self._frame_tokens[node_id]  # taken over by another node's registration
         if gone:
             self._pairs.clear()
         return gone

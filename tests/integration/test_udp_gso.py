@@ -98,3 +98,34 @@ def test_a_kernel_refusing_gso_gets_plain_sends_and_is_remembered() -> None:
             transport.close()
 
     asyncio.run(main())
+
+
+class Collect(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.got_all = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.seen.append(data)
+        if len(self.seen) == 21:
+            self.got_all.set()
+
+
+def test_a_gso_burst_read_through_gro_is_cut_back_into_its_datagrams() -> None:
+    """Loopback hands a GSO burst to a GRO socket as one read: the reader cuts it at the segment size."""
+
+    async def main() -> None:
+        server, _ = await udp.open_udp(Burst, "127.0.0.1", 0)
+        client, collect = await udp.open_udp(Collect, "127.0.0.1", 0)
+        try:
+            client.sendto(b"127.0.0.1", udp.local_address(server))
+            await asyncio.wait_for(collect.got_all.wait(), 5)  # type: ignore[attr-defined]
+            assert collect.seen == _expected("127.0.0.1")  # type: ignore[attr-defined]
+            assert client.stats["received"] == 21
+            if client.gro and server.gso:
+                assert client.stats["reads"] < 21  # fewer wake-ups than datagrams
+        finally:
+            server.close()
+            client.close()
+
+    asyncio.run(main())

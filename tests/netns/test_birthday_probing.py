@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from lab import Host, Lab
 from nodes import NODE_PORT, RELAY_PORT, LabNode, sha1_of, start_node, start_relay, wait_until, write_random_file
 
 CHANNEL = "birthday"
+TRIES = int(os.environ.get("KACHERY_P2P_BIRTHDAY_TRIES", "1"))
 SIZE = 2 * 1024 * 1024 + 7
 
 
@@ -85,8 +87,9 @@ def one_try(lab: Lab, tmp_path: Path, relays: list[Host], i: int) -> dict[str, A
             _stop(node)
 
 
+@pytest.mark.timeout(120 + 120 * TRIES)
 def test_port_restricted_facing_symmetric_with_birthday_probing(lab: Lab, tmp_path: Path) -> None:
-    tries = int(os.environ.get("KACHERY_P2P_BIRTHDAY_TRIES", "1"))
+    tries = TRIES
     relays = [lab.add_public_host(f"relay{n}") for n in (1, 2)]
     relay_nodes = [start_relay(lab, host, tmp_path / host.name) for host in relays]
     outcomes = []

@@ -1,0 +1,244 @@
+"""A BBR-style model-based congestion controller for aioquic, sans-IO (registered as ``"kachery-bbr"``).
+
+The model: the bottleneck bandwidth is the maximum delivery rate measured over the last 10 round trips,
+the propagation delay the minimum RTT of the last 10 s; their product is the bandwidth-delay product
+(BDP). The sender paces at ``pacing_gain x bandwidth`` (through ``cc_pacer.ControllerPacer``) and
+keeps at most ``cwnd_gain x BDP`` in flight. States as in BBRv1:
+
+- STARTUP paces at 2.89x, doubling the rate each round, until the bandwidth stops growing by 25 % for
+  three rounds; DRAIN then empties the queue startup built (0.35x until in flight <= BDP);
+- PROBE_BW cycles the pacing gain through 1.25, 0.75, 1, 1, 1, 1, 1, 1 (one phase per min RTT): probe
+  for more bandwidth, drain what the probe queued, cruise;
+- PROBE_RTT: when the min RTT is 10 s old, keep 4 packets in flight for 200 ms to measure it again.
+
+Random loss does not reduce the rate (the delivery rate already excludes lost packets), which is what
+keeps the goodput of a lossy WAN path near the link rate where reno halves its window on every loss.
+Loss that says "the queue overflowed" does (a simplified BBRv2 bound, to share with loss-based TCP):
+a round trip losing more than ``LOSS_THRESHOLD`` of its bytes caps bytes in flight at 0.85x what was in
+flight then (``inflight_hi``); the cap grows again by 25 % per probing cycle without such a round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from aioquic.quic.congestion.base import K_INITIAL_WINDOW, QuicCongestionControl, register_congestion_control
+from aioquic.quic.packet_builder import QuicSentPacket
+
+NAME = "kachery-bbr"
+STARTUP_GAIN = 2.885  # 2 / ln 2
+DRAIN_GAIN = 1 / STARTUP_GAIN
+CWND_GAIN = 2.0
+PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+BW_WINDOW_ROUNDS = 10
+MIN_RTT_WINDOW = 10.0
+PROBE_RTT_DURATION = 0.2
+FULL_BW_GROWTH = 1.25
+FULL_BW_ROUNDS = 3
+LOSS_THRESHOLD = 0.05  # random loss of a few % is not a queue overflowing; a full queue drops 10-20 %
+INFLIGHT_HI_BETA = 0.85
+MIN_PACKETS = 4
+
+STARTUP, DRAIN, PROBE_BW, PROBE_RTT = "startup", "drain", "probe_bw", "probe_rtt"
+
+
+class BbrCongestionControl(QuicCongestionControl):
+    """BBRv1 with a BBRv2-style loss bound (see the module docstring); ``now`` always comes from aioquic."""
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._mss = max_datagram_size
+        self.state = STARTUP
+        self.pacing_gain = STARTUP_GAIN
+        self.cwnd_gain = STARTUP_GAIN
+        self.pacing_rate: float | None = None
+        # delivery-rate estimation (draft-cheng-iccrg-delivery-rate-estimation)
+        self._delivered = 0
+        self._delivered_time = 0.0
+        self._first_sent_time = 0.0
+        self._sent: dict[int, tuple[int, float, float]] = {}  # id(packet) -> delivered, delivered_time, first_sent
+        # the model
+        self._bw_samples: deque[tuple[int, float]] = deque()  # (round, max rate that round), bytes/s
+        self.btl_bw = 0.0
+        self.min_rtt = math.inf
+        self._min_rtt_stamp = 0.0
+        # round trips
+        self.round_count = 0
+        self._next_round_delivered = 0
+        self._round_lost = 0
+        self._round_acked = 0
+        self._high_loss_this_cycle = False
+        # startup
+        self._full_bw = 0.0
+        self._full_bw_count = 0
+        self.filled_pipe = False
+        # probe_bw / probe_rtt
+        self._cycle_index = 0
+        self._cycle_stamp = 0.0
+        self._probe_rtt_done: float | None = None
+        self._prior_cwnd = 0
+        self.inflight_hi = math.inf
+
+    # -- the model ------------------------------------------------------------------------------
+    def bdp(self, gain: float = 1.0) -> int:
+        if self.btl_bw == 0 or math.isinf(self.min_rtt):
+            return K_INITIAL_WINDOW * self._mss
+        return int(gain * self.btl_bw * self.min_rtt)
+
+    def _update_bw(self, rate: float) -> None:
+        samples = self._bw_samples
+        if samples and samples[-1][0] == self.round_count:
+            if rate > samples[-1][1]:
+                samples[-1] = (self.round_count, rate)
+        else:
+            samples.append((self.round_count, rate))
+        while samples[0][0] <= self.round_count - BW_WINDOW_ROUNDS:
+            samples.popleft()
+        self.btl_bw = max(rate for _, rate in samples)
+
+    # -- aioquic's interface ------------------------------------------------------------------
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        sent_time = packet.sent_time or 0.0
+        if self.bytes_in_flight == 0:
+            self._first_sent_time = sent_time
+            self._delivered_time = sent_time
+        self._sent[id(packet)] = (self._delivered, self._delivered_time, self._first_sent_time)
+        self.bytes_in_flight += packet.sent_bytes
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight -= packet.sent_bytes
+        state = self._sent.pop(id(packet), None)
+        self._delivered += packet.sent_bytes
+        self._delivered_time = now
+        self._round_acked += packet.sent_bytes
+        if state is None:
+            return
+        delivered_then, delivered_time_then, first_sent_then = state
+        sent_time = packet.sent_time or now
+        self._first_sent_time = sent_time
+        interval = max(sent_time - first_sent_then, now - delivered_time_then)
+        if delivered_then >= self._next_round_delivered:
+            self._new_round()
+        if interval > 0:
+            self._update_bw((self._delivered - delivered_then) / interval)
+        self._update_state(now)
+        self._update_cwnd(packet.sent_bytes)
+
+    def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+            self._sent.pop(id(packet), None)
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        inflight_before = self.bytes_in_flight
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+            self._sent.pop(id(packet), None)
+            self._round_lost += packet.sent_bytes
+        lost, acked = self._round_lost, self._round_acked
+        # Early in a round a few random losses are a large fraction of little: judge at least a BDP.
+        if lost >= 3 * self._mss and lost > LOSS_THRESHOLD * max(lost + acked, self.bdp()):
+            # The queue overflowed: bound what we keep in flight (and leave startup, like BBRv2).
+            self.inflight_hi = max(self.bdp(), INFLIGHT_HI_BETA * inflight_before, MIN_PACKETS * self._mss)
+            self._high_loss_this_cycle = True
+            self._round_lost = self._round_acked = 0
+            if self.state == STARTUP:
+                self.filled_pipe = True
+                self._enter(DRAIN, now)
+            self.congestion_window = min(self.congestion_window, int(self.inflight_hi))
+        self._set_pacing_rate()
+
+    def on_persistent_congestion(self) -> None:
+        self.congestion_window = MIN_PACKETS * self._mss
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        if rtt <= self.min_rtt or now - self._min_rtt_stamp > MIN_RTT_WINDOW:
+            expired = now - self._min_rtt_stamp > MIN_RTT_WINDOW and rtt > self.min_rtt
+            self.min_rtt = rtt
+            self._min_rtt_stamp = now
+            if expired and self.state != PROBE_RTT and self.filled_pipe:
+                self._prior_cwnd = self.congestion_window
+                self._enter(PROBE_RTT, now)
+        self._set_pacing_rate()
+
+    def get_log_data(self) -> dict[str, Any]:
+        data = super().get_log_data()
+        data.update(state=self.state, btl_bw=int(self.btl_bw), min_rtt=self.min_rtt)
+        return data
+
+    # -- state machine ------------------------------------------------------------------------
+    def _new_round(self) -> None:
+        self.round_count += 1
+        self._next_round_delivered = self._delivered
+        self._round_lost = self._round_acked = 0
+        if not self.filled_pipe and self.btl_bw > 0:
+            if self.btl_bw >= self._full_bw * FULL_BW_GROWTH:
+                self._full_bw = self.btl_bw
+                self._full_bw_count = 0
+            else:
+                self._full_bw_count += 1
+                self.filled_pipe = self._full_bw_count >= FULL_BW_ROUNDS
+
+    def _enter(self, state: str, now: float) -> None:
+        self.state = state
+        if state == DRAIN:
+            self.pacing_gain, self.cwnd_gain = DRAIN_GAIN, STARTUP_GAIN
+        elif state == PROBE_BW:
+            self._cycle_index = 2  # start cruising; the probe comes in its turn
+            self._cycle_stamp = now
+            self.pacing_gain, self.cwnd_gain = PROBE_GAINS[self._cycle_index], CWND_GAIN
+        elif state == PROBE_RTT:
+            self.pacing_gain, self.cwnd_gain = 1.0, 1.0
+            self._probe_rtt_done = None
+
+    def _update_state(self, now: float) -> None:
+        if self.state == STARTUP and self.filled_pipe:
+            self._enter(DRAIN, now)
+        if self.state == DRAIN and self.bytes_in_flight <= self.bdp():
+            self._enter(PROBE_BW, now)
+        elif self.state == PROBE_BW and now - self._cycle_stamp > self.min_rtt:
+            self._cycle_index = (self._cycle_index + 1) % len(PROBE_GAINS)
+            self._cycle_stamp = now
+            self.pacing_gain = PROBE_GAINS[self._cycle_index]
+            if self._cycle_index == 0:  # a new probing cycle: loosen the loss bound if it held
+                if not self._high_loss_this_cycle and not math.isinf(self.inflight_hi):
+                    self.inflight_hi *= 1.25
+                    if self.inflight_hi > 4 * self.bdp(CWND_GAIN):
+                        self.inflight_hi = math.inf
+                self._high_loss_this_cycle = False
+        elif self.state == PROBE_RTT:
+            if self._probe_rtt_done is None and self.bytes_in_flight <= MIN_PACKETS * self._mss:
+                self._probe_rtt_done = now + PROBE_RTT_DURATION
+            elif self._probe_rtt_done is not None and now >= self._probe_rtt_done:
+                self._min_rtt_stamp = now
+                self.congestion_window = max(self.congestion_window, self._prior_cwnd)
+                self._enter(PROBE_BW if self.filled_pipe else STARTUP, now)
+        self._set_pacing_rate()
+
+    def _update_cwnd(self, acked: int) -> None:
+        if self.state == PROBE_RTT:
+            self.congestion_window = MIN_PACKETS * self._mss
+            return
+        target = self.bdp(self.cwnd_gain) + 3 * self._mss
+        if self.filled_pipe:
+            cwnd = min(self.congestion_window + acked, target)
+        elif self.congestion_window < target or self._delivered < K_INITIAL_WINDOW * self._mss:
+            cwnd = self.congestion_window + acked  # grows like slow start while the pipe fills
+        else:
+            cwnd = self.congestion_window
+        cwnd = min(cwnd, int(self.inflight_hi)) if not math.isinf(self.inflight_hi) else cwnd
+        self.congestion_window = max(cwnd, MIN_PACKETS * self._mss)
+
+    def _set_pacing_rate(self) -> None:
+        if self.btl_bw > 0:
+            rate = self.pacing_gain * self.btl_bw
+            # Never slower than startup's first window allows, never faster than ever measured x gain.
+            if not self.filled_pipe and not math.isinf(self.min_rtt):
+                rate = max(rate, STARTUP_GAIN * K_INITIAL_WINDOW * self._mss / self.min_rtt)
+            self.pacing_rate = rate
+
+
+register_congestion_control(NAME, BbrCongestionControl)
