@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -258,7 +259,10 @@ class UdpTransport(asyncio.DatagramTransport):
             host = "::ffff:" + host
         return host, remote[1], 0, 0
 
-    def _source_cmsg(self, source: str) -> tuple[int, int, bytes]:
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def _source_cmsg(source: str) -> tuple[int, int, bytes]:
+        """The control message that sends from ``source`` (built once per address, not per datagram)."""
         if ":" in source:
             return socket.IPPROTO_IPV6, IPV6_PKTINFO or 0, socket.inet_pton(socket.AF_INET6, source) + bytes(4)
         return socket.IPPROTO_IP, IP_PKTINFO or 0, struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4))
