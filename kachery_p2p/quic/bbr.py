@@ -139,7 +139,8 @@ class BbrCongestionControl(QuicCongestionControl):
             self._sent.pop(id(packet), None)
             self._round_lost += packet.sent_bytes
         lost, acked = self._round_lost, self._round_acked
-        if lost >= 3 * self._mss and lost > LOSS_THRESHOLD * (lost + acked):
+        # Early in a round a few random losses are a large fraction of little: judge at least a BDP.
+        if lost >= 3 * self._mss and lost > LOSS_THRESHOLD * max(lost + acked, self.bdp()):
             # The queue overflowed: bound what we keep in flight (and leave startup, like BBRv2).
             self.inflight_hi = max(self.bdp(), INFLIGHT_HI_BETA * inflight_before, MIN_PACKETS * self._mss)
             self._high_loss_this_cycle = True

@@ -10,11 +10,20 @@ aioquic's own pacer.
 It also paces for real: aioquic's pacer lets a packet go whenever its token bucket holds *any* credit
 and then empties it, so a sender asked often enough (every ACK) sends at the rate it is asked, not at
 the pacing rate. Here a packet needs a whole packet time of credit.
+
+A daemon's timers are not precise (an asyncio timer fires a millisecond or more late, later on a busy
+machine), so pacing one packet per wake-up would both spin and send too slowly. When held back, the
+sender waits until about a millisecond of credit has built up and then sends it as one burst; unused
+credit is kept up to a quarter of the RTT (2-10 ms), so a late wake-up catches up instead of losing rate.
 """
 
 from __future__ import annotations
 
 from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketPacer, QuicPacketRecovery
+
+WAKE_QUANTUM = 0.001
+MIN_BURST_TIME = 0.002
+MAX_BURST_TIME = 0.010
 
 
 class ControllerPacer(QuicPacketPacer):
@@ -29,7 +38,8 @@ class ControllerPacer(QuicPacketPacer):
             return None
         self.update_bucket(now=now)
         if self.bucket_time < self.packet_time * 0.999:
-            return now + self.packet_time - self.bucket_time
+            target = min(self.bucket_max, max(self.packet_time, WAKE_QUANTUM))
+            return now + target - self.bucket_time
         return None
 
     def update_after_send(self, now: float) -> None:
@@ -44,8 +54,8 @@ class ControllerPacer(QuicPacketPacer):
             return
         size = self._max_datagram_size
         self.packet_time = max(K_MICRO_SECOND, min(size / rate, K_SECOND))
-        # Bursts of up to ~1 ms of data (at least 2, at most 16 datagrams) go back to back.
-        self.bucket_max = max(2 * size, min(int(rate * 0.001), 16 * size)) / rate
+        burst_time = min(max(smoothed_rtt / 4, MIN_BURST_TIME), MAX_BURST_TIME)
+        self.bucket_max = max(2 * size / rate, burst_time, self.packet_time)
         if self.bucket_time > self.bucket_max:
             self.bucket_time = self.bucket_max
 
