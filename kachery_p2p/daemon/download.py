@@ -227,7 +227,8 @@ class Download:
             self.bad_providers.append(node_id)
 
         async def verify(index: int) -> None:
-            if await asyncio.to_thread(partial.verify_chunk, index):
+            # A file of one chunk is finished (hashed, synced, stored) right after: no resume record for it.
+            if await asyncio.to_thread(partial.verify_chunk, index, len(partial.chunks) > 1):
                 plan.chunk_verified(index)
                 if self.on_verified is not None:
                     self.on_verified(index)
