@@ -447,7 +447,7 @@ class LoadRun:
 
     started: float
     rc: int | None = None
-    first_line: float | None = None  # the first JSON line: providers found, the download starts
+    first_line: float | None = None  # the first JSON line with bytesTotal: providers found, the download starts
     first_byte: float | None = None  # first_line + the daemon's firstByteSec
     done: float | None = None  # the "done" line
     elapsed: float = 0.0  # until the process ended (or was killed)
@@ -500,10 +500,14 @@ def timed_load(
                     continue
                 if not isinstance(message, dict):
                     continue
-                if run.first_line is None:
+                # The first line that names the size: providers were found and the download starts
+                # (the daemon's firstByteSec counts from there). Earlier lines say "searching".
+                if run.first_line is None and "bytesTotal" in message:
                     run.first_line = now
                 if run.first_byte is None and "firstByteSec" in message:
-                    run.first_byte = run.first_line + float(message["firstByteSec"])
+                    run.first_byte = (run.first_line if run.first_line is not None else now) + float(
+                        message["firstByteSec"]
+                    )
                 if "bytesLoaded" in message:
                     run.bytes_loaded = max(run.bytes_loaded, int(message["bytesLoaded"]))
                 if message.get("bytesTotal") is not None:

@@ -51,7 +51,7 @@ def _one(path_kind: str, mib: int, workdir: Path) -> list[dict[str, Any]]:
         for line in proc.stdout:
             now = time.monotonic() - started
             message = json.loads(line)
-            if first_line_at is None:
+            if first_line_at is None and "bytesTotal" in message:  # providers found: the download starts
                 first_line_at = now
             if first_byte is None and "firstByteSec" in message:
                 first_byte = (first_line_at or now) + float(message["firstByteSec"])

@@ -7,7 +7,8 @@ Groups (first match from the leaf up): aioquic (and the cryptography it calls: i
 writes (hashlib, file writes under kachery_p2p/store), the UDP socket (our daemon/udp.py, incl. the syscalls
 it makes), demux (daemon/endpoint.py, relay/frames.py, paths.py), link pump (daemon/link.py: timers, drain,
 events), session/transfer (the rest of kachery_p2p), event loop (asyncio/uvloop frames with nothing of ours
-above), other.
+above), other. A sample whose innermost frame is the loop's own entry (uvloop's C loop: its epoll waits, which
+py-spy cannot always tell from work, and its dispatch) is also shown apart: the second split leaves those out.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+LOOP_ONLY = "(loop entry as leaf)"
+
+
 def classify(stack: list[str]) -> str:
     for frame in reversed(stack):
         for group, needles in GROUPS:
@@ -38,6 +42,7 @@ def classify(stack: list[str]) -> str:
 
 def split(path: str) -> tuple[collections.Counter[str], collections.Counter[str], int]:
     groups: collections.Counter[str] = collections.Counter()
+    loop_only = 0
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
     with open(path) as handle:
@@ -50,6 +55,9 @@ def split(path: str) -> tuple[collections.Counter[str], collections.Counter[str]
             total += count
             groups[classify(stack)] += count
             leaves[stack[-1]] += count
+            if stack[-1].startswith("Runner.run (") or stack[-1].startswith("run_forever ("):
+                loop_only += count
+    groups[LOOP_ONLY] = loop_only
     return groups, leaves, total
 
 
@@ -66,9 +74,16 @@ def main(argv: list[str]) -> int:
     if not total:
         print("no samples")
         return 1
+    loop_only = groups.pop(LOOP_ONLY, 0)
     print(f"{total} samples")
     for group, count in groups.most_common():
         print(f"  {group:26s} {100.0 * count / total:5.1f}%")
+    busy = total - loop_only
+    if loop_only and busy:
+        print(f"without the {loop_only} samples in the loop's own C code ({100.0 * loop_only / total:.1f}%):")
+        for group, count in groups.most_common():
+            count -= loop_only if group == "event loop" else 0
+            print(f"  {group:26s} {100.0 * count / busy:5.1f}%")
     print("top leaf frames:")
     for frame, count in leaves.most_common(args.top):
         print(f"  {100.0 * count / total:5.1f}%  {frame}")

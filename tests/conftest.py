@@ -39,6 +39,16 @@ SAFE_ARGS = ("--port", "0", "--no-lan-discovery")
 os.environ["KACHERY_P2P_PORT_MAPPING"] = "0"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Write kachery_p2p's bytecode once: the daemons and commands the tests start by the hundred would
+    otherwise recompile every changed module at each start when PYTHONDONTWRITEBYTECODE is set."""
+    import compileall
+
+    import kachery_p2p
+
+    compileall.compile_dir(os.path.dirname(kachery_p2p.__file__), quiet=1)
+
+
 def free_tcp_port() -> int:
     """A port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -12,12 +12,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import NotFoundError, UsageError
 from ..ids import SHA1_EMPTY, FileUri
-from ..store import ContentStore
 from ..store.layout import content_relpath
-from ..store.links import linked_target
+
+if TYPE_CHECKING:  # the store's writer and links load only when offline mode or a link needs them
+    from ..store import ContentStore
 
 OFFLINE_ENV = "KACHERY_OFFLINE_STORAGE_DIR"
 
@@ -48,7 +50,11 @@ def offline_root() -> Path | None:
 
 def offline_store() -> ContentStore | None:
     root = offline_root()
-    return None if root is None else ContentStore(root)
+    if root is None:
+        return None
+    from ..store import ContentStore
+
+    return ContentStore(root)
 
 
 def find_in(root: Path, uri: FileUri) -> Path | None:
@@ -60,6 +66,8 @@ def find_in(root: Path, uri: FileUri) -> Path | None:
         return path
     if uri.algorithm != "sha1":
         return None
+    from ..store.links import linked_target
+
     return linked_target(path.with_name(path.name + ".link"))
 
 

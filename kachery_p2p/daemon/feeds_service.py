@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFoundError, UsageError
 from ..feeds.access import may_write, parse_access_rules
@@ -27,7 +27,9 @@ from ..feeds.names import (
     check_subfeed_hash,
 )
 from ..feeds.signing import ChainVerifier, LogError, canonical_json, sign_message
-from ..feeds.store import FeedStore
+
+if TYPE_CHECKING:  # the database (and SQLite) is opened at the first feed request, not at daemon start
+    from ..feeds.store import FeedStore
 
 log = logging.getLogger("kachery_p2p.feeds")
 
@@ -62,7 +64,8 @@ class SubfeedLog:
 
 class FeedService:
     def __init__(self, config_dir: Path, node_id: str) -> None:
-        self.store = FeedStore(config_dir)
+        self._config_dir = config_dir
+        self._db: FeedStore | None = None
         self.node_id = node_id
         self._logs: dict[tuple[str, str], SubfeedLog] = {}
         self.faults: deque[dict[str, Any]] = deque(maxlen=MAX_FAULTS)
@@ -73,10 +76,21 @@ class FeedService:
         imports both modules: feeds_peers imports this one, so this one must not import it)."""
         self.peers = peers
 
+    @property
+    def store(self) -> FeedStore:
+        """The feeds database, opened at first use: an idle daemon that serves no feed keeps SQLite out of
+        its memory."""
+        if self._db is None:
+            from ..feeds.store import FeedStore
+
+            self._db = FeedStore(self._config_dir)
+        return self._db
+
     def close(self) -> None:
         if self.peers is not None:
             self.peers.stop()
-        self.store.close()
+        if self._db is not None:
+            self._db.close()
 
     # -- feeds ---------------------------------------------------------------------------------------
     def create_feed(self, name: str | None) -> str:

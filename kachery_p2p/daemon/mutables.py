@@ -11,12 +11,14 @@ import contextlib
 import hashlib
 import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError, UsageError
+
+if TYPE_CHECKING:  # sqlite3 (1.3 MB of the daemon's idle RSS) loads at the first mutable asked for
+    import sqlite3
 
 FILENAME = "mutables.db"
 MAX_KEY_BYTES = 4096
@@ -32,19 +34,23 @@ def canonical_json(value: Any) -> str:
 class Mutables:
     def __init__(self, config_dir: Path) -> None:
         self.path = Path(config_dir) / FILENAME
-        with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS mutables (sha1 TEXT PRIMARY KEY, key TEXT, value TEXT)")
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o600)
+        self._created = False  # the table is made at the first use, not at daemon start
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
+        import sqlite3
+
         try:
             db = sqlite3.connect(self.path, timeout=10.0)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         try:
             with db:
+                if not self._created:
+                    db.execute("CREATE TABLE IF NOT EXISTS mutables (sha1 TEXT PRIMARY KEY, key TEXT, value TEXT)")
+                    with contextlib.suppress(OSError):
+                        os.chmod(self.path, 0o600)
+                    self._created = True
                 yield db
         except sqlite3.Error as exc:
             raise StoreError(f"mutables database {self.path}: {exc}") from exc

@@ -1,7 +1,9 @@
 """The downloads running in the daemon, one per file, shared by every client that waits for it.
 
 A download runs as its own task while at least one client follows it (``follow``). Each follower hears
-progress as bytes arrive and, when nothing changes, a heartbeat every ``HEARTBEAT_INTERVAL`` seconds:
+each change of phase at once (searching, then queued or downloading as soon as providers are found: the
+line a client times the start of the transfer by), bytes as they arrive at most every
+``PROGRESS_INTERVAL`` seconds, and, when nothing changes, a heartbeat every ``HEARTBEAT_INTERVAL`` seconds:
 a client that hears nothing for much longer knows the daemon is stuck, not the link slow. When the
 last follower leaves, the download stops (verified chunks stay in the partial file for a resume) and
 one line is logged. The transfers list and its cancel (``kachery-p2p-transfers``) are activity.py's.
@@ -38,7 +40,8 @@ class RunningDownload:
     def __init__(self, uri: FileUri, kind: str) -> None:
         self.uri = uri
         self.kind = kind
-        self.phase = "searching"
+        self._phase = "searching"
+        self._wakers: set[asyncio.Event] = set()  # one per follower: set on each change of phase
         self.started_at = time.time()
         self.waiting = 0
         self.download: Download | None = None
@@ -46,6 +49,17 @@ class RunningDownload:
         self.error: KacheryP2PError | None = None
         self.bad_providers: list[str] = []
         self.first_byte_sec: float | None = None
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        if value != self._phase:
+            self._phase = value
+            for waker in self._wakers:
+                waker.set()
 
     @property
     def bytes_received(self) -> int:
@@ -118,20 +132,30 @@ class DownloadRegistry:
         task = entry.task
         assert task is not None
         entry.waiting += 1
+        waker = asyncio.Event()
+        entry._wakers.add(waker)
         try:
             last: dict[str, Any] | None = None
             sent_at = 0.0
             while not task.done():
-                await asyncio.wait({task}, timeout=PROGRESS_INTERVAL)
+                waker.clear()  # before reading the phase: a change from now on wakes the wait below
                 now = time.monotonic()
                 if entry.stalled(now):
                     entry.cancel(DaemonError(f"no byte arrived for {STALL_TIMEOUT:g} s: gave up on {entry.uri.hash}"))
-                if progress is None or task.done():
-                    continue
-                message = entry.progress()
-                if message != last or now - sent_at >= HEARTBEAT_INTERVAL:
-                    await progress(message)
-                    last, sent_at = message, now
+                if progress is not None:
+                    message = entry.progress()
+                    # A new phase goes out at once; byte counts at most every PROGRESS_INTERVAL.
+                    new_phase = last is None or last["phase"] != message["phase"]
+                    since = now - sent_at
+                    if new_phase or (message != last and since >= PROGRESS_INTERVAL) or since >= HEARTBEAT_INTERVAL:
+                        await progress(message)
+                        last, sent_at = message, now
+                        continue
+                woken: asyncio.Future[Any] = asyncio.ensure_future(waker.wait())
+                try:
+                    await asyncio.wait({task, woken}, timeout=PROGRESS_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
             if task.cancelled():
                 raise entry.error or TransferCancelledError("the download was cancelled")
             result = task.result()
@@ -141,6 +165,7 @@ class DownloadRegistry:
                     await progress({"badProviders": entry.bad_providers})
             return result
         finally:
+            entry._wakers.discard(waker)
             entry.waiting -= 1
             if entry.waiting == 0 and not task.done():
                 self._abandon(entry)

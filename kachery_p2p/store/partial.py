@@ -141,8 +141,9 @@ class PartialFile:
                     self._verified -= touched
                     self._persist_locked()
 
-    def verify_chunk(self, index: int) -> bool:
-        """Hash chunk ``index`` as it is on disk; mark it verified (and persist) if it matches."""
+    def verify_chunk(self, index: int, persist: bool = True) -> bool:
+        """Hash chunk ``index`` as it is on disk; mark it verified (and persist, unless ``persist`` is False:
+        the caller finishes the file next, so a resume record is not worth two disk syncs) if it matches."""
         chunk = self._chunk(index)
         hasher = hashlib.sha1()
         fd = self._fd()
@@ -158,7 +159,8 @@ class PartialFile:
                     self._verified.add(index)
                 else:
                     self._verified.discard(index)
-                self._persist_locked()
+                if persist:
+                    self._persist_locked()
         return good
 
     def mark_chunk_verified(self, index: int) -> None:

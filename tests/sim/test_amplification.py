@@ -80,5 +80,6 @@ def test_a_silent_source_gets_back_at_most_three_times_what_it_sent(
     monkeypatch: pytest.MonkeyPatch, how_it_ends: str
 ) -> None:
     received, sent = run_silent_source(monkeypatch, how_it_ends)
+    print(f"\nsilent source, {how_it_ends}: {received} B in, {sent} B out, {sent / received:.2f}x")
     assert received >= 1200
     assert 0 < sent <= 3 * received, f"{received} B in, {sent} B out ({sent / received:.2f}x)"

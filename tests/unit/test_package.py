@@ -182,3 +182,30 @@ def test_no_module_is_over_400_lines() -> None:
         for f in PACKAGE_DIR.rglob("*.py")
     }
     assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"import json, sys; {code}; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return set(json.loads(out))
+
+
+def test_commands_load_only_what_they_use() -> None:
+    # Every kachery-p2p-* command imports cli.main first: the client API, feeds, pickles and the store's
+    # writer load only in the commands that call them (each costs every command start-up time).
+    loaded = _modules_after("import kachery_p2p.cli.main")
+    heavy = {"http.client", "pickle", "kachery_p2p.client.api", "kachery_p2p.client.feeds",
+             "kachery_p2p.store.filestore", "sqlite3"}
+    assert loaded & heavy == set()
+    assert {"kachery_p2p.client.api", "http.client"} <= _modules_after("import kachery_p2p; kachery_p2p.load_file")
+
+
+def test_an_idle_daemon_does_not_load_sqlite() -> None:
+    # The feeds database and the mutables table open at their first use (1.3 MB of an idle daemon's RSS).
+    code = (
+        "import tempfile, pathlib; from kachery_p2p.daemon import node, feeds_service, mutables; "
+        "d = pathlib.Path(tempfile.mkdtemp()); feeds_service.FeedService(d, 'x' * 64); mutables.Mutables(d)"
+    )
+    assert "sqlite3" not in _modules_after(code)
