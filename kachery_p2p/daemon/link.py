@@ -22,6 +22,7 @@ from ..errors import RemoteProtocolError
 from ..peering.path import PathKind
 from ..quic.settings import stream_send_buffered
 from .paths import Address, Path
+from .serve_budget import TRIM_AFTER, collect_and_trim
 
 
 def stream_send_reset(conn: QuicConnection, stream_id: int) -> bool:
@@ -231,6 +232,17 @@ class Link:
             self._timer.cancel()
             self._timer = None
         self.endpoint.forget(self)
+        # Break the link <-> session cycle (bound methods): the closed connection and its stream buffers
+        # are freed when the last holder lets go, not at some later garbage collection.
+        self.on_new_stream = lambda stream_id: None
+        self.on_handshake = lambda: None
+        # The connection is over: drop its streams' send buffers now (a stalled reader leaves MBs of them,
+        # issue 10 #4) and give the heap back if that was a lot.
+        streams = self.conn._streams
+        buffered = sum(len(stream.sender._buffer) for stream in streams.values())
+        streams.clear()
+        if buffered >= TRIM_AFTER:
+            self._loop.call_later(0.5, collect_and_trim)
 
     # -- api for sessions -----------------------------------------------------------------------
     @property

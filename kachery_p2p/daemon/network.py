@@ -232,7 +232,10 @@ class PeerNetwork:
         log.info("disconnected from %s: %s", short_node_id(session.node_id), reason)
 
     async def _close_if_unused(self, session: PeerSession) -> None:
-        await asyncio.sleep(_unused_grace_sec())
+        # Ends as soon as the link closes: a task sleeping the grace out would keep the closed session, its
+        # link and every stream buffer of it alive (a stalled reader's 20 MB each; issue 10 #4).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(session.link.closed), _unused_grace_sec())
         if session.link.is_closed:
             return
         registered = self.relay is not None and self.relay.state.registry.registered(session.node_id or "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -128,6 +129,14 @@ def _load_trim() -> object | None:
 
 
 _MALLOC_TRIM = _load_trim()
+
+
+def collect_and_trim() -> None:
+    """After a connection holding a lot of send buffers ended: collect the reference cycles that still
+    keep it (a link's closed future holds a traceback whose frames refer to the link), then return the
+    freed heap to the system (the trim in a worker thread). Call on the event loop."""
+    gc.collect()
+    asyncio.get_running_loop().run_in_executor(None, trim_memory)
 
 
 def trim_memory() -> None:
