@@ -101,7 +101,12 @@ def speed_up(mib: int, mbit: float, cap: float) -> list[dict[str, Any]]:
             os.unlink(source)
             (uri,) = uris
             before = [int(node.info()["bytesServed"]) for node in providers]
+            cpu_before = [cpu_seconds(node.proc.pid) for node in (receiver, *providers)]
             load = lab_load(receiver, uri, cap)
+            cpu = [round(cpu_seconds(node.proc.pid) - b, 2) for node, b in zip((receiver, *providers), cpu_before,
+                                                                                 strict=True)]
+            print(f"[bench] {name}: {what}: {load.elapsed:.2f} s, CPU s receiver {cpu[0]}, providers {cpu[1:]}",
+                  flush=True)
             served = [int(node.info()["bytesServed"]) - b for node, b in zip(providers, before, strict=True)]
             got = load.bytes_loaded if load.timed_out else mib * MIB
             if load.timed_out:
@@ -110,6 +115,9 @@ def speed_up(mib: int, mbit: float, cap: float) -> list[dict[str, Any]]:
                 raise RuntimeError(
                     f"{what} load failed: rc={load.rc}\n{load.stderr}\n--- receiver log\n{log_tail(receiver)}"
                 )
+            for line in receiver.log().splitlines():
+                if "pieces of " + sha1 in line:
+                    print(f"[bench] {name}: {what}: {line.split('pieces of ', 1)[1]}", flush=True)
             return Timed(got / 1e6 / load.elapsed, load.elapsed, load.transfer_seconds(), load.timed_out,
                          [round(x / 1e6, 1) for x in served])
 
@@ -156,6 +164,15 @@ class Timed:
     transfer_s: float | None  # first byte to done
     capped: bool
     served_mb: list[float]  # "bytesServed" increase of each provider (endgame copies included)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _round(value: float | None) -> float | None:

@@ -14,13 +14,14 @@ Failures are sent as at most a few example strings plus a count, so the pipe sta
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 from kachery_p2p.channels.membership import rendezvous_id
 from kachery_p2p.channels.rendezvous import encode_record
-from kachery_p2p.daemon.endpoint import QuicEndpoint
+from kachery_p2p.daemon.endpoint import Link, QuicEndpoint
 from kachery_p2p.daemon.session import PeerSession
 from kachery_p2p.errors import RemoteProtocolError
 from kachery_p2p.quic import messages
@@ -28,6 +29,11 @@ from kachery_p2p.quic.identity import NodeIdentity
 
 GROUP = 10  # nodes per channel: a lookup returns GROUP - 1 records besides the node's own
 EXAMPLES = 5
+
+
+def _refuse_link(link: Link) -> None:
+    # Closed once the endpoint has set the new connection up (closing inside on_incoming is too early).
+    asyncio.get_running_loop().call_soon(link.close, "not accepting")
 
 
 async def _refuse(session: PeerSession, request: messages.Request) -> Any:
@@ -44,7 +50,7 @@ class SimNode:
     def __init__(self, index: int) -> None:
         self.identity = NodeIdentity.generate()
         self.channel = f"relay-load-{index // GROUP}"
-        self.endpoint = QuicEndpoint(self.identity, on_incoming=lambda link: link.close("not accepting"))
+        self.endpoint = QuicEndpoint(self.identity, on_incoming=_refuse_link)
         self.session: PeerSession | None = None
         self.host = node_host(index)
         self.port = 0
@@ -137,9 +143,11 @@ class Worker:
                 if command[0] == "register":
                     failures = Failures()
                     started = time.monotonic()
+                    progress = asyncio.ensure_future(self._progress(started))
                     self.registered = await _in_parallel(
                         self.nodes, command[1], lambda n: n.register(self.relay_port, self.relay_id), failures,
                         "register", started + command[2])
+                    progress.cancel()
                     self.conn.send(("registered", len(self.registered), failures.wire(), time.monotonic() - started))
                 elif command[0] == "publish":
                     failures = Failures()
@@ -151,6 +159,14 @@ class Worker:
             for node in self.nodes:
                 node.close()
             await asyncio.sleep(0.2)  # the CONNECTION_CLOSEs leave
+
+    async def _progress(self, started: float) -> None:
+        """A line every 30 s while registering (a 10,000-node run takes minutes)."""
+        while True:
+            await asyncio.sleep(30)
+            ready = sum(1 for n in self.nodes if n.session is not None and n.session.ready.done())
+            print(f"[relay-load] generator {os.getpid()}: {ready} / {len(self.nodes)} authenticated after "
+                  f"{time.monotonic() - started:.0f} s", flush=True)
 
     async def _lookups(self, concurrency: int) -> None:
         latencies: list[float] = []

@@ -22,13 +22,18 @@ from typing import Any
 
 from bench.common import bench_parser, measure_rss, pick_mib, report, write_payload
 from bench.daemons import BenchDaemon, cleanup, start_daemon
-from kachery_p2p.daemon.endpoint import QuicEndpoint
+from kachery_p2p.daemon.endpoint import Link, QuicEndpoint
 from kachery_p2p.daemon.session import PeerSession
 from kachery_p2p.errors import RemoteProtocolError
 from kachery_p2p.quic import messages
 from kachery_p2p.quic.identity import NodeIdentity
 
 NAME = "stalled-readers"
+
+
+def _refuse_link(link: Link) -> None:
+    # Closed once the endpoint has set the new connection up (closing inside on_incoming is too early).
+    asyncio.get_running_loop().call_soon(link.close, "not accepting")
 
 
 async def _refuse(session: PeerSession, request: messages.Request) -> Any:
@@ -41,7 +46,7 @@ class StalledReader:
     def __init__(self, channel: str) -> None:
         self.identity = NodeIdentity.generate()
         self.channel = channel
-        self.endpoint = QuicEndpoint(self.identity, on_incoming=lambda link: link.close("not accepting"))
+        self.endpoint = QuicEndpoint(self.identity, on_incoming=_refuse_link)
         self.session: PeerSession | None = None
         self.requests: list[asyncio.Future[Any]] = []
         self.started_streams: set[int] = set()
@@ -139,7 +144,14 @@ async def _scenario(daemon: BenchDaemon, channel: str, sha1: str, size: int, arg
         after.append(sample())
         await asyncio.sleep(0.1)
     out["after_min"], out["after_last"] = min(after), after[-1]
+    out["after_every_5s"] = [round(after[i] / 1e6) for i in range(0, len(after), 50)]  # samples 0.1 s apart
     return out
+
+
+async def _rounds(daemon: BenchDaemon, channel: str, sha1: str, size: int, args: Any) -> list[dict[str, Any]]:
+    """The scenario ``--rounds`` times on the same daemon: a later round's peak no higher than the first's
+    says the memory kept after a round is reused, not leaked."""
+    return [await _scenario(daemon, channel, sha1, size, args) for _ in range(max(1, args.rounds))]
 
 
 def run(argv: list[str]) -> list[dict[str, Any]]:
@@ -148,12 +160,15 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("--streams", type=int, default=64, help="ranges each session asks for (default 64)")
     parser.add_argument("--hold", type=float, default=20.0, help="seconds they stall before closing (default 20)")
     parser.add_argument("--after", type=float, default=5.0, help="seconds sampled after they closed (default 5)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="times the sessions come back to the same daemon (default 2; --quick 1)")
     parser.add_argument("--daemon-src", default=None,
                         help="directory put first on the daemon's PYTHONPATH (another version of kachery_p2p)")
     args = parser.parse_args(argv)
     mib = pick_mib(args, 64, 16)
     if args.quick:
         args.hold, args.after, args.streams = min(args.hold, 3.0), min(args.after, 2.0), min(args.streams, 16)
+        args.rounds = 1
     env = {"PYTHONPATH": args.daemon_src} if args.daemon_src else None
     daemon = start_daemon("stalled", [], env_extra=env)
     try:
@@ -164,7 +179,10 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
         daemon.cli("kachery-p2p-store", str(source))
         source.unlink()
         time.sleep(1.0)
-        out = asyncio.run(_scenario(daemon, channel, sha1, mib << 20, args))
+        outs = asyncio.run(_rounds(daemon, channel, sha1, mib << 20, args))
+        out = outs[0]
+        peers = daemon.cli("kachery-p2p-peers", "--json").stdout.decode().splitlines()
+        out["peers_after"] = sum(1 for line in peers if line.strip())
         alive = daemon.proc.poll() is None
     finally:
         cleanup(daemon)
@@ -179,5 +197,11 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
                rss_at_end_of_hold_mb=round(out["end_of_hold"] / mb, 1), daemon_alive=alive),
         report(f"{NAME} daemon RSS after close", out["after_last"] / mb, "MB", out["before"] / mb,
                baseline_is="the same daemon before the sessions", config=config,
-               lowest_mb=round(out["after_min"] / mb, 1), seconds_after=args.after),
+               lowest_mb=round(out["after_min"] / mb, 1), seconds_after=args.after,
+               peers_listed_after=out["peers_after"], mb_every_5s_after_close=out["after_every_5s"]),
+    ] + [
+        report(f"{NAME} daemon RSS round {i + 2}", later["during"] / mb, "MB", out["during"] / mb,
+               baseline_is="the first round's peak, same daemon", config=config,
+               rss_before_mb=round(later["before"] / mb, 1), rss_after_close_mb=round(later["after_last"] / mb, 1))
+        for i, later in enumerate(outs[1:])
     ]

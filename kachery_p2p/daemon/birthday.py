@@ -116,12 +116,16 @@ class BirthdayManager:
             address = parse_candidate(str(answer.get("address")))
         except (RemoteProtocolError, ValueError, OSError, asyncio.TimeoutError) as exc:
             log.info("birthday probing with %s not done: %s", short_node_id(peer), exc)
-            self._busy.pop(peer, None)
+            self._not_asking(peer)
             return False
-        if role is None:
-            self._busy.pop(peer, None)
+        if role is None or self._busy.get(peer) != "asking":  # (or the peer's own request won meanwhile)
+            self._not_asking(peer)
             return False
         return await self._run(role, token, peer, address)
+
+    def _not_asking(self, peer: str) -> None:
+        if self._busy.get(peer) == "asking":  # not "running": the peer's request may have started one meanwhile
+            del self._busy[peer]
 
     # -- answering --------------------------------------------------------------------------------
     async def handle(self, session: PeerSession, request: messages.Birthday) -> tuple[dict[str, Any], None]:

@@ -19,33 +19,41 @@ from typing import Any
 
 from ..errors import NotFoundError, RemoteProtocolError, StoreError, VerificationError
 from ..ids import SHA1_EMPTY, FileUri
-from ..quic import messages
 from ..quic.identity import short_node_id
 from ..store import ContentStore, Manifest, PartialFile
-from ..transfer.plan import DownloadPlan, Piece
+from ..transfer.plan import DownloadPlan, Pace
 from ..transfer.policy import Attempt, DownloadPolicy, fits_on_disk
+from ..transfer.timeline import Timeline
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
+from .download_manifest import provider_manifest, uri_manifest
 from .endpoint import LinkClosed
-from .slow import Provider, request_while_alive
+from .piece_fetch import fetch_piece
+from .slow import Provider
 
 log = logging.getLogger("kachery_p2p.download")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 STREAMS_PER_PROVIDER = 4
-PIECE_TIMEOUT = 60.0  # a piece stream that delivers no byte for this long is given up (slow is fine)
 PROGRESS_INTERVAL = 0.25
 MAX_ROUNDS = 5
 ENDGAME_AGE_FACTOR = 1.5
 ENDGAME_RECHECK = 0.25
 # Before any piece has arrived there is no usual duration: duplicate after this long.
 ENDGAME_FIRST_AGE = 2.0
-WRITE_BLOCK = 1 << 20
 BUSY_BACKOFF = 0.2
 MAX_BUSY = 50
 # Files above this size have a manifest (verification chunks); the URI names it when it was stored.
 MANIFEST_THRESHOLD = 20_000_000
-MAX_MANIFEST_BYTES = 16 << 20
+# Pieces: up to 4 MiB while much is left, smaller towards the end (guided sizing, transfer/plan.py);
+# never below this, so that the per-request cost stays small next to the bytes.
+MAX_PIECE = 4 * 1024 * 1024
+MIN_PIECE = 256 * 1024
+MIN_STEAL = 64 * 1024  # the smallest tail of a piece in flight that an idle provider takes over
 disk_usage = shutil.disk_usage  # replaced in tests
+
+
+def new_plan(chunks: list[tuple[int, int]], verified: set[int]) -> DownloadPlan:
+    return DownloadPlan(chunks, verified, piece_size=MAX_PIECE, min_piece_size=MIN_PIECE)
 
 
 class Download:
@@ -60,7 +68,6 @@ class Download:
         self.bad_providers: list[str] = []
         self._last_progress = 0.0
         self.started = time.monotonic()
-        self.bytes_fetched = 0
         # Bytes as they arrive (not only whole pieces): what progress and node-info show live.
         self.bytes_received = 0
         self.last_byte_at = self.started
@@ -69,19 +76,27 @@ class Download:
         self.on_partial: Callable[[PartialFile], None] | None = None
         self.on_verified: Callable[[int], None] | None = None
         self.plan: DownloadPlan | None = None
+        self.timeline: Timeline | None = None
+        # Late providers (add_provider): every provider seen, the policy, and the running fetch's hook.
+        self._everyone: list[Provider] = list(providers)
+        self._policy: DownloadPolicy | None = None
+        self._trusted: Manifest | None = None
+        self._attempt_size: int | None = None
+        self._join: Callable[[Provider], None] | None = None
 
     async def run(self) -> Path:
         """Download, verify and store the file. Size claims are tried in turn (``DownloadPolicy``): the
         bytes that verify against the sha1 win and every provider that claimed otherwise is dropped."""
-        everyone = list(self.providers)
-        policy = DownloadPolicy({p.node_id: p.size for p in everyone}, self._needs_provider_manifest)
-        trusted = await self._uri_manifest(everyone) if self.uri.manifest is not None else None
+        everyone = self._everyone = list(self.providers)
+        policy = self._policy = DownloadPolicy({p.node_id: p.size for p in everyone}, self._needs_provider_manifest)
+        trusted = self._trusted = await uri_manifest(self.uri, everyone) if self.uri.manifest is not None else None
         if trusted is not None:
             policy.liars |= {p.node_id for p in everyone if p.size != trusted.size}
             policy.claims = {p.node_id: p.size for p in everyone if p.size == trusted.size}
         failures: list[str] = []
         while (attempt := policy.next_attempt(self._fits)) is not None:
             self.providers = [p for p in everyone if p.node_id in attempt.providers and p.node_id not in policy.liars]
+            self._attempt_size = attempt.size
             try:
                 path, banned = await self._attempt(attempt, trusted)
             except AttemptFailed as exc:
@@ -95,6 +110,26 @@ class Download:
             return path
         raise no_attempt_left(self.sha1, policy, failures, trusted is not None)
 
+    def add_provider(self, provider: Provider) -> None:
+        """A provider found after the download started (the search goes on meanwhile). Its size claim
+        is one more claim for the policy (never trusted over verification); with the size now being
+        fetched it joins the running download at once, with its own streams."""
+        if any(p.node_id == provider.node_id for p in self._everyone):
+            return
+        if self._policy is None:  # not started yet (queued): it starts with the others
+            self._everyone.append(provider)
+            self.providers.append(provider)
+            return
+        self._everyone.append(provider)
+        if self._trusted is not None and provider.size != self._trusted.size:
+            self._policy.liars.add(provider.node_id)
+            return
+        self._policy.claims[provider.node_id] = provider.size
+        if provider.size == self._attempt_size and provider.node_id not in self._policy.liars:
+            self.providers.append(provider)
+            if self._join is not None:
+                self._join(provider)
+
     async def _attempt(self, attempt: Attempt, trusted: Manifest | None) -> tuple[Path, set[str]]:
         """One try at one claimed size (and, for a big file without a URI manifest, one provider's
         manifest). The path and the providers found sending bad bytes; AttemptFailed otherwise."""
@@ -103,7 +138,9 @@ class Download:
             if self.sha1 != SHA1_EMPTY:
                 raise AttemptFailed(f"providers say {self.sha1} is empty, which cannot be", set(attempt.providers))
             return (await asyncio.to_thread(self.store.store_bytes, b"")).path, set()
-        manifest = trusted if trusted is not None else await self._provider_manifest(size, attempt.manifest_source)
+        manifest = trusted
+        if manifest is None:
+            manifest = await provider_manifest(self.sha1, size, attempt.manifest_source, self.providers)
         partial = await asyncio.to_thread(self.store.open_partial, self.sha1, size, manifest)
         # Chunk hashes from a provider's manifest are unproven until the whole sha1 checks out: such
         # an attempt that fails is discarded at once, and its bans prove nothing.
@@ -112,7 +149,7 @@ class Download:
             self.on_partial(partial)
         try:
             chunks = [(c.start, c.end) for c in manifest.chunks] if manifest else [(0, size)]
-            plan = self.plan = DownloadPlan(chunks, partial.verified_chunks())
+            plan = self.plan = new_plan(chunks, partial.verified_chunks())
             try:
                 await self._fetch(plan, partial)
             except NotFoundError as exc:
@@ -151,7 +188,7 @@ class Download:
 
         Only with the URI's manifest (whose chunk hashes are proven) are chunks fetched alone; any
         other file is downloaded whole and verified first."""
-        manifest = await self._uri_manifest(self.providers) if self.uri.manifest is not None else None
+        manifest = await uri_manifest(self.uri, self.providers) if self.uri.manifest is not None else None
         wanted = set(manifest.chunks_covering(start, min(end, manifest.size))) if manifest else set()
         if manifest is None or len(wanted) == len(manifest.chunks):
             path = await self.run()
@@ -164,9 +201,7 @@ class Download:
             self.on_partial(partial)
         try:
             skip = set(range(len(manifest.chunks))) - wanted
-            plan = self.plan = DownloadPlan(
-                [(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip
-            )
+            plan = self.plan = new_plan([(c.start, c.end) for c in manifest.chunks], partial.verified_chunks() | skip)
             await self._fetch(plan, partial)
             # Opened before the partial is released, so a full download finishing now cannot pull
             # the file away from under us.
@@ -175,55 +210,17 @@ class Download:
             partial.close()  # quick, and not cancellable half-way: the next open of this file needs the lock
         return fd, size
 
-    async def _uri_manifest(self, providers: list[Provider]) -> Manifest:
-        """The URI's manifest (checked against its sha1) from the first provider that has it."""
-        assert self.uri.manifest is not None
-        errors = []
-        for provider in providers:
-            try:
-                has, _ = await provider.session.request({"op": "has", "sha1": self.uri.manifest}, timeout=30)
-                length = int(messages.check_ok(has)["size"])
-                if not 0 < length <= MAX_MANIFEST_BYTES:
-                    raise RemoteProtocolError(f"a manifest of {length} bytes")
-                header = {"op": "get", "sha1": self.uri.manifest, "start": 0, "end": length}
-                reply, data = await provider.session.request(header, timeout=PIECE_TIMEOUT)
-                messages.check_ok(reply)
-                manifest = Manifest.parse(data, expected_sha1=self.sha1, expected_manifest_sha1=self.uri.manifest)
-                if manifest.sha1 != self.sha1:
-                    raise VerificationError("the manifest describes another file")
-                return manifest
-            except (RemoteProtocolError, VerificationError, LinkClosed, asyncio.TimeoutError, ValueError,
-                    KeyError, TypeError) as exc:
-                errors.append(f"{short_node_id(provider.node_id)}: {exc}")
-        raise NotFoundError(f"no provider could give the manifest {self.uri.manifest}: {'; '.join(errors)}")
-
-    async def _provider_manifest(self, size: int, source: str | None) -> Manifest | None:
-        """A manifest from one provider (unproven until the whole file verifies); None for a small file."""
-        provider = next((p for p in self.providers if p.node_id == source), None)
-        if provider is None:
-            return None
-        try:
-            reply, data = await provider.session.request({"op": "manifest", "sha1": self.sha1}, timeout=PIECE_TIMEOUT)
-            messages.check_ok(reply)
-            manifest = Manifest.parse(data, expected_sha1=self.sha1)
-        except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError) as exc:
-            raise AttemptFailed(f"no manifest from {short_node_id(provider.node_id)}: {exc}") from None
-        except (VerificationError, ValueError) as exc:
-            who = provider.node_id
-            raise AttemptFailed(f"bad manifest from {short_node_id(who)}: {exc}", {who}) from None
-        if manifest.sha1 != self.sha1 or manifest.size != size:
-            raise AttemptFailed(f"the manifest from {short_node_id(provider.node_id)} describes another file",
-                                 {provider.node_id})
-        return manifest
-
     async def _fetch(self, plan: DownloadPlan, partial: PartialFile) -> None:
         wake = asyncio.Event()
         finished = asyncio.Event()
         verifying: set[asyncio.Task[None]] = set()
-        durations: list[float] = []
+        pace = plan.pace = Pace(ENDGAME_AGE_FACTOR, ENDGAME_FIRST_AGE)  # how fast each provider delivers
 
         suspects: dict[int, dict[tuple[int, int], tuple[str, str]]] = {}
         fatal: list[StoreError] = []
+        timeline = self.timeline = Timeline(time.monotonic())
+        for provider in self.providers:
+            timeline.joined(provider.node_id, timeline.started)
 
         def drop(node_id: str) -> None:
             log.warning("provider %s sent bad bytes for %s; dropping it", short_node_id(node_id), self.sha1)
@@ -252,18 +249,20 @@ class Download:
                 finished.set()
             wake.set()
 
-        def endgame_age() -> float:
-            # Duplicate only pieces that have taken clearly longer than usual.
-            return ENDGAME_AGE_FACTOR * sum(durations) / len(durations) if durations else ENDGAME_FIRST_AGE
-
         async def worker(provider: Provider) -> None:
+            try:
+                await work(provider)
+            finally:
+                plan.workers -= 1
+
+        async def work(provider: Provider) -> None:
             busy = 0
             while not plan.finished and provider.node_id not in plan.banned and not fatal:
                 now = time.monotonic()
-                piece = plan.next_piece(provider.node_id, now)
+                piece = plan.next_piece(provider.node_id, now) or plan.steal(provider.node_id, now, MIN_STEAL)
                 endgame = False
                 if piece is None:
-                    piece = plan.endgame_piece(provider.node_id, now, endgame_age())
+                    piece = plan.endgame_piece(provider.node_id, now)
                     endgame = piece is not None
                 if piece is None:
                     if plan.in_flight == 0 and not verifying:
@@ -274,13 +273,16 @@ class Download:
                         await asyncio.wait_for(wake.wait(), ENDGAME_RECHECK)
                     continue
                 try:
-                    got = await self._fetch_piece(provider, piece, partial, plan, buffered=endgame)
+                    got = await fetch_piece(self.sha1, provider, piece, partial, plan, endgame, self._count)
+                    size = plan.end_of(piece) - piece.start  # less than asked when its tail was stolen
+                    timeline.piece(provider.node_id, now, time.monotonic(), size, True, not got)
                 except StoreError as exc:  # our disk, not the provider: the whole download stops
                     fatal.append(exc)
                     finished.set()
                     wake.set()
                     return
                 except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, OSError) as exc:
+                    timeline.piece(provider.node_id, now, time.monotonic(), piece.size, False, endgame)
                     plan.piece_failed(piece, provider.node_id)
                     wake.set()
                     busy += 1
@@ -290,8 +292,9 @@ class Download:
                     log.info("piece %d-%d from %s failed: %s", piece.start, piece.end,
                              short_node_id(provider.node_id), exc)
                     return
+                busy = 0  # busy answers in a row: one piece delivered resets it
                 if got:
-                    durations.append(time.monotonic() - now)
+                    pace.record(time.monotonic() - now, size, provider.node_id)
                     index = plan.piece_received(piece, provider.node_id)
                     if index is not None:
                         task = asyncio.ensure_future(verify(index))
@@ -300,11 +303,44 @@ class Download:
                 wake.set()
                 await self._report(plan)
 
+        workers: list[asyncio.Future[None]] = []
+
+        def join(provider: Provider) -> None:  # a provider found while the download runs starts at once
+            if plan.finished or fatal or provider.node_id in plan.banned:
+                return
+            timeline.joined(provider.node_id, time.monotonic())
+            plan.workers += STREAMS_PER_PROVIDER
+            workers.extend(asyncio.ensure_future(worker(provider)) for _ in range(STREAMS_PER_PROVIDER))
+            wake.set()
+
+        self._join = join
+        try:
+            await self._rounds(plan, worker, workers, finished, verifying, fatal)
+        finally:
+            self._join = None
+            timeline.done(time.monotonic())
+            log.info("pieces of %s (%d bytes%s): %s", self.sha1, plan.total_bytes,
+                     "" if plan.finished else f", stopped with {plan.bytes_pending} to hand out and"
+                     f" {plan.in_flight} in flight", timeline.describe(short_node_id))
+        if fatal:
+            raise fatal[0]
+        if not plan.finished:
+            bad = ", ".join(short_node_id(n) for n in self.bad_providers)
+            raise NotFoundError(
+                f"could not download {self.sha1}: every provider failed" + (f" (bad data from {bad})" if bad else "")
+            )
+
+    async def _rounds(
+        self, plan: DownloadPlan, worker: Callable[[Provider], Awaitable[None]], workers: list[asyncio.Future[None]],
+        finished: asyncio.Event, verifying: set[asyncio.Task[None]], fatal: list[StoreError],
+    ) -> None:
+        """Workers for every live provider, again (at most MAX_ROUNDS times) while work is left."""
         for _round in range(MAX_ROUNDS):
             live = [p for p in self.providers if p.node_id not in plan.banned and p.alive]
             if plan.finished or not live or fatal:
                 break
-            workers = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
+            plan.workers = len(live) * STREAMS_PER_PROVIDER
+            workers[:] = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
             all_done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
             finished_wait: asyncio.Future[Any] = asyncio.ensure_future(finished.wait())
             try:
@@ -314,67 +350,21 @@ class Download:
                     await asyncio.gather(*list(verifying))
             finally:
                 finished_wait.cancel()
-                for task in workers:
-                    task.cancel()
+                # (a provider may join while the others are being stopped: until none is left running)
+                while running := [task for task in workers if not task.done()]:
+                    for task in running:
+                        task.cancel()
+                    await asyncio.gather(*running, return_exceptions=True)
                 await asyncio.gather(all_done, return_exceptions=True)
             for task in workers:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-        if fatal:
-            raise fatal[0]
-        if not plan.finished:
-            bad = ", ".join(short_node_id(n) for n in self.bad_providers)
-            raise NotFoundError(
-                f"could not download {self.sha1}: every provider failed" + (f" (bad data from {bad})" if bad else "")
-            )
 
-    async def _fetch_piece(
-        self, provider: Provider, piece: Piece, partial: PartialFile, plan: DownloadPlan, buffered: bool
-    ) -> bool:
-        """Fetch one piece into the partial file. False when another copy got there first.
-
-        Packets carry ~1.3 kB each: they are gathered and written in large blocks. A second copy
-        requested in the endgame is held in memory; if it arrives whole first it takes the piece over
-        and rewrites all of it, and the other copy writes nothing more. A copy that arrives second
-        writes nothing, so it cannot touch bytes already verified.
-        """
-        buffer = bytearray()
-        written = piece.start
-        node_id = provider.node_id
-
-        def flush() -> None:
-            nonlocal written
-            if buffer and plan.claim_write(piece, node_id):
-                partial.write_at(written, buffer)
-            written += len(buffer)
-            buffer.clear()
-
-        def sink(data: bytes) -> None:
-            self.last_byte_at = now = time.monotonic()
-            if self.first_byte_at is None:
-                self.first_byte_at = now
-            self.bytes_received += len(data)
-            if written + len(buffer) + len(data) > piece.end:
-                raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
-            buffer.extend(data)
-            if not buffered and len(buffer) >= WRITE_BLOCK:
-                flush()
-
-        session = provider.session
-        header = {"op": "get", "sha1": self.sha1, "start": piece.start, "end": piece.end}
-        reply = await request_while_alive(session, header, sink, PIECE_TIMEOUT)
-        messages.check_ok(reply)
-        if written + len(buffer) != piece.end:
-            raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {piece.size} bytes")
-        self.bytes_fetched += piece.size
-        # From here to piece_received (in the caller) nothing awaits: no other copy can write between.
-        if buffered:
-            if not plan.claim_write(piece, node_id, take_over=True):
-                return False
-            partial.write_at(piece.start, buffer)
-            return True
-        flush()
-        return plan.claim_write(piece, node_id)
+    def _count(self, size: int) -> None:
+        self.last_byte_at = now = time.monotonic()
+        if self.first_byte_at is None:
+            self.first_byte_at = now
+        self.bytes_received += size
 
     async def _report(self, plan: DownloadPlan, force: bool = False) -> None:
         now = time.monotonic()

@@ -10,6 +10,7 @@ aioquic's pacer spin; see reference/nat-lab.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -21,6 +22,13 @@ from ..errors import RemoteProtocolError
 from ..peering.path import PathKind
 from ..quic.settings import stream_send_buffered
 from .paths import Address, Path
+
+
+def stream_send_reset(conn: QuicConnection, stream_id: int) -> bool:
+    """Was the stream's sending side reset (by us, or by aioquic on the peer's STOP_SENDING)?"""
+    stream = conn._streams.get(stream_id)
+    return stream is not None and getattr(stream.sender, "_reset_error_code", None) is not None
+
 
 SEND_HIGH_WATER = 1 << 20
 SEND_LOW_WATER = 256 * 1024
@@ -169,6 +177,11 @@ class Link:
                 if event.end_stream:
                     self._streams.pop(event.stream_id, None)
                 handler.on_data(event.data, event.end_stream)
+            elif isinstance(event, events.StopSendingReceived):
+                # aioquic reset the stream's sending side: whoever waits to send more must stop.
+                waiter = self._send_waiters.pop(event.stream_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
             elif isinstance(event, events.StreamReset):
                 handler = self._streams.pop(event.stream_id, None)
                 if handler is not None:
@@ -235,6 +248,8 @@ class Link:
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
         if self.is_closed:
             raise self.closed.result()
+        if stream_send_reset(self.conn, stream_id):
+            raise RemoteProtocolError("the peer stopped reading the stream", code="stream_reset")
         self.conn.send_stream_data(stream_id, data, end_stream=end)
         self.transmit_soon()
 
@@ -243,6 +258,8 @@ class Link:
         while stream_send_buffered(self.conn, stream_id) > SEND_HIGH_WATER:
             if self.is_closed:
                 raise self.closed.result()
+            if stream_send_reset(self.conn, stream_id):
+                raise RemoteProtocolError("the peer stopped reading the stream", code="stream_reset")
             waiter = self._send_waiters.get(stream_id)
             if waiter is None or waiter.done():
                 waiter = self._loop.create_future()
@@ -261,10 +278,12 @@ class Link:
         self._streams.pop(stream_id, None)
         if self.is_closed:
             return
-        try:
+        with contextlib.suppress(ValueError, AssertionError):
             self.conn.reset_stream(stream_id, code)
-        except (ValueError, AssertionError):
-            return
+        if self._can_stop(stream_id):
+            # Ask the peer to stop sending too (a reply we no longer want), instead of reading all of it.
+            with contextlib.suppress(ValueError, AssertionError):
+                self.conn.stop_stream(stream_id, code)
         self.transmit_soon()
 
     async def ping(self) -> None:

@@ -293,7 +293,7 @@ class PeerSession:
         if not self.link.is_closed:
             try:
                 self.link.send(stream_id, encode_frame(header), end=True)
-            except (AssertionError, ValueError):
+            except (AssertionError, ValueError, RemoteProtocolError):  # (a stream the peer stopped)
                 self.link.reset(stream_id)
 
     # -- information ---------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 FIND_TIMEOUT = 5.0
-EXTRA_PROVIDER_WAIT = 0.15
+# After the first provider answers, others are waited for only this long: the download starts, and
+# providers that answer later join it at once (Download.add_provider).
+EXTRA_PROVIDER_WAIT = 0.02
 MAX_DOWNLOADS = 4
 # A search with no connection under way ends once every peer answered and this much time passed.
 SETTLE_TIME = 1.0
@@ -115,11 +117,14 @@ class Transfers:
                 "fileKey": {"sha1": uri.sha1},
             }
 
-    async def _collect(self, sha1: str, timeout: float) -> list[Provider]:
+    async def _collect(self, sha1: str, timeout: float, rest: list[Search] | None = None) -> list[Provider]:
+        """Providers that answer until shortly after the first. With ``rest``, the search goes on: it is
+        put there for the caller (who stops it), to add later providers to the running download."""
+        search = Search(self.find_providers(sha1, timeout))
         providers: list[Provider] = []
         deadline = time.monotonic() + timeout
         first_at: float | None = None
-        iterator = self.find_providers(sha1, timeout).__aiter__()
+        ended = False
         try:
             while True:
                 limit = deadline if first_at is None else min(deadline, first_at + EXTRA_PROVIDER_WAIT)
@@ -127,21 +132,28 @@ class Transfers:
                 if remaining <= 0:
                     break
                 try:
-                    provider = await asyncio.wait_for(iterator.__anext__(), remaining)
-                except (StopAsyncIteration, asyncio.TimeoutError):
+                    provider = await asyncio.wait_for(search.found.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if provider is None:
+                    ended = True
                     break
                 providers.append(provider)
                 if first_at is None:
                     first_at = time.monotonic()
         finally:
-            with contextlib.suppress(Exception):
-                await iterator.aclose()  # type: ignore[attr-defined]
+            if rest is not None and providers and not ended:
+                rest.append(search)
+            else:
+                await search.stop()
         return providers
 
-    async def _providers(self, uri: FileUri, timeout: float | None) -> list[Provider]:
+    async def _providers(
+        self, uri: FileUri, timeout: float | None, rest: list[Search] | None = None
+    ) -> list[Provider]:
         wait = FIND_TIMEOUT if timeout is None else timeout
         started = time.monotonic()
-        providers = await self._collect(uri.sha1, wait)
+        providers = await self._collect(uri.sha1, wait, rest)
         if not providers:
             raise NotFoundError(self._not_found(uri, time.monotonic() - started))
         return providers
@@ -170,16 +182,35 @@ class Transfers:
 
     async def _run_load(self, entry: RunningDownload, timeout: float | None) -> Path:
         uri = entry.uri
-        providers = await self._providers(uri, timeout)
+        rest: list[Search] = []
+        providers = await self._providers(uri, timeout, rest)
         ids, size = [p.node_id for p in providers], providers[0].size
-        # Listed by kachery-p2p-transfers (activity.py), which can cancel it; followers: running.py.
-        return await self.activity.track_load(
-            str(uri), uri.sha1, size, ids, _no_progress, lambda tracked: self._load(entry, providers, tracked)
-        )
+        try:
+            # Listed by kachery-p2p-transfers (activity.py), which can cancel it; followers: running.py.
+            return await self.activity.track_load(
+                str(uri), uri.sha1, size, ids, _no_progress, lambda tracked: self._load(entry, providers, tracked, rest)
+            )
+        finally:
+            for search in rest:
+                await search.stop()
 
-    async def _load(self, entry: RunningDownload, providers: list[Provider], progress: Progress) -> Path:
+    async def _load(
+        self, entry: RunningDownload, providers: list[Provider], progress: Progress,
+        rest: list[Search] | None = None,
+    ) -> Path:
         uri = entry.uri
         download = entry.download = Download(self.store, uri, providers, progress)
+        # Providers that answer from now on join the running download (the search goes on meanwhile).
+        feeder = asyncio.ensure_future(rest[0].feed(download)) if rest else None
+        try:
+            return await self._load_with(entry, download)
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+
+    async def _load_with(self, entry: RunningDownload, download: Download) -> Path:
+        uri = entry.uri
         entry.phase = "queued"
         async with self._slots, self._file_lock(uri.sha1):
             path = await asyncio.to_thread(self.store.find_local, uri)
@@ -245,3 +276,26 @@ class Transfers:
 
 async def _no_progress(message: dict[str, Any]) -> None:
     return None
+
+
+class Search:
+    """A search for providers running in its own task; what it finds waits in ``found`` (None: ended)."""
+
+    def __init__(self, providers: AsyncIterator[Provider]) -> None:
+        self.found: asyncio.Queue[Provider | None] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._run(providers))
+
+    async def _run(self, providers: AsyncIterator[Provider]) -> None:
+        try:
+            async for provider in providers:
+                self.found.put_nowait(provider)
+        finally:
+            self.found.put_nowait(None)
+
+    async def feed(self, download: Download) -> None:
+        while (provider := await self.found.get()) is not None:
+            download.add_provider(provider)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -44,19 +44,23 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .udp_socket import (
+    IP_PKTINFO,
+    IPV6_PKTINFO,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    bind_udp,
+    enable_gro,
+    enable_pktinfo,
+)
+
 log = logging.getLogger("kachery_p2p.udp")
 
 Address = tuple[str, int]
 REPLY_TABLE_SIZE = 4096
 READ_BATCH = 64
 MAX_DATAGRAM = 65535
-# Linux values; Python's socket module does not export IP_PKTINFO.
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
-IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
-IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
-SOL_UDP = getattr(socket, "SOL_UDP", 17)
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103 if sys.platform.startswith("linux") else None)
-UDP_GRO = getattr(socket, "UDP_GRO", 104 if sys.platform.startswith("linux") else None)
 ANCILLARY_SIZE = socket.CMSG_SPACE(32) + socket.CMSG_SPACE(8)  # PKTINFO and the GRO segment size
 GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
 GSO_MAX_BYTES = 65000  # one UDP payload before segmentation (IPv4 allows 65507)
@@ -335,65 +339,17 @@ def _segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
     return 0
 
 
-def _enable_gro(sock: socket.socket) -> bool:
-    if UDP_GRO is None or os.environ.get("KACHERY_P2P_UDP_GRO", "1") == "0":
-        return False
-    try:
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-    except OSError:
-        return False
-    return True
-
-
-def _enable_pktinfo(sock: socket.socket) -> bool:
-    enabled = False
-    if IP_PKTINFO is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            enabled = True
-    if sock.family == socket.AF_INET6 and IPV6_RECVPKTINFO is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-        except OSError:
-            return False
-    return enabled
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket on (host, port); the IPv4 wildcard becomes a dual-stack socket where possible."""
-    if host in ("", "0.0.0.0") and socket.has_ipv6:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", port))
-            sock.setblocking(False)
-            return sock
-        except OSError as exc:
-            sock.close()
-            if exc.errno not in (97, 99, 47):  # EAFNOSUPPORT / EADDRNOTAVAIL (no IPv6 here): fall back to IPv4
-                raise
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.bind((host or "0.0.0.0", port))
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
 async def open_udp(protocol_factory: Callable[[], asyncio.DatagramProtocol], host: str, port: int
                    ) -> tuple[UdpTransport, asyncio.DatagramProtocol]:
     """Bind and start reading; OSError when the address cannot be bound (the caller words the message)."""
     loop = asyncio.get_running_loop()
-    sock = _bind(host, port)
+    sock = bind_udp(host, port)
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
     protocol = protocol_factory()
-    transport = UdpTransport(loop, sock, protocol, _enable_pktinfo(sock))
-    transport.gro = _enable_gro(sock)
+    transport = UdpTransport(loop, sock, protocol, enable_pktinfo(sock))
+    transport.gro = enable_gro(sock)
     protocol.connection_made(transport)
     return transport, protocol
 

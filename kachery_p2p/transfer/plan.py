@@ -1,17 +1,29 @@
 """Which byte ranges to ask for, from whom, and what is verified (sans-IO).
 
 A file is a list of verification chunks (the manifest's, or one chunk for a small file). Chunks are
-cut into pieces of at most ``piece_size`` bytes, each fetched on its own QUIC stream. When every piece
-of a chunk has arrived the caller verifies the chunk's sha1; a failed chunk is queued again and the
-providers that sent it are charged for it.
+cut into pieces of at most ``piece_size`` bytes when they are handed out, each fetched on its own QUIC
+stream. When every byte of a chunk has arrived the caller verifies the chunk's sha1; a failed chunk is
+queued again and the providers that sent it are charged for it. Pieces never cross a chunk boundary,
+so whatever their size, nothing is used before the chunk that holds it is verified.
+
+Sizing (``min_piece_size`` set): guided self-scheduling. Each piece handed out is the bytes not yet
+handed out divided by ``GUIDE`` times the streams at work (``workers``), between ``min_piece_size`` and
+``piece_size``: large pieces while much is left (few requests), small ones near the end, so that the
+last pieces of every provider end at about the same time and no provider waits on another's tail.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .pace import Pace
+
 DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
+# Pieces per stream at work, at most, among the bytes not yet handed out (guided sizing).
+GUIDE = 2
+PIECE_ALIGN = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,7 @@ class Piece:
 class _ChunkState:
     start: int
     end: int
-    waiting: int = 0
+    missing: int = 0  # bytes not received yet
     providers: set[str] = field(default_factory=set)
     # After a failed check of a chunk that came from several providers, the chunk is fetched
     # again from one provider only ("pinned" to whoever takes its first piece), so that the next
@@ -53,10 +65,16 @@ class DownloadPlan:
         verified: set[int],
         piece_size: int = DEFAULT_PIECE_SIZE,
         max_strikes: int = 1,
+        min_piece_size: int | None = None,
     ) -> None:
-        if piece_size <= 0:
-            raise ValueError("piece_size must be positive")
+        if piece_size <= 0 or (min_piece_size is not None and not 0 < min_piece_size <= piece_size):
+            raise ValueError("piece sizes must be positive, the smallest at most the largest")
         self.piece_size = piece_size
+        self.min_piece_size = min_piece_size
+        # Streams fetching at once (set by the caller as providers join and leave) and how fast each
+        # provider delivers: guided sizing and endgame copies.
+        self.workers = 1
+        self.pace: Pace | None = None
         self.max_strikes = max_strikes
         self.total_bytes = sum(end - start for start, end in chunks)
         self._chunks = [_ChunkState(start, end) for start, end in chunks]
@@ -71,6 +89,10 @@ class DownloadPlan:
         self._in_flight: dict[Piece, set[str]] = {}
         self._writers: dict[Piece, str] = {}
         self._handed_at: dict[Piece, float] = {}
+        # Work stealing: a piece in flight whose tail was handed to another provider ends earlier
+        # (its fetcher stops there), and how many bytes of each piece have arrived so far.
+        self._ends: dict[Piece, int] = {}
+        self._progress: dict[Piece, int] = {}
         for index in range(len(chunks)):
             if index in verified:
                 self._mark_verified(index)
@@ -89,16 +111,21 @@ class DownloadPlan:
         chunk.sources.clear()
         chunk.generation += 1 if chunk.queued_before else 0
         chunk.queued_before = True
-        position = chunk.start
-        count = 0
-        while position < chunk.end or (count == 0 and chunk.start == chunk.end):
-            end = min(position + self.piece_size, chunk.end)
-            self._queue.append(Piece(index, position, end, chunk.generation))
-            count += 1
-            position = end
-            if chunk.start == chunk.end:
-                break
-        chunk.waiting = count
+        # One range per chunk: pieces are cut from its front as they are handed out.
+        self._queue.append(Piece(index, chunk.start, chunk.end, chunk.generation))
+        chunk.missing = chunk.end - chunk.start
+
+    def _cut(self, piece: Piece, provider: str | None) -> int:
+        """How many bytes of the queued range ``piece`` to hand out now."""
+        if self.min_piece_size is None:
+            return min(piece.size, self.piece_size)
+        left = sum(p.size for p in self._queue)
+        share = self.pace.share(provider) if self.pace is not None else 1.0
+        want = int(-(-left // (GUIDE * max(1, self.workers))) * share)
+        want = -(-want // PIECE_ALIGN) * PIECE_ALIGN
+        want = max(self.min_piece_size, min(self.piece_size, want))
+        # No crumb smaller than the smallest piece left behind.
+        return piece.size if piece.size - want < self.min_piece_size else want
 
     def _mark_verified(self, index: int) -> None:
         if index not in self._verified:
@@ -112,11 +139,70 @@ class DownloadPlan:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Pieces left to hand out (at the largest piece size)."""
+        return sum(max(1, -(-p.size // self.piece_size)) for p in self._queue)
+
+    @property
+    def bytes_pending(self) -> int:
+        return sum(p.size for p in self._queue)
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def end_of(self, piece: Piece) -> int:
+        """Where the piece ends now (earlier than ``piece.end`` once its tail was stolen)."""
+        return self._ends.get(piece, piece.end)
+
+    def _current(self, piece: Piece) -> Piece:
+        end = self._ends.get(piece, piece.end)
+        return piece if end == piece.end else Piece(piece.chunk, piece.start, end, piece.generation)
+
+    def _forget(self, piece: Piece) -> None:
+        del self._in_flight[piece]
+        self._writers.pop(piece, None)
+        self._handed_at.pop(piece, None)
+        self._ends.pop(piece, None)
+        self._progress.pop(piece, None)
+
+    def arrived(self, piece: Piece, provider: str, count: int) -> None:
+        """``count`` bytes of the piece have arrived from its only fetcher so far (for stealing its tail)."""
+        if self._in_flight.get(piece) == {provider}:
+            self._progress[piece] = count
+
+    def steal(self, provider: str, now: float, min_size: int) -> Piece | None:
+        """With nothing left to hand out, take the tail of the piece whose fetcher would end last:
+        split at the point where both should end together (by the fetcher's speed on this piece and
+        this provider's usual speed). The fetcher stops at the split; nothing is fetched twice."""
+        if self._queue or self.pace is None:
+            return None
+        mine = self.pace.rate(provider)
+        best: tuple[float, Piece, int] | None = None
+        for piece, fetchers in self._in_flight.items():
+            if len(fetchers) != 1 or provider in fetchers or self._chunks[piece.chunk].pinned:
+                continue
+            done, started = self._progress.get(piece, 0), self._handed_at.get(piece)
+            if started is None or done <= 0 or now <= started:
+                continue
+            theirs = done / (now - started)
+            rate = mine or theirs
+            end = self.end_of(piece)
+            left = end - (piece.start + done)
+            split = piece.start + done + int(left * theirs / (theirs + rate))
+            split = min(end, -(-split // PIECE_ALIGN) * PIECE_ALIGN)
+            if end - split < min_size:
+                continue
+            finish = left / theirs  # when the fetcher alone would end
+            if best is None or finish > best[0]:
+                best = (finish, piece, split)
+        if best is None:
+            return None
+        _, piece, split = best
+        tail = Piece(piece.chunk, split, self.end_of(piece), piece.generation)
+        self._ends[piece] = split
+        self._in_flight[tail] = {provider}
+        self._handed_at[tail] = now
+        return tail
 
     def next_piece(self, provider: str | None = None, now: float | None = None) -> Piece | None:
         for position, piece in enumerate(self._queue):
@@ -128,32 +214,58 @@ class DownloadPlan:
                     chunk.owner = provider
                 elif chunk.owner != provider:
                     continue
-            del self._queue[position]
+            size = self._cut(piece, provider)
+            if size < piece.size:
+                rest = Piece(piece.chunk, piece.start + size, piece.end, piece.generation)
+                piece = Piece(piece.chunk, piece.start, piece.start + size, piece.generation)
+                self._queue[position] = rest
+            else:
+                del self._queue[position]
             self._in_flight[piece] = {provider or ""}
             if now is not None:
                 self._handed_at[piece] = now
             return piece
         return None
 
-    def endgame_piece(self, provider: str, now: float | None = None, min_age: float = 0.0) -> Piece | None:
+    def endgame_piece(
+        self, provider: str, now: float | None = None, min_age: float | Callable[[Piece], float] = 0.0
+    ) -> Piece | None:
         """With nothing left to hand out, ask for a piece another provider is still fetching, so that
         one slow provider cannot hold up the end. The first copy to arrive is used. Only pieces in
         flight for at least ``min_age`` seconds qualify: duplicating a piece that is about to land
-        anyway only wastes bandwidth."""
+        anyway only wastes bandwidth. With a ``pace`` (and ``now``), the piece chosen is the one this
+        provider would deliver soonest ahead of its fetcher, and only if it would."""
         if self._queue:
             return None
-        candidates = [
-            (len(fetchers), piece)
+        age = min_age if callable(min_age) else (lambda _piece: min_age)
+        open_pieces = [
+            (piece, fetchers)
             for piece, fetchers in self._in_flight.items()
-            if provider not in fetchers
-            and not self._chunks[piece.chunk].pinned
-            and (now is None or now - self._handed_at.get(piece, now) >= min_age)
+            if provider not in fetchers and not self._chunks[piece.chunk].pinned
         ]
-        if not candidates:
+        chosen: Piece | None = None
+        if self.pace is not None and now is not None:
+            pace = self.pace
+            gains = [
+                (gain, piece)
+                for piece, fetchers in open_pieces
+                if (gain := pace.worth_copying(piece.size, self._handed_at.get(piece, now), fetchers, provider, now))
+                is not None
+            ]
+            if gains:
+                chosen = max(gains, key=lambda item: (item[0], -item[1].start))[1]
+        else:
+            candidates = [
+                (len(fetchers), piece)
+                for piece, fetchers in open_pieces
+                if now is None or now - self._handed_at.get(piece, now) >= age(piece)
+            ]
+            if candidates:
+                chosen = min(candidates, key=lambda item: (item[0], item[1].start))[1]
+        if chosen is None:
             return None
-        _, piece = min(candidates, key=lambda item: (item[0], item[1].start))
-        self._in_flight[piece].add(provider)
-        return piece
+        self._in_flight[chosen].add(provider)
+        return chosen
 
     def is_open(self, piece: Piece, provider: str | None = None) -> bool:
         """Still wanted from this provider: handed out to it and not received yet. A copy asked for
@@ -184,25 +296,23 @@ class DownloadPlan:
             del self._writers[piece]  # its partial copy is void; the next copy rewrites the piece
         if provider is not None and fetchers:
             return  # another provider is still fetching it
-        del self._in_flight[piece]
-        self._writers.pop(piece, None)
-        self._handed_at.pop(piece, None)
+        current = self._current(piece)
+        self._forget(piece)
         self._chunks[piece.chunk].owner = None
-        self._queue.appendleft(piece)
+        self._queue.appendleft(current)
 
     def piece_received(self, piece: Piece, provider: str) -> int | None:
         """Returns the chunk index when the chunk is complete and must now be verified."""
         if not self.is_open(piece, provider) or self._writers.get(piece, provider) != provider:
             return None  # a second copy (endgame), or one asked for before a requeue
-        del self._in_flight[piece]
-        self._writers.pop(piece, None)
-        self._handed_at.pop(piece, None)
+        current = self._current(piece)
+        self._forget(piece)
         chunk = self._chunks[piece.chunk]
         chunk.providers.add(provider)
-        chunk.sources[(piece.start, piece.end)] = provider
-        chunk.waiting -= 1
-        self.bytes_received += piece.size
-        return piece.chunk if chunk.waiting == 0 else None
+        chunk.sources[(current.start, current.end)] = provider
+        chunk.missing -= current.size
+        self.bytes_received += current.size
+        return piece.chunk if chunk.missing == 0 else None
 
     def piece_sources(self, index: int) -> dict[tuple[int, int], str]:
         """Which provider sent each piece (byte range) of a complete chunk."""

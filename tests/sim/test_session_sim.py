@@ -25,6 +25,7 @@ import pytest
 from kachery_p2p.daemon import download as download_module
 from kachery_p2p.daemon.download import Download, Provider
 from kachery_p2p.daemon.endpoint import Address, Link, QuicEndpoint
+from kachery_p2p.daemon.piece_fetch import fetch_piece
 from kachery_p2p.daemon.serve import FileServer
 from kachery_p2p.daemon.session import PeerSession
 from kachery_p2p.errors import NotFoundError, RemoteProtocolError
@@ -513,7 +514,7 @@ def test_a_streaming_copy_cannot_overwrite_a_completed_endgame_copy(tmp_path: Pa
 
             async def fetch(provider: Provider, buffered: bool) -> None:
                 assert piece is not None
-                got = await download_._fetch_piece(provider, piece, partial, plan, buffered=buffered)
+                got = await fetch_piece(download_.sha1, provider, piece, partial, plan, buffered, download_._count)
                 if got and plan.piece_received(piece, provider.node_id) is not None:
                     liar_may_finish.set()
 

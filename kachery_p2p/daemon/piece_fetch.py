@@ -1,0 +1,91 @@
+"""One piece of a download over one QUIC stream, into the partial file (see download.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import RemoteProtocolError
+from ..quic import messages
+from ..store import PartialFile
+from ..transfer.plan import DownloadPlan, Piece
+from .slow import Provider, request_while_alive
+
+PIECE_TIMEOUT = 60.0  # a piece stream that delivers no byte for this long is given up (slow is fine)
+WRITE_BLOCK = 1 << 20
+
+
+async def fetch_piece(
+    sha1: str, provider: Provider, piece: Piece, partial: PartialFile, plan: DownloadPlan, buffered: bool,
+    count: Callable[[int], None],
+) -> bool:
+    """Fetch one piece into the partial file. False when another copy got there first.
+
+    Packets carry ~1.3 kB each: they are gathered and written in large blocks. A second copy
+    requested in the endgame is held in memory; if it arrives whole first it takes the piece over
+    and rewrites all of it, and the other copy writes nothing more. A copy that arrives second
+    writes nothing, so it cannot touch bytes already verified. When another provider took the tail
+    of the piece (``plan.steal``), the fetch ends where the tail begins and its stream is reset.
+    """
+    buffer = bytearray()
+    written = piece.start
+    node_id = provider.node_id
+    # "taken": another copy got the piece first; "complete": every byte up to the piece's current
+    # end arrived (its tail was stolen). Either way this request stops (its stream is reset).
+    stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def flush() -> None:
+        nonlocal written
+        if buffer and plan.claim_write(piece, node_id):
+            partial.write_at(written, buffer)
+        written += len(buffer)
+        buffer.clear()
+
+    def sink(data: bytes) -> None:
+        count(len(data))
+        if stop.done():
+            return
+        if not plan.is_open(piece, node_id):
+            stop.set_result("taken")
+            return
+        have = written + len(buffer)
+        if have + len(data) > piece.end:
+            raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
+        end = plan.end_of(piece)
+        if have + len(data) >= end:
+            buffer.extend(memoryview(data)[: end - have])
+            plan.arrived(piece, node_id, end - piece.start)  # nothing left to steal
+            stop.set_result("complete")
+            return
+        buffer.extend(data)
+        plan.arrived(piece, node_id, have + len(data) - piece.start)
+        if not buffered and len(buffer) >= WRITE_BLOCK:
+            flush()
+
+    session = provider.session
+    header = {"op": "get", "sha1": sha1, "start": piece.start, "end": plan.end_of(piece)}
+    request = asyncio.ensure_future(request_while_alive(session, header, sink, PIECE_TIMEOUT))
+    try:
+        waiters: set[asyncio.Future[Any]] = {request, stop}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not request.done():
+            request.cancel()  # resets the stream: the provider stops sending
+    if stop.done() and stop.result() == "taken":
+        return False
+    if not stop.done():
+        messages.check_ok(request.result())
+    end = plan.end_of(piece)
+    if end < written + len(buffer) and written <= end:
+        del buffer[end - written :]  # its tail was taken while this copy ended: keep only the rest
+    if written + len(buffer) != end:
+        raise RemoteProtocolError(f"provider sent {written + len(buffer) - piece.start} of {end - piece.start} bytes")
+    # From here to piece_received (in the caller) nothing awaits: no other copy can write between.
+    if buffered:
+        if not plan.claim_write(piece, node_id, take_over=True):
+            return False
+        partial.write_at(piece.start, buffer)
+        return True
+    flush()
+    return plan.claim_write(piece, node_id)

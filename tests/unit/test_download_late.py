@@ -1,0 +1,106 @@
+"""Providers that answer after a download started join it (Download.add_provider): the real Download
+code with scripted in-memory sessions. A late provider gets work at once; its claim is judged like any
+other (a wrong size is reported as a lie, bad bytes get it dropped), and the file is still verified."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from kachery_p2p.daemon.download import Download, Provider
+from kachery_p2p.ids import FileUri
+from kachery_p2p.store import ContentStore
+
+MB = 1_000_000
+BLOCK = 64 * 1024
+
+
+class SlowSession:
+    """A provider of ``data`` that sends it in 64 KiB blocks, ``delay`` seconds apart."""
+
+    def __init__(self, name: str, data: bytes, delay: float) -> None:
+        self.node_id = hashlib.sha256(name.encode()).hexdigest()
+        self.data = data
+        self.size = len(data)
+        self.delay = delay
+        self.link = SimpleNamespace(is_closed=False, path=SimpleNamespace(kind="direct"))
+        self.bytes_sent = 0
+
+    async def request(self, header: dict[str, Any], sink: Callable[[bytes], None] | None = None,
+                      timeout: float | None = None) -> tuple[dict[str, Any], bytes]:
+        await asyncio.sleep(0)
+        if header["op"] == "has":
+            return {"ok": True, "size": self.size}, b""
+        assert header["op"] == "get" and sink is not None
+        body = self.data[header["start"] : header["end"]]
+        for i in range(0, len(body), BLOCK):
+            await asyncio.sleep(self.delay)
+            self.bytes_sent += len(body[i : i + BLOCK])
+            sink(body[i : i + BLOCK])
+        return {"ok": True, "length": len(body)}, b""
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ContentStore:
+    return ContentStore(tmp_path / "store")
+
+
+def run_with_late(store: ContentStore, data: bytes, first: SlowSession, late: SlowSession,
+                  after: float = 0.05) -> tuple[Path, Download, float]:
+    uri = FileUri(algorithm="sha1", hash=hashlib.sha1(data).hexdigest())
+
+    async def progress(message: dict[str, Any]) -> None:
+        return None
+
+    download = Download(store, uri, [Provider(first, first.size)], progress)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[Path, float]:
+        task = asyncio.ensure_future(download.run())
+        await asyncio.sleep(after)
+        assert not task.done(), "the download ended before the late provider came"
+        joined_at = asyncio.get_running_loop().time()
+        download.add_provider(Provider(late, late.size))  # type: ignore[arg-type]
+        return await task, joined_at
+
+    path, joined_at = asyncio.run(scenario())
+    return path, download, joined_at
+
+
+def test_a_provider_that_answers_late_joins_the_running_download(store: ContentStore) -> None:
+    data = os.urandom(8 * MB)
+    slow, fast = SlowSession("slow", data, 0.02), SlowSession("fast", data, 0.001)
+    path, download, _ = run_with_late(store, data, slow, fast)
+    assert path.read_bytes() == data
+    # The late provider did most of the work (before: it was never asked, and the load took ~2.5 s).
+    assert fast.bytes_sent > slow.bytes_sent
+    timeline = download.timeline
+    assert timeline is not None
+    row = timeline.summary()[fast.node_id]
+    assert row["first"] is not None and row["joined"] is not None
+    assert float(row["first"]) - float(row["joined"]) < 0.1, row  # work at once
+
+
+def test_a_late_provider_claiming_another_size_is_reported_as_a_liar(store: ContentStore) -> None:
+    data = os.urandom(2 * MB)
+    honest = SlowSession("honest", data, 0.005)
+    liar = SlowSession("liar", os.urandom(len(data) + 1), 0.001)
+    path, download, _ = run_with_late(store, data, honest, liar)
+    assert path.read_bytes() == data
+    assert liar.bytes_sent == 0  # another size: it never joined this attempt
+    assert download.bad_providers == [liar.node_id]
+
+
+def test_a_late_provider_sending_bad_bytes_is_dropped_and_the_file_verifies(store: ContentStore) -> None:
+    data = os.urandom(3 * MB)
+    honest = SlowSession("honest", data, 0.01)
+    liar = SlowSession("liar", os.urandom(len(data)), 0.001)  # same size, other bytes
+    path, download, _ = run_with_late(store, data, honest, liar)
+    assert path.read_bytes() == data
+    assert liar.node_id in download.bad_providers and honest.node_id not in download.bad_providers
