@@ -33,9 +33,10 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("--mb", type=float, default=None, help="MB per transfer (10, --quick 4)")
     parser.add_argument("--share-seconds", type=float, default=10.0)
     parser.add_argument("--no-share", action="store_true")
+    parser.add_argument("--no-transfers", action="store_true", help="only the sharing rows")
     args, _ = parser.parse_known_args(argv)
     size = int((args.mb or (4 if args.quick else 10)) * 1e6)
-    controllers = args.controllers.split(",")
+    controllers = [] if args.no_transfers else args.controllers.split(",")
     results: list[dict[str, Any]] = []
     for rtt_ms in (float(x) for x in args.rtt.split(",")):
         for loss_pct in (float(x) for x in args.loss.split(",")):

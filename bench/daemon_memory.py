@@ -39,6 +39,7 @@ NAME = "daemon-memory"
 MIB = 1 << 20
 
 _IMPORT_FLOOR = """
+import kachery_p2p.daemon  # first, as in the daemon: it imports aiohttp without loading CA certificates
 import aiohttp.web, aioquic.asyncio, cryptography.x509, uvloop
 import kachery_p2p, kachery_p2p.cli.daemon_cmd, kachery_p2p.daemon.node
 import kachery_p2p.daemon.network, kachery_p2p.daemon.control

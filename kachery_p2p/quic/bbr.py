@@ -14,8 +14,9 @@ keeps at most ``cwnd_gain x BDP`` in flight. States as in BBRv1:
 Random loss does not reduce the rate (the delivery rate already excludes lost packets), which is what
 keeps the goodput of a lossy WAN path near the link rate where reno halves its window on every loss.
 Loss that says "the queue overflowed" does (a simplified BBRv2 bound, to share with loss-based TCP):
-a round trip losing more than ``LOSS_THRESHOLD`` of its bytes caps bytes in flight at 0.85x what was in
-flight then (``inflight_hi``); the cap grows again by 25 % per probing cycle without such a round.
+a round trip losing more than ``LOSS_THRESHOLD`` of its bytes (and at least 3 packets) caps bytes in
+flight at 0.85x what that round sent (``inflight_hi``); the cap grows again by 25 % per probing cycle
+without such a round.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ FULL_BW_GROWTH = 1.25
 FULL_BW_ROUNDS = 3
 LOSS_THRESHOLD = 0.05  # random loss of a few % is not a queue overflowing; a full queue drops 10-20 %
 INFLIGHT_HI_BETA = 0.85
+LOSS_EVENTS = 3
 MIN_PACKETS = 4
 
 STARTUP, DRAIN, PROBE_BW, PROBE_RTT = "startup", "drain", "probe_bw", "probe_rtt"
@@ -121,7 +123,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self._first_sent_time = sent_time
         interval = max(sent_time - first_sent_then, now - delivered_time_then)
         if delivered_then >= self._next_round_delivered:
-            self._new_round()
+            self._new_round(now)
         if interval > 0:
             self._update_bw((self._delivered - delivered_then) / interval)
         self._update_state(now)
@@ -133,23 +135,29 @@ class BbrCongestionControl(QuicCongestionControl):
             self._sent.pop(id(packet), None)
 
     def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
-        inflight_before = self.bytes_in_flight
         for packet in packets:
             self.bytes_in_flight -= packet.sent_bytes
             self._sent.pop(id(packet), None)
             self._round_lost += packet.sent_bytes
+        # Past startup, react within the round (sharing with loss-based flows needs it); early in a round
+        # a few random losses are a large fraction of little, so judge at least a BDP's worth.
         lost, acked = self._round_lost, self._round_acked
-        # Early in a round a few random losses are a large fraction of little: judge at least a BDP.
-        if lost >= 3 * self._mss and lost > LOSS_THRESHOLD * max(lost + acked, self.bdp()):
-            # The queue overflowed: bound what we keep in flight (and leave startup, like BBRv2).
-            self.inflight_hi = max(self.bdp(), INFLIGHT_HI_BETA * inflight_before, MIN_PACKETS * self._mss)
-            self._high_loss_this_cycle = True
-            self._round_lost = self._round_acked = 0
-            if self.state == STARTUP:
-                self.filled_pipe = True
-                self._enter(DRAIN, now)
-            self.congestion_window = min(self.congestion_window, int(self.inflight_hi))
+        if self.state != STARTUP and self._too_lossy(lost, max(lost + acked, self.bdp())):
+            self._bound_inflight(lost + acked, now)
         self._set_pacing_rate()
+
+    def _too_lossy(self, lost: int, total: int) -> bool:
+        return lost >= LOSS_EVENTS * self._mss and lost > LOSS_THRESHOLD * total
+
+    def _bound_inflight(self, sent: int, now: float) -> None:
+        """The queue overflowed: cap bytes in flight (inflight_hi) and leave startup."""
+        self.inflight_hi = max(self.bdp(), INFLIGHT_HI_BETA * max(sent, self.bytes_in_flight), MIN_PACKETS * self._mss)
+        self._high_loss_this_cycle = True
+        self._round_lost = self._round_acked = 0
+        self.congestion_window = min(self.congestion_window, int(self.inflight_hi))
+        if self.state == STARTUP:
+            self.filled_pipe = True
+            self._enter(DRAIN, now)
 
     def on_persistent_congestion(self) -> None:
         self.congestion_window = MIN_PACKETS * self._mss
@@ -170,10 +178,15 @@ class BbrCongestionControl(QuicCongestionControl):
         return data
 
     # -- state machine ------------------------------------------------------------------------
-    def _new_round(self) -> None:
+    def _new_round(self, now: float) -> None:
+        lost, acked = self._round_lost, self._round_acked
         self.round_count += 1
         self._next_round_delivered = self._delivered
         self._round_lost = self._round_acked = 0
+        # In startup the loss of a whole round is judged when it ends (rounds are short there: a few
+        # random losses early in one must not end startup); at least 3 packets (BBRv2 asks 8).
+        if self.state == STARTUP and self._too_lossy(lost, lost + acked):
+            self._bound_inflight(lost + acked, now)
         if not self.filled_pipe and self.btl_bw > 0:
             if self.btl_bw >= self._full_bw * FULL_BW_GROWTH:
                 self._full_bw = self.btl_bw

@@ -38,8 +38,10 @@ class ControllerPacer(QuicPacketPacer):
             return None
         self.update_bucket(now=now)
         if self.bucket_time < self.packet_time * 0.999:
+            # Never ask for a wake-up sooner than a millisecond: uvloop's timers are whole milliseconds
+            # and fire at once when asked for less, so the sender would spin until the credit is there.
             target = min(self.bucket_max, max(self.packet_time, WAKE_QUANTUM))
-            return now + target - self.bucket_time
+            return now + max(target - self.bucket_time, WAKE_QUANTUM)
         return None
 
     def update_after_send(self, now: float) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
+import ssl
 import subprocess
 import sys
 import types
 from pathlib import Path
+
+import pytest
 
 import kachery_p2p
 
@@ -209,3 +212,20 @@ def test_an_idle_daemon_does_not_load_sqlite() -> None:
         "d = pathlib.Path(tempfile.mkdtemp()); feeds_service.FeedService(d, 'x' * 64); mutables.Mutables(d)"
     )
     assert "sqlite3" not in _modules_after(code)
+
+
+def test_the_daemon_loads_no_ca_certificates_and_leaves_ssl_as_it_was() -> None:
+    # aiohttp (a server only, in the daemon) loaded the system's CA bundle into two client contexts at
+    # import: 3 MB of idle RSS and up to 0.5 s of each start. Other TLS contexts still load it.
+    code = (
+        "import json, ssl; import kachery_p2p.daemon; import aiohttp.connector as c; "
+        "print(json.dumps([c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'], "
+        "c._SSL_CONTEXT_UNVERIFIED.cert_store_stats()['x509_ca'], "
+        "ssl.create_default_context().cert_store_stats()['x509_ca']]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    aiohttp_verified, aiohttp_unverified, default = json.loads(out)
+    assert aiohttp_verified == aiohttp_unverified == 0
+    if not ssl.create_default_context().cert_store_stats()["x509_ca"]:
+        pytest.skip("this machine has no CA certificates")
+    assert default > 0
