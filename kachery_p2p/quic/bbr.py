@@ -42,6 +42,8 @@ FULL_BW_ROUNDS = 3
 LOSS_THRESHOLD = 0.05  # random loss of a few % is not a queue overflowing; a full queue drops 10-20 %
 INFLIGHT_HI_BETA = 0.85
 LOSS_EVENTS = 3
+QUEUED_LOSS_THRESHOLD = 0.01
+QUEUE_RTT_FACTOR = 1.5  # RTT above 1.5x the minimum (+2 ms): a standing queue, not the 1.25x probe's
 MIN_PACKETS = 4
 
 STARTUP, DRAIN, PROBE_BW, PROBE_RTT = "startup", "drain", "probe_bw", "probe_rtt"
@@ -66,6 +68,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self._bw_samples: deque[tuple[int, float]] = deque()  # (round, max rate that round), bytes/s
         self.btl_bw = 0.0
         self.min_rtt = math.inf
+        self._latest_rtt = 0.0
         self._min_rtt_stamp = 0.0
         # round trips
         self.round_count = 0
@@ -141,13 +144,17 @@ class BbrCongestionControl(QuicCongestionControl):
             self._round_lost += packet.sent_bytes
         # Past startup, react within the round (sharing with loss-based flows needs it); early in a round
         # a few random losses are a large fraction of little, so judge at least a BDP's worth.
+        # Loss while a standing queue inflates the RTT is the queue overflowing (a loss-based flow filling
+        # it): then 1 % counts. Loss with the queue near empty is the path's own, random: 5 % counts.
         lost, acked = self._round_lost, self._round_acked
-        if self.state != STARTUP and self._too_lossy(lost, max(lost + acked, self.bdp())):
+        queued = self._latest_rtt > QUEUE_RTT_FACTOR * self.min_rtt + 0.002
+        threshold = QUEUED_LOSS_THRESHOLD if queued else LOSS_THRESHOLD
+        if self.state != STARTUP and self._too_lossy(lost, max(lost + acked, self.bdp()), threshold):
             self._bound_inflight(lost + acked, now)
         self._set_pacing_rate()
 
-    def _too_lossy(self, lost: int, total: int) -> bool:
-        return lost >= LOSS_EVENTS * self._mss and lost > LOSS_THRESHOLD * total
+    def _too_lossy(self, lost: int, total: int, threshold: float = LOSS_THRESHOLD) -> bool:
+        return lost >= LOSS_EVENTS * self._mss and lost > threshold * total
 
     def _bound_inflight(self, sent: int, now: float) -> None:
         """The queue overflowed: cap bytes in flight (inflight_hi) and leave startup."""
@@ -163,6 +170,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self.congestion_window = MIN_PACKETS * self._mss
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        self._latest_rtt = rtt
         if rtt <= self.min_rtt or now - self._min_rtt_stamp > MIN_RTT_WINDOW:
             expired = now - self._min_rtt_stamp > MIN_RTT_WINDOW and rtt > self.min_rtt
             self.min_rtt = rtt
