@@ -25,7 +25,8 @@ The suite, in order (letters as in the performance issue):
       local-store    store / load / cat of a large file in one daemon, vs a plain copy
       nat-load       time to first byte and completion across two NATs, direct and relayed (connected)
       feeds          append-on-A to visible-on-B latency (p50, p90) and sustained messages/s (bench/feeds.py)
-      soak           relay + 4 nodes on loopback, loads in a loop (60 s; --seconds 600 for 10 min): errors, RSS, fds
+      soak           relay + 4 nodes behind NATs in the lab (loopback without root), loads in a loop for 10 min
+                     (--quick 25 s, --seconds N): errors, direct/relayed, RSS over time, fds
   Not in the suite: relay-load (N simulated nodes register, publish, look up: RSS per node, lookup p50/p99;
       two real nodes load through that relay meanwhile), stalled-readers (RSS of a daemon whose peers stop reading, #4),
       cc-sim (congestion controllers on a simulated 100 Mbit/s WAN path, in memory: bench/cc_sim.py)
