@@ -9,7 +9,8 @@ with ``kachery-p2p load --json`` (the receiver's copy is deleted after each veri
 of it crosses the network again); the link kinds its progress lines name (``paths``) count the load as
 direct, relayed or both. Every ``--sample`` seconds the RSS and open file descriptors of each daemon are
 recorded. Figures: loads done and failed, direct/relayed, RSS of each node and of the relay at the start,
-at the end and at its peak (flat: end/start near 1), open fds at the start and at the end.
+at the end and at its peak (flat: end/start near 1; ``warm_mb``: the nodes' mean after the warm-up, at 60 s
+or a quarter of the run, to tell growth from warm-up), open fds at the start and at the end.
 
     python -m bench soak                  # 600 s: the issue's 10 minutes (the make bench default)
     python -m bench soak --quick          # 25 s
@@ -113,7 +114,8 @@ def _soak(daemons: list[SoakDaemon], work: Path, seconds: float, every: float, s
         if time.monotonic() >= next_sample:
             sample(time.monotonic() - started)
             next_sample += every
-    sample(time.monotonic() - started)
+    if time.monotonic() - started - samples[-1]["t"] > 0.5:  # (the loop may have just taken one)
+        sample(time.monotonic() - started)
     latencies.sort()
     return {
         "samples": samples,
@@ -129,6 +131,8 @@ def _soak(daemons: list[SoakDaemon], work: Path, seconds: float, every: float, s
 def _reports(out: dict[str, Any], daemons: list[SoakDaemon], setting: str) -> list[dict[str, Any]]:
     samples, latencies, errors = out["samples"], out["latencies"], out["errors"]
     first, last = samples[0], samples[-1]
+    # after the warm-up (caches, first connections): the first sample at 60 s or a quarter of the run
+    warm = next(s for s in samples if s["t"] >= min(60.0, last["t"] / 4))
     names = [f"{d.name}({d.nat})" for d in daemons]
     peaks = [max(s["rss_mb"][i] for s in samples) for i in range(len(daemons))]
     print(f"[soak] daemons: {', '.join(names)}")
@@ -173,6 +177,9 @@ def _reports(out: dict[str, Any], daemons: list[SoakDaemon], setting: str) -> li
             end_mb=last["rss_mb"][1:],
             peak_mb=peaks[1:],
             relay_mb=[first["rss_mb"][0], last["rss_mb"][0], peaks[0]],
+            warm_t=warm["t"],
+            warm_mb=round(sum(warm["rss_mb"][1:]) / max(1, n), 1),
+            relay_warm_mb=warm["rss_mb"][0],
         ),
         report(
             f"{NAME} open fds at the end",
