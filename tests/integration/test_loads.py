@@ -351,7 +351,8 @@ def test_the_daemon_stopping_mid_load_is_named(daemon_factory: Any, sig: int) ->
         receiver = receiver_of(provider, daemon_factory, peers)
         load = dl.Load(receiver, provider.uri("stopped.bin"))
         try:
-            load.wait_for(lambda m: m.get("type") == "progress", 30.0, "the load to start")
+            # the first progress line now comes at once ("searching"): wait until a range is really asked for
+            wait_until(lambda: bool(provider.asked), 30.0, "the provider to be asked for a range")
             receiver.stop(sig=sig)
             code = load.finish(30.0)
         finally:
