@@ -5,10 +5,12 @@ migrates; this object picks, per datagram, where it really goes, and counts byte
 
 - A connection that starts relayed moves to a direct address when a hole punch CONFIRMED it (an ack
   came back, so it works both ways): ``direct_found``.
-- On the direct path, a datagram sent with no direct datagram received within DIRECT_TIMEOUT means
-  the path stopped answering: back to the relay (if there is one). A datagram arriving through the
-  relay while the direct path has been unanswered for RELAY_HINT also moves us back (the peer
-  already did). Only a new confirmed punch moves the connection direct again.
+- On the direct path, datagrams still being sent a while after the first unanswered one (at least
+  DIRECT_TIMEOUT / 3 later: QUIC retransmits what needs an answer) with no direct datagram received
+  within DIRECT_TIMEOUT mean the path stopped answering: back to the relay (if there is one). A burst that
+  needs no answer (the last ACKs of a transfer, then silence) is not evidence: its window is dropped.
+  A datagram arriving through the relay while the direct path has been unanswered for RELAY_HINT also
+  moves us back (the peer already did). Only a new confirmed punch moves the connection direct again.
 - Datagrams received from any other address than the confirmed direct one are not evidence of a
   working direct path (anyone can send us a packet).
 """
@@ -32,6 +34,7 @@ class PathSelector:
         self.relay = relay
         self.kind: PathKind = "direct" if direct is not None else "relayed"
         self._unanswered_since: float | None = None  # first direct send since the last direct receive
+        self._last_sent = 0.0
         self.bytes: dict[PathKind, dict[str, int]] = {
             "direct": {"sent": 0, "received": 0},
             "relayed": {"sent": 0, "received": 0},
@@ -59,8 +62,10 @@ class PathSelector:
         """Account a datagram about to be sent; returns the path it takes (check ``destination``)."""
         self.check(now)
         self.bytes[self.kind]["sent"] += size
-        if self.kind == "direct" and self._unanswered_since is None:
-            self._unanswered_since = now
+        if self.kind == "direct":
+            if self._unanswered_since is None:
+                self._unanswered_since = now
+            self._last_sent = now
         return self.kind
 
     def datagram_received(self, via: PathKind, source: Address, size: int, now: float) -> None:
@@ -87,7 +92,10 @@ class PathSelector:
             and self._unanswered_since is not None
             and now - self._unanswered_since > DIRECT_TIMEOUT
         ):
-            self._fall_back(f"no answer on the direct path for {DIRECT_TIMEOUT:g} s")
+            if self._last_sent - self._unanswered_since >= DIRECT_TIMEOUT / 3:
+                self._fall_back(f"no answer on the direct path for {DIRECT_TIMEOUT:g} s")
+            else:  # datagrams that wanted no answer (final ACKs), then nothing: the path may be fine
+                self._unanswered_since = None
 
     def get_timer(self) -> float | None:
         if self.kind == "direct" and self.relay is not None and self._unanswered_since is not None:

@@ -86,6 +86,24 @@ def test_a_direct_path_that_stops_answering_falls_back_to_the_relay() -> None:
     assert path.moves[-1][0] == "relayed"
 
 
+def test_an_idle_direct_path_stays_direct_after_datagrams_that_need_no_answer() -> None:
+    """Before: the last ACK of a load started the no-answer clock, so 1.5 s of silence (or the next datagram
+    5 s later) moved a working direct path to the relay (every soak load in the NAT lab went relayed)."""
+    path = PathSelector(relay=RELAY)
+    path.direct_found(B_NAT, now=0.0)
+    for now in (1.0, 1.001, 1.01):  # the final ACKs of a transfer, then silence
+        path.datagram_sent(40, now=now)
+    timer = path.get_timer()
+    assert timer is not None
+    path.handle_timer(timer + 0.01)
+    assert path.kind == "direct" and path.get_timer() is None
+    path.datagram_sent(40, now=6.0)
+    assert path.kind == "direct" and path.moves == [("direct", "hole punch confirmed")]
+    path.datagram_sent(1200, now=6.0 + DIRECT_TIMEOUT / 2)  # still sending, still no answer: the path is dead
+    path.handle_timer(6.0 + DIRECT_TIMEOUT + 0.01)
+    assert path.kind == "relayed"
+
+
 def test_the_peer_moving_to_the_relay_moves_us_too_but_late_relayed_packets_do_not() -> None:
     path = PathSelector(relay=RELAY)
     path.direct_found(B_NAT, now=0.0)
