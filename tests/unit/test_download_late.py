@@ -84,7 +84,10 @@ def test_a_provider_that_answers_late_joins_the_running_download(store: ContentS
     assert timeline is not None
     row = timeline.summary()[fast.node_id]
     assert row["first"] is not None and row["joined"] is not None
-    assert float(row["first"]) - float(row["joined"]) < 0.1, row  # work at once
+    # work at once: its first piece started while the early provider was still at work (a wall-clock bound
+    # such as "within 0.1 s of joining" failed under CI load: 0.23 s)
+    slow_row = timeline.summary()[slow.node_id]
+    assert slow_row["last"] is not None and float(row["first"]) < float(slow_row["last"]), (row, slow_row)
 
 
 def test_a_late_provider_claiming_another_size_is_reported_as_a_liar(store: ContentStore) -> None:
