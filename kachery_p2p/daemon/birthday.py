@@ -161,7 +161,10 @@ class BirthdayManager:
     # -- one attempt --------------------------------------------------------------------------------
     async def _run(self, role: Role, token: bytes, peer: str, address: Address) -> bool:
         self._busy[peer] = "running"
-        self._last[peer] = time.monotonic()
+        now = time.monotonic()
+        # one entry per peer that ever had an attempt: keep only those still inside their RETRY_AFTER (bounded)
+        self._last = {other: at for other, at in self._last.items() if now - at < RETRY_AFTER}
+        self._last[peer] = now
         self.stats["attempts"] += 1
         loop = asyncio.get_running_loop()
         attempt = BirthdayAttempt(role, token, self.node_id, peer, address, time.monotonic())
