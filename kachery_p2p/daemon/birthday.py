@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kachery_p2p.daemon.deadline import within
+
 from ..channels.rendezvous import format_candidate, parse_candidate
 from ..errors import RemoteProtocolError
 from ..nat.birthday import MAIN_SOCKET, RETRY_AFTER, BirthdayAttempt, Role, choose_role
@@ -189,7 +191,7 @@ class BirthdayManager:
                     break
                 wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(0.0, timer - time.monotonic()))
+                    await within(wake.wait(), max(0.0, timer - time.monotonic()))
         finally:
             self._attempts.pop(token, None)
             self._busy.pop(peer, None)

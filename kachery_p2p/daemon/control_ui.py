@@ -21,6 +21,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from kachery_p2p.daemon.deadline import within
+
 from ..errors import KacheryP2PError, UsageError
 from . import control_guard
 from .control_store import add_store_routes, cancel_transfer, transfers_snapshot
@@ -139,7 +141,7 @@ def make_ui_app(service: object, sessions: Sessions) -> web.Application:
                 payload = json.dumps(await state.collect(), separators=(",", ":"))
                 await response.write(f"event: state\ndata: {payload}\n\n".encode())
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), EVENT_INTERVAL)
+                    await within(stopping.wait(), EVENT_INTERVAL)
         except (ConnectionResetError, RuntimeError):
             pass  # the browser went away
         return response

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from kachery_p2p.daemon.deadline import within
+
 from ..errors import NotFoundError, RemoteProtocolError, StoreError, VerificationError
 from ..ids import SHA1_EMPTY, FileUri
 from ..quic.identity import short_node_id
@@ -270,7 +272,7 @@ class Download:
                     wake.clear()
                     # Look again later: a piece in flight may become old enough to duplicate.
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(wake.wait(), ENDGAME_RECHECK)
+                        await within(wake.wait(), ENDGAME_RECHECK)
                     continue
                 try:
                     got = await fetch_piece(self.sha1, provider, piece, partial, plan, endgame, self._count)

@@ -117,7 +117,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         for link in list(self.links):
-            link.close("node shutting down")
+            link.close("node shutting down")  # the CONNECTION_CLOSE goes out now
+            link.abort("node shutting down")  # no socket to finish closing on: wake whoever still waits
         if self.transport is not None:
             self.transport.close()
             self.transport = None

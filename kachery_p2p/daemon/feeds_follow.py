@@ -16,6 +16,8 @@ import logging
 import time
 from typing import Any, Protocol
 
+from kachery_p2p.daemon.deadline import within
+
 from ..errors import RemoteProtocolError, UsageError
 from ..feeds.signing import MAX_SIGNED_BYTES, LogError
 from ..quic import messages
@@ -81,7 +83,7 @@ class Subscription:
                 self.wake.clear()
                 await self._open_streams()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), LOOP_SEC)
+                    await within(self.wake.wait(), LOOP_SEC)
         finally:
             for task in self.streams.values():
                 task.cancel()

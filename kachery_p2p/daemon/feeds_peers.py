@@ -24,6 +24,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from kachery_p2p.daemon.deadline import within
+
 from ..errors import FeedPermissionError, NotFoundError, RemoteProtocolError, UsageError
 from ..feeds.names import MAX_SUBMIT_CHARS, check_message
 from ..quic import messages
@@ -63,7 +65,7 @@ class FeedPeers:
 
         async def send() -> None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(session.request_header(header), OWNER_TIMEOUT)
+                await within(session.request_header(header), OWNER_TIMEOUT)
 
         task = asyncio.ensure_future(send())
         self._tasks.add(task)

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
+from kachery_p2p.daemon.deadline import within
+
 from ..channels.announcements import (
     DEFAULT_LIFETIME,
     MAX_LIFETIME,
@@ -154,7 +156,7 @@ class LanDiscovery:
             transport.close()
             if protocol is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(protocol.closed), 5.0)
+                    await within(asyncio.shield(protocol.closed), 5.0)
 
     async def __aenter__(self) -> LanDiscovery:
         await self.start()

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from kachery_p2p.daemon.deadline import within
+
 from ..channels.announcements import Announcement
 from ..channels.membership import rendezvous_id
 from ..config import DaemonConfig
@@ -235,7 +237,7 @@ class PeerNetwork:
         # Ends as soon as the link closes: a task sleeping the grace out would keep the closed session, its
         # link and every stream buffer of it alive (a stalled reader's 20 MB each; issue 10 #4).
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(session.link.closed), _unused_grace_sec())
+            await within(asyncio.shield(session.link.closed), _unused_grace_sec())
         if session.link.is_closed:
             return
         registered = self.relay is not None and self.relay.state.registry.registered(session.node_id or "")

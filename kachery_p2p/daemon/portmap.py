@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kachery_p2p.daemon.deadline import within
+
 from ..nat.portmap import GIVE_UP_SEC, PORT, Mapped, MappingFailed, PortMapper
 
 log = logging.getLogger("kachery_p2p.portmap")
@@ -148,7 +150,7 @@ class PortMapping:
                     return True
                 wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(0.0, timer - time.monotonic()))
+                    await within(wake.wait(), max(0.0, timer - time.monotonic()))
         finally:
             if not self._stopped:
                 transport.close()
@@ -180,7 +182,7 @@ class PortMapping:
 
         while not self._stopped:
             try:
-                external = await asyncio.wait_for(asyncio.to_thread(add), UPNP_TIMEOUT_SEC)
+                external = await within(asyncio.to_thread(add), UPNP_TIMEOUT_SEC)
             except Exception as exc:
                 external = None
                 reason = str(exc) or type(exc).__name__
@@ -210,7 +212,7 @@ class PortMapping:
         if self._upnp is not None and self.external is not None:
             port, upnp = self.external[1], self._upnp
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.to_thread(upnp.deleteportmapping, port, "UDP"), timeout)
+                await within(asyncio.to_thread(upnp.deleteportmapping, port, "UDP"), timeout)
         self._set(None, None, "stopped")
 
 

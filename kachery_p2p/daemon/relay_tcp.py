@@ -30,6 +30,8 @@ from typing import Any
 
 from cryptography import x509
 
+from kachery_p2p.daemon.deadline import within
+
 from ..config import DaemonConfig
 from ..errors import ConfigError
 from ..nat.stun import binding_request
@@ -94,7 +96,7 @@ async def _pump(reader: asyncio.StreamReader, deliver: Callable[[bytes], None]) 
     """Read frames until the stream ends, is idle too long, or is malformed."""
     deframer = Deframer()
     while True:
-        data = await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT_SEC)
+        data = await within(reader.read(65536), IDLE_TIMEOUT_SEC)
         if not data:
             return
         for datagram in deframer.feed(data):
@@ -145,7 +147,7 @@ class RelayTcpServer:
             writer.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
+                await within(server.wait_closed(), 2)
 
     def info(self) -> dict[str, Any]:
         return {"tcpPorts": self.ports, "tcpConnections": len(self._connections), "tcp": dict(self.stats)}
@@ -220,7 +222,7 @@ class TcpFallback:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         for port in self.tcp_ports:
             try:
-                reader, writer = await asyncio.wait_for(
+                reader, writer = await within(
                     asyncio.open_connection(self.relay[0], port, ssl=client_context()), HANDSHAKE_TIMEOUT_SEC)
             except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 log.debug("relay %s: TCP port %d: %s", self.relay[0], port, exc)

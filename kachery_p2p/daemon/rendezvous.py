@@ -14,6 +14,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from kachery_p2p.daemon.deadline import within
+
 from ..channels.rendezvous import decode_record, encode_record
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..quic import messages
@@ -77,7 +79,7 @@ class RelayClient:
             except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, LocalProtocolError) as exc:
                 log.info("rendezvous with relay %s failed: %s", self.session.link.path.describe(), exc)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), LOOKUP_INTERVAL)
+                await within(self._wake.wait(), LOOKUP_INTERVAL)
 
     async def _query_stun(self) -> None:
         reflexive = await self.stun_query(self.relay_addr)

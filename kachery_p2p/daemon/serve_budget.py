@@ -20,6 +20,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from kachery_p2p.daemon.deadline import within
+
 log = logging.getLogger("kachery_p2p.serve")
 
 SERVE_BLOCK = 256 * 1024
@@ -102,7 +104,7 @@ async def send_body(
         async for block in body:
             link.send(stream_id, block)
             try:
-                await asyncio.wait_for(link.drain(stream_id), stall_timeout)
+                await within(link.drain(stream_id), stall_timeout)
             except asyncio.TimeoutError:
                 log.info("stream %d stalled for %g s; reset", stream_id, stall_timeout)
                 link.reset(stream_id)

@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from kachery_p2p.daemon.deadline import within
+
 from ..channels.membership import shared_channels
 from ..errors import RemoteProtocolError
 from ..quic import messages
@@ -124,7 +126,7 @@ class PeerSession:
     async def authenticate(self, timeout: float = AUTH_TIMEOUT) -> None:
         """Run the handshake and proofs; raises RemoteProtocolError or LinkClosed on failure."""
         try:
-            await asyncio.wait_for(self._authenticate(), timeout)
+            await within(self._authenticate(), timeout)
         except asyncio.TimeoutError:
             self.link.close("authentication timed out", code=1)
             raise RemoteProtocolError("authentication timed out", code="unauthenticated") from None
@@ -230,7 +232,7 @@ class PeerSession:
             if timeout is None:
                 body = await collector.done
             else:
-                body = await asyncio.wait_for(collector.done, timeout)
+                body = await within(collector.done, timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             self.link.reset(stream_id)
             raise

@@ -9,6 +9,8 @@ import logging
 import time
 from typing import Any
 
+from kachery_p2p.daemon.deadline import within
+
 from ..nat import stun
 from ..nat.report import NatReport
 from .endpoint import Address, QuicEndpoint
@@ -39,7 +41,7 @@ class StunClient:
                 if timer is None:
                     break
                 try:
-                    await asyncio.wait_for(asyncio.shield(future), max(0.0, timer - time.monotonic()))
+                    await within(asyncio.shield(future), max(0.0, timer - time.monotonic()))
                 except asyncio.TimeoutError:
                     transaction.handle_timer(time.monotonic())
             result = future.result() if future.done() else transaction.result

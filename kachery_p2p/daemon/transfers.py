@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kachery_p2p.daemon.deadline import within
+
 from ..errors import NotFoundError, RemoteProtocolError, UsageError
 from ..ids import FileUri
 from ..quic import messages
@@ -132,7 +134,7 @@ class Transfers:
                 if remaining <= 0:
                     break
                 try:
-                    provider = await asyncio.wait_for(search.found.get(), remaining)
+                    provider = await within(search.found.get(), remaining)
                 except asyncio.TimeoutError:
                     break
                 if provider is None:

@@ -89,7 +89,18 @@ class LoopThread:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(self.timeout)
-        assert not self._thread.is_alive(), f"{self._name} did not stop"
+        assert not self._thread.is_alive(), f"{self._name} did not stop; still running: {self._pending()}"
+
+    def _pending(self) -> str:
+        """The tasks the thread's loop still runs, each with the line it waits at (for the failure message)."""
+        if self._loop is None:
+            return "no loop"
+        lines = []
+        for task in asyncio.all_tasks(self._loop):
+            frames = task.get_stack(limit=1)
+            where = f"{frames[0].f_code.co_filename}:{frames[0].f_lineno}" if frames else "?"
+            lines.append(f"{task.get_name()} {task.get_coro()!r} at {where}")
+        return "; ".join(lines) or "no tasks"
 
     def _run(self) -> None:
         try:
