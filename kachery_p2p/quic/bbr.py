@@ -14,9 +14,11 @@ keeps at most ``cwnd_gain x BDP`` in flight. States as in BBRv1:
 Random loss does not reduce the rate (the delivery rate already excludes lost packets), which is what
 keeps the goodput of a lossy WAN path near the link rate where reno halves its window on every loss.
 Loss that says "the queue overflowed" does (a simplified BBRv2 bound, to share with loss-based TCP):
-a round trip losing more than ``LOSS_THRESHOLD`` of its bytes (and at least 3 packets) caps bytes in
-flight at 0.85x what that round sent (``inflight_hi``); the cap grows again by 25 % per probing cycle
-without such a round.
+a round trip losing more than 2 % of its bytes (``QUEUED_LOSS_THRESHOLD``, at least 3 packets) while the
+RTT shows a standing queue, or 15 % (``LOSS_THRESHOLD``, a policer) without one, caps bytes in flight at
+0.85x what that round sent but never below 1.25 BDP (``inflight_hi``); the cap grows again by 25 % per
+probing cycle without such a round. Rounds in which the sender had less to send than it could
+(``on_app_limited``) neither end startup nor lower the bandwidth estimate.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ MIN_RTT_WINDOW = 10.0
 PROBE_RTT_DURATION = 0.2
 FULL_BW_GROWTH = 1.25
 FULL_BW_ROUNDS = 3
-LOSS_THRESHOLD = 0.05  # random loss of a few % is not a queue overflowing; a full queue drops 10-20 %
+LOSS_THRESHOLD = 0.15  # loss with no queue in sight: only a policer's (or a broken link's) counts
 INFLIGHT_HI_BETA = 0.85
 LOSS_EVENTS = 3
-QUEUED_LOSS_THRESHOLD = 0.01
+QUEUED_LOSS_THRESHOLD = 0.02  # BBRv2's loss_thresh
 QUEUE_RTT_FACTOR = 1.5  # RTT above 1.5x the minimum (+2 ms): a standing queue, not the 1.25x probe's
 MIN_PACKETS = 4
 
@@ -63,7 +65,13 @@ class BbrCongestionControl(QuicCongestionControl):
         self._delivered = 0
         self._delivered_time = 0.0
         self._first_sent_time = 0.0
-        self._sent: dict[int, tuple[int, float, float]] = {}  # id(packet) -> delivered, delivered_time, first_sent
+        # id(packet) -> delivered, delivered_time, first_sent, app-limited when sent
+        self._sent: dict[int, tuple[int, float, float, bool]] = {}
+        # While the sender has less to send than it may, samples say how fast the application was, not the
+        # path: they count only when they raise the estimate, and startup does not judge its rounds by them.
+        # Nonzero: the sender is app-limited until ``_delivered`` passes this mark (draft-cheng-iccrg-
+        # delivery-rate-estimation 3.3 / Linux tcp_rate_check_app_limited).
+        self._app_limited_until = 0
         # the model
         self._bw_samples: deque[tuple[int, float]] = deque()  # (round, max rate that round), bytes/s
         self.btl_bw = 0.0
@@ -104,13 +112,20 @@ class BbrCongestionControl(QuicCongestionControl):
             samples.popleft()
         self.btl_bw = max(rate for _, rate in samples)
 
+    def on_app_limited(self) -> None:
+        """The sender ran out of data with room left under the window and the pacer (called by the
+        connection after it wrote what it had)."""
+        self._app_limited_until = max(1, self._delivered + self.bytes_in_flight)
+
     # -- aioquic's interface ------------------------------------------------------------------
     def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
         sent_time = packet.sent_time or 0.0
         if self.bytes_in_flight == 0:
             self._first_sent_time = sent_time
             self._delivered_time = sent_time
-        self._sent[id(packet)] = (self._delivered, self._delivered_time, self._first_sent_time)
+        self._sent[id(packet)] = (
+            self._delivered, self._delivered_time, self._first_sent_time, self._app_limited_until > 0
+        )
         self.bytes_in_flight += packet.sent_bytes
 
     def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
@@ -119,16 +134,19 @@ class BbrCongestionControl(QuicCongestionControl):
         self._delivered += packet.sent_bytes
         self._delivered_time = now
         self._round_acked += packet.sent_bytes
+        if self._app_limited_until and self._delivered > self._app_limited_until:
+            self._app_limited_until = 0
         if state is None:
             return
-        delivered_then, delivered_time_then, first_sent_then = state
+        delivered_then, delivered_time_then, first_sent_then, app_limited = state
         sent_time = packet.sent_time or now
         self._first_sent_time = sent_time
         interval = max(sent_time - first_sent_then, now - delivered_time_then)
+        rate = (self._delivered - delivered_then) / interval if interval > 0 else 0.0
         if delivered_then >= self._next_round_delivered:
-            self._new_round(now)
-        if interval > 0:
-            self._update_bw((self._delivered - delivered_then) / interval)
+            self._new_round(now, app_limited)
+        if rate > 0 and (not app_limited or rate >= self.btl_bw):
+            self._update_bw(rate)
         self._update_state(now)
         self._update_cwnd(packet.sent_bytes)
 
@@ -144,21 +162,26 @@ class BbrCongestionControl(QuicCongestionControl):
             self._round_lost += packet.sent_bytes
         # Past startup, react within the round (sharing with loss-based flows needs it); early in a round
         # a few random losses are a large fraction of little, so judge at least a BDP's worth.
-        # Loss while a standing queue inflates the RTT is the queue overflowing (a loss-based flow filling
-        # it): then 1 % counts. Loss with the queue near empty is the path's own, random: 5 % counts.
         lost, acked = self._round_lost, self._round_acked
-        queued = self._latest_rtt > QUEUE_RTT_FACTOR * self.min_rtt + 0.002
-        threshold = QUEUED_LOSS_THRESHOLD if queued else LOSS_THRESHOLD
-        if self.state != STARTUP and self._too_lossy(lost, max(lost + acked, self.bdp()), threshold):
+        if self.state != STARTUP and self._too_lossy(lost, max(lost + acked, self.bdp()), self._loss_threshold()):
             self._bound_inflight(lost + acked, now)
         self._set_pacing_rate()
 
-    def _too_lossy(self, lost: int, total: int, threshold: float = LOSS_THRESHOLD) -> bool:
+    def _loss_threshold(self) -> float:
+        """Loss while a standing queue inflates the RTT is the queue overflowing: 2 % counts. Loss with the
+        queue near empty is the path's own, random, and says nothing about the rate: only 15 % counts."""
+        queued = self._latest_rtt > QUEUE_RTT_FACTOR * self.min_rtt + 0.002
+        return QUEUED_LOSS_THRESHOLD if queued else LOSS_THRESHOLD
+
+    def _too_lossy(self, lost: int, total: int, threshold: float) -> bool:
         return lost >= LOSS_EVENTS * self._mss and lost > threshold * total
 
     def _bound_inflight(self, sent: int, now: float) -> None:
         """The queue overflowed: cap bytes in flight (inflight_hi) and leave startup."""
-        self.inflight_hi = max(self.bdp(), INFLIGHT_HI_BETA * max(sent, self.bytes_in_flight), MIN_PACKETS * self._mss)
+        # Never below 1.25 BDP: a cap at the estimate itself lets no sample exceed it, so every slow
+        # sample (a late ACK, a busy receiver) would ratchet the estimate and the cap down together.
+        floor = self.bdp(PROBE_GAINS[0]) + 3 * self._mss
+        self.inflight_hi = max(floor, INFLIGHT_HI_BETA * max(sent, self.bytes_in_flight), MIN_PACKETS * self._mss)
         self._high_loss_this_cycle = True
         self._round_lost = self._round_acked = 0
         self.congestion_window = min(self.congestion_window, int(self.inflight_hi))
@@ -186,16 +209,16 @@ class BbrCongestionControl(QuicCongestionControl):
         return data
 
     # -- state machine ------------------------------------------------------------------------
-    def _new_round(self, now: float) -> None:
+    def _new_round(self, now: float, app_limited: bool) -> None:
         lost, acked = self._round_lost, self._round_acked
         self.round_count += 1
         self._next_round_delivered = self._delivered
         self._round_lost = self._round_acked = 0
         # In startup the loss of a whole round is judged when it ends (rounds are short there: a few
         # random losses early in one must not end startup); at least 3 packets (BBRv2 asks 8).
-        if self.state == STARTUP and self._too_lossy(lost, lost + acked):
+        if self.state == STARTUP and self._too_lossy(lost, lost + acked, self._loss_threshold()):
             self._bound_inflight(lost + acked, now)
-        if not self.filled_pipe and self.btl_bw > 0:
+        if not self.filled_pipe and self.btl_bw > 0 and not app_limited:
             if self.btl_bw >= self._full_bw * FULL_BW_GROWTH:
                 self._full_bw = self.btl_bw
                 self._full_bw_count = 0

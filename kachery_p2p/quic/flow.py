@@ -49,10 +49,17 @@ class KacheryQuicConnection(QuicConnection):
         self._fc_window = self._local_max_data.value
         self._fc_raised_at: float | None = None
         install_pacer(self._loss)
+        self._on_app_limited = getattr(self._loss._cc, "on_app_limited", None)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         self._fc_now = now
-        return super().datagrams_to_send(now=now)
+        datagrams = super().datagrams_to_send(now=now)
+        on_app_limited = self._on_app_limited
+        if on_app_limited is not None and self._pacing_at is None:
+            loss = self._loss
+            if loss.bytes_in_flight + self._max_datagram_size <= loss.congestion_window:
+                on_app_limited()  # neither the window nor the pacer held it back: it had nothing more to send
+        return datagrams
 
     def _fc_autotune(self, window: int, raised_at: float | None, maximum: int) -> int:
         rtt = float(self._loss._rtt_smoothed)

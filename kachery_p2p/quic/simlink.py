@@ -34,6 +34,7 @@ RATE_100M = 100e6
 BLOCK = 256 * 1024
 HIGH_WATER = 1 << 20
 LOW_WATER = 256 * 1024
+CHATTER = 200  # bytes of one message of the chatter before the bulk
 _IDENTITY: list[NodeIdentity] = []
 
 
@@ -88,7 +89,9 @@ class FlowResult:
 class Flow:
     """A client writing to its server on ``streams`` streams, as the daemon's serving path does."""
 
-    def __init__(self, controller: str, size: int | None, streams: int, datagram_size: int, index: int) -> None:
+    def __init__(
+        self, controller: str, size: int | None, streams: int, datagram_size: int, index: int, chatter: int = 0
+    ) -> None:
         if len(_IDENTITY) < 2:
             _IDENTITY.extend(NodeIdentity.generate() for _ in range(2 - len(_IDENTITY)))
         client_config = quic_configuration(_IDENTITY[0], is_client=True, max_datagram_size=datagram_size)
@@ -110,9 +113,29 @@ class Flow:
         self.started: float | None = None
         self.finished: float | None = None
         self.max_cwnd = 0
+        # Before the bulk, ``chatter`` small messages one at a time, each sent when the last arrived (as a
+        # daemon's session authenticates, joins channels and asks who has the file before a download).
+        self.chatter = chatter
+        self._chatter_stream: int | None = None
+        self._chatter_seen = 0
+
+    def ready_to_write(self) -> bool:
+        """Whether the bulk may start: the handshake is done and the chatter exchanged."""
+        if not (self.client._handshake_complete and self.server._handshake_complete):
+            return False
+        if self._chatter_stream is None:
+            self._chatter_stream = self.client.get_next_available_stream_id()
+        if self._chatter_seen * CHATTER != self.delivered:
+            return False  # the last message is still on its way
+        if self._chatter_seen >= self.chatter:
+            return True
+        self.client.send_stream_data(self._chatter_stream, bytes(CHATTER))
+        self._chatter_seen += 1
+        return False
 
     def start_writing(self, now: float) -> None:
         self.started = now
+        self.delivered = 0
         per_stream = None if self.size is None else -(-self.size // self.streams)
         for _ in range(self.streams):
             stream_id = self.client.get_next_available_stream_id()
@@ -197,7 +220,7 @@ class SimNet:
             if timer is not None and timer <= self.now:
                 conn.handle_timer(now=self.now)
         for flow in self.flows:
-            if flow.started is None and flow.client._handshake_complete and flow.server._handshake_complete:
+            if flow.started is None and flow.ready_to_write():
                 flow.start_writing(self.now)
             flow.read(self.now)
             while flow.client.next_event() is not None:
