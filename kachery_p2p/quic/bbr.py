@@ -47,7 +47,7 @@ LOSS_EVENTS = 3
 QUEUED_LOSS_THRESHOLD = 0.02  # BBRv2's loss_thresh
 QUEUE_RTT_FACTOR = 1.5  # RTT above 1.5x the minimum (+2 ms): a standing queue, not the 1.25x probe's
 MIN_PACKETS = 4
-HOST_DELAY = 0.01  # how late a busy host's event loop acknowledges: the ACK-aggregation allowance's bound
+HOST_DELAY = 0.01  # how late a busy host's event loop may acknowledge: bounds the host allowance
 
 STARTUP, DRAIN, PROBE_BW, PROBE_RTT = "startup", "drain", "probe_bw", "probe_rtt"
 
@@ -78,6 +78,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self.btl_bw = 0.0
         self.min_rtt = math.inf
         self._latest_rtt = 0.0
+        self._smoothed_rtt = 0.0
         self._min_rtt_stamp = 0.0
         # round trips
         self.round_count = 0
@@ -95,16 +96,6 @@ class BbrCongestionControl(QuicCongestionControl):
         self._probe_rtt_done: float | None = None
         self._prior_cwnd = 0
         self.inflight_hi = math.inf
-        # ACK aggregation (BBR's extra_acked): a busy receiver or sender acknowledges in bursts, late, so
-        # a window of 2 BDP (from the minimum RTT) runs dry between bursts. The most bytes acknowledged
-        # beyond what the estimated rate explains, over 10 rounds, is added to the window, up to
-        # ``HOST_DELAY - min RTT`` at the estimated rate: on a LAN (0.5 ms) a busy event loop delays ACKs
-        # by several RTTs, on a WAN path of 10 ms or more the 2 BDP already cover it (and a larger window
-        # there only takes more of a shared queue from loss-based flows).
-        self._ack_epoch_start = 0.0
-        self._ack_epoch_acked = 0
-        self._extra_acked: deque[tuple[int, int]] = deque()  # (round, max extra acked that round)
-        self.extra_acked = 0
 
     # -- the model ------------------------------------------------------------------------------
     def bdp(self, gain: float = 1.0) -> int:
@@ -127,27 +118,6 @@ class BbrCongestionControl(QuicCongestionControl):
         """The sender ran out of data with room left under the window and the pacer (called by the
         connection after it wrote what it had)."""
         self._app_limited_until = max(1, self._delivered + self.bytes_in_flight)
-
-    def _update_ack_aggregation(self, now: float, acked: int) -> None:
-        if self.btl_bw <= 0:
-            return
-        expected = self.btl_bw * (now - self._ack_epoch_start)
-        if self._ack_epoch_acked <= expected:  # ACKs no faster than the rate explains: a new epoch
-            self._ack_epoch_start = now
-            self._ack_epoch_acked = 0
-            expected = 0.0
-        self._ack_epoch_acked += acked
-        extra = min(int(self._ack_epoch_acked - expected), self.congestion_window)
-        samples = self._extra_acked
-        if samples and samples[-1][0] == self.round_count:
-            if extra > samples[-1][1]:
-                samples[-1] = (self.round_count, extra)
-        else:
-            samples.append((self.round_count, extra))
-        while samples[0][0] <= self.round_count - BW_WINDOW_ROUNDS:
-            samples.popleft()
-        allowance = self.btl_bw * max(0.0, HOST_DELAY - self.min_rtt)
-        self.extra_acked = min(max(value for _, value in samples), int(allowance))
 
     # -- aioquic's interface ------------------------------------------------------------------
     def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
@@ -179,7 +149,6 @@ class BbrCongestionControl(QuicCongestionControl):
             self._new_round(now, app_limited)
         if rate > 0 and (not app_limited or rate >= self.btl_bw):
             self._update_bw(rate)
-        self._update_ack_aggregation(now, packet.sent_bytes)
         self._update_state(now)
         self._update_cwnd(packet.sent_bytes)
 
@@ -227,6 +196,7 @@ class BbrCongestionControl(QuicCongestionControl):
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
         self._latest_rtt = rtt
+        self._smoothed_rtt = rtt if not self._smoothed_rtt else 0.875 * self._smoothed_rtt + 0.125 * rtt
         if rtt <= self.min_rtt or now - self._min_rtt_stamp > MIN_RTT_WINDOW:
             expired = now - self._min_rtt_stamp > MIN_RTT_WINDOW and rtt > self.min_rtt
             self.min_rtt = rtt
@@ -276,7 +246,7 @@ class BbrCongestionControl(QuicCongestionControl):
             self._enter(DRAIN, now)
         if self.state == DRAIN and self.bytes_in_flight <= self.bdp():
             self._enter(PROBE_BW, now)
-        elif self.state == PROBE_BW and now - self._cycle_stamp > self.min_rtt:
+        elif self.state == PROBE_BW and now - self._cycle_stamp > self._round_time():
             self._cycle_index = (self._cycle_index + 1) % len(PROBE_GAINS)
             self._cycle_stamp = now
             self.pacing_gain = PROBE_GAINS[self._cycle_index]
@@ -299,7 +269,7 @@ class BbrCongestionControl(QuicCongestionControl):
         if self.state == PROBE_RTT:
             self.congestion_window = MIN_PACKETS * self._mss
             return
-        target = self.bdp(self.cwnd_gain) + 3 * self._mss + (self.extra_acked if self.filled_pipe else 0)
+        target = self._window(self.cwnd_gain) + 3 * self._mss
         if self.filled_pipe:
             cwnd = min(self.congestion_window + acked, target)
         elif self.congestion_window < target or self._delivered < K_INITIAL_WINDOW * self._mss:
@@ -308,6 +278,20 @@ class BbrCongestionControl(QuicCongestionControl):
             cwnd = self.congestion_window
         cwnd = min(cwnd, int(self.inflight_hi)) if not math.isinf(self.inflight_hi) else cwnd
         self.congestion_window = max(cwnd, MIN_PACKETS * self._mss)
+
+    def _round_time(self) -> float:
+        """The RTT the window and the gain cycle are made for: the minimum RTT, except that a smoothed RTT
+        up to ``HOST_DELAY`` is believed. On a 0.5 ms LAN a daemon's event loop reads its socket every
+        few milliseconds and acknowledges a burst at once: the RTT under load is 5-10 ms, so a window of
+        2 BDP from the minimum RTT ran dry between bursts (lan-gbit at half of reno's rate) and a probing
+        phase of one minimum RTT ended before its effect could be seen. On a WAN path of 10 ms or more
+        this is the minimum RTT, so a queue another flow keeps standing does not widen the window."""
+        return max(self.min_rtt, min(self._smoothed_rtt, HOST_DELAY))
+
+    def _window(self, gain: float) -> int:
+        if self.btl_bw == 0 or math.isinf(self.min_rtt):
+            return K_INITIAL_WINDOW * self._mss
+        return int(gain * self.btl_bw * self._round_time())
 
     def _set_pacing_rate(self) -> None:
         if self.btl_bw > 0:

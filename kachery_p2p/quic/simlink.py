@@ -18,6 +18,7 @@ Goodput counts bytes the receiving application got, from the first byte written 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ _IDENTITY: list[NodeIdentity] = []
 
 @dataclass
 class Bottleneck:
-    """One direction of the path: loss, then a tail-drop FIFO at ``rate_bps``, then ``one_way`` delay."""
+    """One direction of the path: loss, then a tail-drop FIFO at ``rate_bps``, then ``one_way`` delay.
+    With ``wake_every`` the far end reads its socket only at multiples of it (a busy event loop that
+    wakes every few milliseconds and takes everything that arrived at once)."""
 
     rate_bps: float
     one_way: float
@@ -53,6 +56,7 @@ class Bottleneck:
     dropped_loss: int = 0
     dropped_queue: int = 0
     max_queued: int = 0
+    wake_every: float = 0.0
 
     def offer(self, now: float, size: int) -> float | None:
         """The arrival time at the far end of a datagram of ``size`` bytes sent at ``now``, or None."""
@@ -70,7 +74,10 @@ class Bottleneck:
         queue.append((done, size))
         self._queued += size
         self.max_queued = max(self.max_queued, self._queued)
-        return done + self.one_way
+        arrival = done + self.one_way
+        if self.wake_every:
+            arrival = math.ceil(arrival / self.wake_every) * self.wake_every
+        return arrival
 
 
 @dataclass
