@@ -66,7 +66,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         congestion_control: str | None = None,
     ) -> None:
         self.identity = identity
-        # reno unless KACHERY_P2P_CONGESTION_CONTROL says otherwise (a bad value: ConfigError at start-up)
+        # kachery-bbr unless KACHERY_P2P_CONGESTION_CONTROL says otherwise (a bad value: ConfigError at start-up)
         self.congestion_control = congestion_control or congestion_control_from_environ()
         self.on_incoming = on_incoming
         self.on_other_datagram = on_other_datagram or (lambda kind, data, addr: None)

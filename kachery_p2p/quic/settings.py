@@ -28,9 +28,10 @@ MAX_DATA = 4 * 1024 * 1024
 MAX_STREAM_DATA = 2 * 1024 * 1024
 # aioquic breaks on packets above this ("Unknown frame type"); see reference/nat-lab.md.
 MAX_DATAGRAM_SIZE_LIMIT = 16383
-# Measured in the NAT lab (python -m bench shaped-load, 100 Mbit/s link): aioquic's reno keeps 0.64 of the
-# link under 1 % random loss where its cubic keeps 0.43, and both fill 0.91 of it without loss.
-PREFERRED_CONGESTION_CONTROL = "reno"
+# The model-based controller (quic/bbr.py) by default: on the WAN lab's 100 Mbit/s paths with 0.5-2 % random
+# loss it keeps 4-5 MB/s where reno collapses to Mathis' limit (0.15-1.4 MB/s), and without loss it is
+# within the noise of reno (python -m bench wan --quick --cc reno,bbr). reno and cubic stay selectable.
+PREFERRED_CONGESTION_CONTROL = bbr.NAME
 # KACHERY_P2P_CONGESTION_CONTROL=reno|cubic|bbr picks the controller of the connections a daemon opens
 # and accepts (bbr = quic/bbr.py's model-based controller).
 CONGESTION_CONTROL_ENV = "KACHERY_P2P_CONGESTION_CONTROL"

@@ -1,4 +1,4 @@
-"""Picking the congestion controller: KACHERY_P2P_CONGESTION_CONTROL=reno|cubic|bbr (reno by default)."""
+"""Picking the congestion controller: KACHERY_P2P_CONGESTION_CONTROL=reno|cubic|bbr (bbr by default)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from kachery_p2p.quic.settings import congestion_control_from_environ, quic_conf
 
 
 def test_the_environment_picks_the_controller() -> None:
-    assert congestion_control_from_environ({}) == "reno"
+    assert congestion_control_from_environ({}) == NAME
+    assert congestion_control_from_environ({"KACHERY_P2P_CONGESTION_CONTROL": "reno"}) == "reno"
     assert congestion_control_from_environ({"KACHERY_P2P_CONGESTION_CONTROL": "cubic"}) == "cubic"
     assert congestion_control_from_environ({"KACHERY_P2P_CONGESTION_CONTROL": " BBR "}) == NAME
     with pytest.raises(ConfigError, match="KACHERY_P2P_CONGESTION_CONTROL='vegas' is not a congestion controller"):
@@ -35,7 +36,10 @@ def test_connections_run_the_chosen_controller(name: str, cls: type) -> None:
 
 
 def test_the_endpoint_reads_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KACHERY_P2P_CONGESTION_CONTROL", "bbr")
+    monkeypatch.setenv("KACHERY_P2P_CONGESTION_CONTROL", "reno")
+    endpoint = QuicEndpoint(NodeIdentity.generate(), on_incoming=lambda link: None)
+    assert endpoint.server_config.congestion_control_algorithm == "reno"
+    monkeypatch.delenv("KACHERY_P2P_CONGESTION_CONTROL")
     endpoint = QuicEndpoint(NodeIdentity.generate(), on_incoming=lambda link: None)
     assert endpoint.server_config.congestion_control_algorithm == NAME
     assert endpoint.config_for(True, ("192.0.2.1", 1), relayed=False).congestion_control_algorithm == NAME
