@@ -47,6 +47,7 @@ LOSS_EVENTS = 3
 QUEUED_LOSS_THRESHOLD = 0.02  # BBRv2's loss_thresh
 QUEUE_RTT_FACTOR = 1.5  # RTT above 1.5x the minimum (+2 ms): a standing queue, not the 1.25x probe's
 MIN_PACKETS = 4
+PROBE_UP_INTERVAL = 2.0  # s between raises of the loss cap: a loss-based flow regrows its window that slowly
 HOST_DELAY = 0.01  # how late a busy host's event loop may acknowledge: bounds the host allowance
 
 STARTUP, DRAIN, PROBE_BW, PROBE_RTT = "startup", "drain", "probe_bw", "probe_rtt"
@@ -86,6 +87,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self._round_lost = 0
         self._round_acked = 0
         self._high_loss_this_cycle = False
+        self._bound_stamp = 0.0
         # startup
         self._full_bw = 0.0
         self._full_bw_count = 0
@@ -185,6 +187,7 @@ class BbrCongestionControl(QuicCongestionControl):
         floor = self.bdp(PROBE_GAINS[0]) + 3 * self._mss
         self.inflight_hi = max(floor, INFLIGHT_HI_BETA * max(sent, self.bytes_in_flight), MIN_PACKETS * self._mss)
         self._high_loss_this_cycle = True
+        self._bound_stamp = now
         self._round_lost = self._round_acked = 0
         self.congestion_window = min(self.congestion_window, int(self.inflight_hi))
         if self.state == STARTUP:
@@ -251,7 +254,10 @@ class BbrCongestionControl(QuicCongestionControl):
             self._cycle_stamp = now
             self.pacing_gain = PROBE_GAINS[self._cycle_index]
             if self._cycle_index == 0:  # a new probing cycle: loosen the loss bound if it held
-                if not self._high_loss_this_cycle and not math.isinf(self.inflight_hi):
+                # (BBRv2's Reno coexistence: probe up no sooner than a loss-based flow regrows its window)
+                raise_cap = now - self._bound_stamp >= PROBE_UP_INTERVAL
+                if not self._high_loss_this_cycle and not math.isinf(self.inflight_hi) and raise_cap:
+                    self._bound_stamp = now
                     self.inflight_hi *= 1.25
                     if self.inflight_hi > 4 * self.bdp(CWND_GAIN):
                         self.inflight_hi = math.inf
