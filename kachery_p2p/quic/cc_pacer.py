@@ -34,6 +34,8 @@ class ControllerPacer(QuicPacketPacer):
         self._controller = controller
 
     def next_send_time(self, now: float) -> float | None:  # type: ignore[override]  # aioquic returns None too
+        if not getattr(self._controller, "pacing_rate", None):
+            return super().next_send_time(now=now)  # the controller does not pace (yet, or on a LAN)
         if self.packet_time is None:
             return None
         self.update_bucket(now=now)
@@ -45,7 +47,9 @@ class ControllerPacer(QuicPacketPacer):
         return None
 
     def update_after_send(self, now: float) -> None:
-        if self.packet_time is not None:
+        if not getattr(self._controller, "pacing_rate", None):
+            super().update_after_send(now=now)
+        elif self.packet_time is not None:
             self.update_bucket(now=now)
             self.bucket_time = max(0.0, self.bucket_time - self.packet_time)
 

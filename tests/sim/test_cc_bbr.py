@@ -91,3 +91,5 @@ def test_a_lan_whose_receiver_acknowledges_in_bursts_stays_full() -> None:
     delivered, started = flow.delivered, net.now
     net.run(1.0, until_done=False)
     assert (flow.delivered - delivered) * 8 / (net.now - started) >= 0.8 * rate
+    # and it does not pace there: on a LAN the window is a few ms of data and timers only cost CPU
+    assert controller(flow).pacing_rate is None
