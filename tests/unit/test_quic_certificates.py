@@ -133,7 +133,7 @@ def test_quic_configuration_settings() -> None:
         assert config.private_key is identity.private_key
         assert config.max_data == MAX_DATA == 4 * 1024 * 1024  # initial windows: quic/flow.py grows them
         assert config.max_stream_data == MAX_STREAM_DATA == 2 * 1024 * 1024
-        assert config.congestion_control_algorithm == "reno"  # aioquic 1.7 knows it
+        assert config.congestion_control_algorithm == "kachery-bbr"  # quic/bbr.py, registered with aioquic
     assert client.is_client and client.server_name == "kachery-p2p" and client.max_datagram_size == 1350
     assert not server.is_client and server.server_name is None
     assert server.max_datagram_size == 1452 and server.idle_timeout == 10.0

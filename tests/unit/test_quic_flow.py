@@ -30,10 +30,17 @@ class Pair:
     ) -> None:
         self.now = 0.0
         self.one_way = one_way
-        config = quic_configuration(NodeIdentity.generate(), is_client=True, max_datagram_size=size)
+        # reno: these tests are about the receive windows, and the client may be plain aioquic (the
+        # model-based controller paces through KacheryQuicConnection's pacer only)
+        config = quic_configuration(
+            NodeIdentity.generate(), is_client=True, max_datagram_size=size, congestion_control="reno"
+        )
         self.client = client_cls(configuration=config)
+        server_config = quic_configuration(
+            NodeIdentity.generate(), is_client=False, max_datagram_size=size, congestion_control="reno"
+        )
         self.server = (server_cls or KacheryQuicConnection)(
-            configuration=quic_configuration(NodeIdentity.generate(), is_client=False, max_datagram_size=size),
+            configuration=server_config,
             original_destination_connection_id=self.client.original_destination_connection_id,
         )
         self.queue: list[tuple[float, int, QuicConnection, bytes, Any]] = []
