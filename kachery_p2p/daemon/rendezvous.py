@@ -28,6 +28,7 @@ log = logging.getLogger("kachery_p2p.rendezvous")
 PUBLISH_INTERVAL = 60.0
 RECORD_LIFETIME = 180.0
 LOOKUP_INTERVAL = 10.0
+PING_TIMEOUT = 5.0  # after a request the relay did not answer: does the path still carry a QUIC PING?
 
 
 class RelayClient:
@@ -78,8 +79,25 @@ class RelayClient:
                 await self.lookup()
             except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, LocalProtocolError) as exc:
                 log.info("rendezvous with relay %s failed: %s", self.session.link.path.describe(), exc)
+                if isinstance(exc, asyncio.TimeoutError) and not await self._path_answers():
+                    # The path is gone (we moved to another address, or a NAT forgot us): end the session
+                    # now, so that it is dialled again at once, instead of waiting out the idle timeout
+                    # while peers keep trying to reach us through a relay that no longer has us.
+                    log.info("relay %s does not answer a ping: dialling it again", self.session.link.path.describe())
+                    self.session.link.close("relay not answering")
+                    self.session.link.abort("relay not answering")
+                    return
             with contextlib.suppress(asyncio.TimeoutError):
                 await within(self._wake.wait(), LOOKUP_INTERVAL)
+
+    async def _path_answers(self) -> bool:
+        """Whether a QUIC PING to the relay is acknowledged within PING_TIMEOUT (a busy relay's QUIC stack
+        still acknowledges at once, even when its application is slow to answer requests)."""
+        try:
+            await within(self.session.link.ping(), PING_TIMEOUT)
+        except (asyncio.TimeoutError, LinkClosed):
+            return False
+        return True
 
     async def _query_stun(self) -> None:
         reflexive = await self.stun_query(self.relay_addr)
