@@ -269,6 +269,9 @@ class DaemonFactory:
             "HOME": str(home),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONUNBUFFERED": "1",
+            # not inherited from os.environ (above): without it every daemon asked this machine's router for a
+            # port mapping, and its exit waited for the UPnP search thread (up to 6 s of each teardown)
+            "KACHERY_P2P_PORT_MAPPING": os.environ["KACHERY_P2P_PORT_MAPPING"],
         }
         handle = DaemonHandle(label, root, env, config_dir, storage_dir, port, root / "daemon.log")
         self.handles.append(handle)
