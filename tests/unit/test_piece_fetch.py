@@ -97,3 +97,20 @@ def test_a_tail_stolen_mid_piece_ends_the_fetch_at_the_split(tmp_path: Path) -> 
     # nothing of the stolen tail written by this fetch (the file is sparse there), and it stopped soon after
     assert written[end:].count(0) == len(written[end:])
     assert session.sent < end + CHECK_BYTES + PACKET
+
+
+def test_a_steal_after_an_endgame_copy_was_dropped_never_splits_below_what_arrived() -> None:
+    mib = 1 << 20
+    plan = DownloadPlan([(0, 4 * mib)], set(), min_piece_size=4 * mib)
+    plan.pace = Pace(1.5, 2.0)
+    plan.pace.record(1.0, 10 * mib, "c")  # c delivers fast
+    piece = plan.next_piece("a", 0.0)
+    assert piece is not None
+    plan.arrived(piece, "a", 100 * 1024)
+    assert plan.endgame_piece("b") == piece  # a copy: two fetchers now
+    plan.arrived(piece, "a", 3 * mib)  # a goes on (and writes up to here)
+    plan.piece_failed(piece, "b")  # the copy's stream fails: a fetches alone again
+    tail = plan.steal("c", 1.0, 64 * 1024)
+    assert tail is not None
+    # before: the progress stayed at 100 KiB and the split fell at ~140 KiB, inside what a had written
+    assert tail.start >= 3 * mib, tail
