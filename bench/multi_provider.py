@@ -107,6 +107,10 @@ def speed_up(mib: int, mbit: float, cap: float) -> list[dict[str, Any]]:
                                                                                  strict=True)]
             print(f"[bench] {name}: {what}: {load.elapsed:.2f} s, CPU s receiver {cpu[0]}, providers {cpu[1:]}",
                   flush=True)
+            # Where the command's fixed costs go: start-up and search (to the line naming the size), to the
+            # first byte, the transfer, and from the done line to the command's exit.
+            print(f"[bench] {name}: {what}: size known at {_fmt(load.first_line)} s, first byte at "
+                  f"{_fmt(load.first_byte)} s, done at {_fmt(load.done)} s, exit at {load.elapsed:.3f} s", flush=True)
             served = [int(node.info()["bytesServed"]) - b for node, b in zip(providers, before, strict=True)]
             got = load.bytes_loaded if load.timed_out else mib * MIB
             if load.timed_out:
@@ -173,6 +177,10 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _round(value: float | None) -> float | None:

@@ -41,7 +41,14 @@ os.environ["KACHERY_P2P_PORT_MAPPING"] = "0"
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Write kachery_p2p's bytecode once: the daemons and commands the tests start by the hundred would
-    otherwise recompile every changed module at each start when PYTHONDONTWRITEBYTECODE is set."""
+    otherwise recompile every changed module at each start when PYTHONDONTWRITEBYTECODE is set.
+
+    And let the commands the tests start hear Ctrl-C: a suite started in the background by a script
+    (``make test &``, ``nohup``) inherits SIGINT ignored, and so would every command it starts, so the
+    tests that press Ctrl-C or send SIGINT saw the command go on (3 failures in a background run). A
+    handler here is reset to the default in each child at exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     import compileall
 
     import kachery_p2p
@@ -262,6 +269,9 @@ class DaemonFactory:
             "HOME": str(home),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONUNBUFFERED": "1",
+            # not inherited from os.environ (above): without it every daemon asked this machine's router for a
+            # port mapping, and its exit waited for the UPnP search thread (up to 6 s of each teardown)
+            "KACHERY_P2P_PORT_MAPPING": os.environ["KACHERY_P2P_PORT_MAPPING"],
         }
         handle = DaemonHandle(label, root, env, config_dir, storage_dir, port, root / "daemon.log")
         self.handles.append(handle)

@@ -137,6 +137,12 @@ class Activity:
         if isinstance(paths, list):
             entry.paths = [str(p) for p in paths]
 
+    def provider_joined(self, sha1: str, node_id: str) -> None:
+        """A provider found after the download started joined it: it is listed from now on."""
+        entry = self.downloads.get(sha1)
+        if entry is not None and node_id not in entry.providers:
+            entry.providers.append(node_id)
+
     def download_finished(self, entry: DownloadEntry, outcome: str, now: float, error: str = "") -> dict[str, Any]:
         """Retire the entry; ``outcome`` is done, cancelled or failed. Logs one line for a finished load."""
         if self.downloads.get(entry.sha1) is entry:
@@ -234,6 +240,9 @@ class ActivityPump:
 
     def snapshot(self) -> dict[str, Any]:
         return self.activity.snapshot(time.monotonic())
+
+    def provider_joined(self, sha1: str, node_id: str) -> None:
+        self.activity.provider_joined(sha1, node_id)
 
     def cancel(self, sha1: str) -> bool:
         return self.activity.cancel(sha1)

@@ -112,25 +112,31 @@ class Download:
             return path
         raise no_attempt_left(self.sha1, policy, failures, trusted is not None)
 
-    def add_provider(self, provider: Provider) -> None:
+    def add_provider(self, provider: Provider) -> bool:
         """A provider found after the download started (the search goes on meanwhile). Its size claim
         is one more claim for the policy (never trusted over verification); with the size now being
-        fetched it joins the running download at once, with its own streams."""
+        fetched it joins the running download at once, with its own streams. True when it is one of
+        this download's providers now (for a range read: when it claims the URI manifest's size)."""
         if any(p.node_id == provider.node_id for p in self._everyone):
-            return
-        if self._policy is None:  # not started yet (queued): it starts with the others
-            self._everyone.append(provider)
-            self.providers.append(provider)
-            return
+            return False
         self._everyone.append(provider)
+        if self._policy is None:
+            if self._trusted is not None and provider.size != self._trusted.size:
+                return False  # a range read of proven chunks: only the manifest's size
+            self.providers.append(provider)  # not started yet (queued): it starts with the others
+            if self._join is not None:
+                self._join(provider)  # a range read under way
+            return True
         if self._trusted is not None and provider.size != self._trusted.size:
             self._policy.liars.add(provider.node_id)
-            return
+            return False
         self._policy.claims[provider.node_id] = provider.size
         if provider.size == self._attempt_size and provider.node_id not in self._policy.liars:
             self.providers.append(provider)
             if self._join is not None:
                 self._join(provider)
+            return True
+        return False
 
     async def _attempt(self, attempt: Attempt, trusted: Manifest | None) -> tuple[Path, set[str]]:
         """One try at one claimed size (and, for a big file without a URI manifest, one provider's
@@ -197,6 +203,7 @@ class Download:
             fd = os.open(path, os.O_RDONLY)
             return fd, os.fstat(fd).st_size
         size = manifest.size
+        self._trusted = manifest  # providers found from now on join if they claim this size (add_provider)
         self.providers = [p for p in self.providers if p.size == size]
         partial = await asyncio.to_thread(self.store.open_partial, self.sha1, size, manifest)
         if self.on_partial is not None:

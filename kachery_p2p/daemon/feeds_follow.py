@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import time
 from typing import Any, Protocol
 
@@ -45,6 +46,14 @@ RECHECK_SEC = 5.0
 STALL_SEC = 10.0  # a source below the count it announced that sends nothing this long is truncating its log
 LOOP_SEC = 1.0
 ASK_TIMEOUT = 5.0
+
+
+def stall_sec() -> float:
+    """STALL_SEC, or KACHERY_P2P_FEED_STALL_SEC (>= 1) to shorten it in tests."""
+    try:
+        return max(1.0, float(os.environ.get("KACHERY_P2P_FEED_STALL_SEC", STALL_SEC)))
+    except ValueError:
+        return STALL_SEC
 
 
 class LineSplitter:
@@ -190,12 +199,13 @@ class Subscription:
                     task.cancel()
         try:
             waiting: set[asyncio.Future[Any]] = {collector.done, failed}
+            stall = stall_sec()
             while not (collector.done.done() or failed.done()):
-                await asyncio.wait(waiting, timeout=STALL_SEC / 4, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiting, timeout=stall / 4, return_when=asyncio.FIRST_COMPLETED)
                 behind = isinstance(announced, int) and expected < announced
-                if behind and not failed.done() and time.monotonic() - last_data > STALL_SEC:
+                if behind and not failed.done() and time.monotonic() - last_data > stall:
                     raise LogError("truncated", f"announced {announced} messages, sent up to #{expected - 1} and "
-                                                f"then nothing for {STALL_SEC:g} s")
+                                                f"then nothing for {stall:g} s")
             if failed.done():
                 raise failed.result()
             collector.done.result()  # a clean end: the peer must have sent all it announced

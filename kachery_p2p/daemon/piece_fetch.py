@@ -14,6 +14,8 @@ from .slow import Provider, request_while_alive
 
 PIECE_TIMEOUT = 60.0  # a piece stream that delivers no byte for this long is given up (slow is fine)
 WRITE_BLOCK = 1 << 20
+# Progress reported to the plan (for stealing) and the piece's state checked once per this many bytes.
+CHECK_BYTES = 64 * 1024
 
 
 async def fetch_piece(
@@ -42,24 +44,39 @@ async def fetch_piece(
         written += len(buffer)
         buffer.clear()
 
+    end = plan.end_of(piece)  # refreshed at each check: a steal only moves it down, never below `checked`
+    checked = piece.start  # bytes up to here were reported to the plan (plan.arrived)
+
     def sink(data: bytes) -> None:
+        nonlocal end, checked
         count(len(data))
         if stop.done():
+            return
+        have = written + len(buffer) + len(data)
+        if have > piece.end:
+            raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
+        # The plan is asked once per CHECK_BYTES (and at the known end), not for each ~1.3 kB packet.
+        if have - checked < CHECK_BYTES and have < end:
+            buffer.extend(data)
             return
         if not plan.is_open(piece, node_id):
             stop.set_result("taken")
             return
-        have = written + len(buffer)
-        if have + len(data) > piece.end:
-            raise RemoteProtocolError("provider sent more bytes than asked", code="bad_request")
         end = plan.end_of(piece)
-        if have + len(data) >= end:
-            buffer.extend(memoryview(data)[: end - have])
+        if have >= end:
+            keep = end - written - len(buffer)  # < 0: the split fell inside bytes buffered since the last check
+            if keep >= 0:
+                buffer.extend(memoryview(data)[:keep])
+            else:
+                del buffer[keep:]
             plan.arrived(piece, node_id, end - piece.start)  # nothing left to steal
             stop.set_result("complete")
             return
         buffer.extend(data)
-        plan.arrived(piece, node_id, have + len(data) - piece.start)
+        checked = have
+        plan.arrived(piece, node_id, have - piece.start)
+        # Only right after a check: a steal splits at or after the progress reported, so what is
+        # written here can never be a stolen tail.
         if not buffered and len(buffer) >= WRITE_BLOCK:
             flush()
 

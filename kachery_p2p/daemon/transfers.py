@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -202,8 +203,10 @@ class Transfers:
     ) -> Path:
         uri = entry.uri
         download = entry.download = Download(self.store, uri, providers, progress)
-        # Providers that answer from now on join the running download (the search goes on meanwhile).
-        feeder = asyncio.ensure_future(rest[0].feed(download)) if rest else None
+        # Providers that answer from now on join the running download (the search goes on meanwhile),
+        # and kachery-p2p-transfers lists them.
+        joined = functools.partial(self.activity.provider_joined, uri.sha1)
+        feeder = asyncio.ensure_future(rest[0].feed(download, joined)) if rest else None
         try:
             return await self._load_with(entry, download)
         finally:
@@ -248,23 +251,34 @@ class Transfers:
     ) -> tuple[int, AsyncIterator[bytes]]:
         """Bytes [start, end) of a file we do not have, fetching only the chunks that cover them, each
         range streamed as soon as the chunks covering it are verified."""
-        providers = await self._providers(uri, timeout)
+        rest: list[Search] = []
+        providers = await self._providers(uri, timeout, rest)
         reader = RangeReader(start, end)
 
         async def run(entry: RunningDownload) -> Path | int:
             download = entry.download = Download(self.store, uri, providers, _no_progress)
             download.on_partial = reader.opened
             download.on_verified = reader.verified
-            entry.phase = "queued"
-            async with self._slots, self._file_lock(uri.sha1):
-                path = await asyncio.to_thread(self.store.find_local, uri)
-                if path is not None:
-                    return path
-                entry.phase = "downloading"
-                with self._counting(download):
-                    fd, _size = await download.fetch_range(start, end if end is not None else 1 << 62)
-            return fd
+            # Providers that answer from now on join the range fetch too (the search goes on meanwhile).
+            feeder = asyncio.ensure_future(rest[0].feed(download)) if rest else None
+            try:
+                entry.phase = "queued"
+                async with self._slots, self._file_lock(uri.sha1):
+                    path = await asyncio.to_thread(self.store.find_local, uri)
+                    if path is not None:
+                        return path
+                    entry.phase = "downloading"
+                    with self._counting(download):
+                        fd, _size = await download.fetch_range(start, end if end is not None else 1 << 62)
+                return fd
+            finally:
+                if feeder is not None:
+                    feeder.cancel()
+                    await asyncio.gather(feeder, return_exceptions=True)
+                for search in rest:
+                    await search.stop()
 
+        # (the search also ends by itself at its timeout, should the task be cancelled before it starts)
         entry = self.downloads.start(uri, "read", run, share=False)
         # The verified size (the URI's manifest, or the whole file checked), not a provider's claim.
         size = await reader.proven_size(entry)
@@ -294,9 +308,11 @@ class Search:
         finally:
             self.found.put_nowait(None)
 
-    async def feed(self, download: Download) -> None:
+    async def feed(self, download: Download, joined: Callable[[str], None] | None = None) -> None:
+        """Add each provider found to ``download``; ``joined`` is told the node id of each that joined it."""
         while (provider := await self.found.get()) is not None:
-            download.add_provider(provider)
+            if download.add_provider(provider) and joined is not None:
+                joined(provider.node_id)
 
     async def stop(self) -> None:
         self._task.cancel()

@@ -166,8 +166,10 @@ class DownloadPlan:
         self._progress.pop(piece, None)
 
     def arrived(self, piece: Piece, provider: str, count: int) -> None:
-        """``count`` bytes of the piece have arrived from its only fetcher so far (for stealing its tail)."""
-        if self._in_flight.get(piece) == {provider}:
+        """``count`` bytes of the piece have arrived from ``provider`` (for stealing its tail). The furthest
+        any of its fetchers got: once an endgame copy is dropped, a steal never splits below what the
+        remaining fetcher may have written already."""
+        if self.is_open(piece, provider) and count > self._progress.get(piece, 0):
             self._progress[piece] = count
 
     def steal(self, provider: str, now: float, min_size: int) -> Piece | None:

@@ -97,7 +97,7 @@ def truncated(key: FeedKey) -> tuple[list[dict[str, Any]], int, bool]:
 
 
 def stalled(key: FeedKey) -> tuple[list[dict[str, Any]], int, bool]:
-    return make_log(key, 2), 6, False  # keeps the stream open but never sends #2..#5 (STALL_SEC = 10 s)
+    return make_log(key, 2), 6, False  # keeps the stream open but never sends #2..#5 (for STALL_SEC: 2 s below)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,10 @@ def test_a_bad_log_is_refused_and_reported(daemon_factory: Any, make: Any, kind:
     channel = f"hostile-{os.urandom(6).hex()}"
     lines, announced, end = make(key)
     with FeedLiar(channel, key.feed_id, lines, announced, end) as liar:
-        b = daemon_factory.start("fb", ["-v", "--bootstrap", f"{liar.identity.node_id}@127.0.0.1:{liar.port}"])
+        b = daemon_factory.new("fb")
+        if make is stalled:
+            b.env["KACHERY_P2P_FEED_STALL_SEC"] = "2"  # found after 2 s of silence, not the daemon's 10
+        b.start(["-v", "--bootstrap", f"{liar.identity.node_id}@127.0.0.1:{liar.port}"])
         assert b.run("join-channel", channel).returncode == 0
         wait_until(lambda: (e := peer_entry(b, liar.identity.node_id)) is not None and channel in e["channels"],
                    30, "B to share the channel with the liar")
