@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
 BIN_DIR = os.path.dirname(sys.executable)
 
@@ -270,7 +271,14 @@ def test_the_readme_python_snippet_works_as_written(daemon_factory: Any, tmp_pat
 def test_start_line_shows_ports_store_and_bootstrap(daemon_factory: Any) -> None:
     """Before: 'kachery-p2p daemon running: node <id>' and nothing else."""
     d = daemon_factory.start("a", ["--bootstrap", "127.0.0.1:9"])
-    line = next(line for line in d.log_text().splitlines() if line.startswith("kachery-p2p daemon running:"))
+
+    def start_line() -> str | None:
+        lines = d.log_text().splitlines()
+        return next((line for line in lines if line.startswith("kachery-p2p daemon running:")), None)
+
+    # The control endpoint answers (what start() waits for) a moment before the daemon prints the line
+    # (CI: StopIteration, the line not yet written).
+    line = wait_until(start_line, 10.0, "the daemon's start line", output=d.log_text)
     assert f"control 127.0.0.1:{d.api_port}" in line and "QUIC udp " in line, line
     assert f"store {d.storage_dir}" in line and "bootstrap 127.0.0.1:9" in line, line
 
