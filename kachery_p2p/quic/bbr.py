@@ -17,8 +17,10 @@ Loss that says "the queue overflowed" does (a simplified BBRv2 bound, to share w
 a round trip losing more than 2 % of its bytes (``QUEUED_LOSS_THRESHOLD``, at least 3 packets) while the
 RTT shows a standing queue, or 15 % (``LOSS_THRESHOLD``, a policer) without one, caps bytes in flight at
 0.85x what that round sent but never below 1.25 BDP (``inflight_hi``); the cap grows again by 25 % per
-probing cycle without such a round. Rounds in which the sender had less to send than it could
-(``on_app_limited``) neither end startup nor lower the bandwidth estimate.
+probing cycle without such a round, at most every 2 s (``PROBE_UP_INTERVAL``). Rounds in which the sender
+had less to send than it could (``on_app_limited``) neither end startup nor lower the bandwidth estimate.
+On a LAN (minimum RTT under ``LAN_RTT``) it neither paces nor bounds the window on loss, and the window is
+sized to the RTT busy hosts give (``_round_time``).
 """
 
 from __future__ import annotations
