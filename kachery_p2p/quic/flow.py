@@ -31,6 +31,7 @@ from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 from .cc_pacer import install_pacer
+from .fastpath import FastPathMixin
 
 MAX_STREAM_WINDOW = 8 * 1024 * 1024
 MAX_CONNECTION_WINDOW = 16 * 1024 * 1024
@@ -40,8 +41,9 @@ _LIMIT_CAPACITY = 1 + 8
 _STREAM_LIMIT_CAPACITY = 1 + 2 * 8
 
 
-class KacheryQuicConnection(QuicConnection):
-    """aioquic's connection with bounded, auto-tuned receive windows (see the module docstring)."""
+class KacheryQuicConnection(FastPathMixin, QuicConnection):
+    """aioquic's connection with bounded, auto-tuned receive windows (see the module docstring),
+    and a cheaper per-packet path through aioquic (``fastpath.py``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
