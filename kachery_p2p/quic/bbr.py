@@ -101,6 +101,9 @@ class BbrCongestionControl(QuicCongestionControl):
         self._probe_rtt_done: float | None = None
         self._prior_cwnd = 0
         self.inflight_hi = math.inf
+        self._cycle_time = 0.0
+        self._cwnd_target = 0
+        self._refresh()
 
     # -- the model ------------------------------------------------------------------------------
     def bdp(self, gain: float = 1.0) -> int:
@@ -109,15 +112,27 @@ class BbrCongestionControl(QuicCongestionControl):
         return int(gain * self.btl_bw * self.min_rtt)
 
     def _update_bw(self, rate: float) -> None:
+        """Take a delivery-rate sample into the windowed maximum (one entry per round; per ACK this is a
+        comparison, the window slides once per round)."""
         samples = self._bw_samples
-        if samples and samples[-1][0] == self.round_count:
-            if rate > samples[-1][1]:
-                samples[-1] = (self.round_count, rate)
-        else:
-            samples.append((self.round_count, rate))
-        while samples[0][0] <= self.round_count - BW_WINDOW_ROUNDS:
+        round_count = self.round_count
+        if samples and samples[-1][0] == round_count:
+            if rate <= samples[-1][1]:
+                return
+            samples[-1] = (round_count, rate)
+            if rate > self.btl_bw:
+                self.btl_bw = rate
+            return
+        samples.append((round_count, rate))
+        oldest = round_count - BW_WINDOW_ROUNDS
+        expired = False
+        while samples[0][0] <= oldest:
             samples.popleft()
-        self.btl_bw = max(rate for _, rate in samples)
+            expired = True
+        if expired:
+            self.btl_bw = max(sample for _, sample in samples)
+        elif rate > self.btl_bw:
+            self.btl_bw = rate
 
     def on_app_limited(self) -> None:
         """The sender ran out of data with room left under the window and the pacer (called by the
@@ -153,7 +168,10 @@ class BbrCongestionControl(QuicCongestionControl):
         if delivered_then >= self._next_round_delivered:
             self._new_round(now, app_limited)
         if rate > 0 and (not app_limited or rate >= self.btl_bw):
+            btl_bw = self.btl_bw
             self._update_bw(rate)
+            if self.btl_bw != btl_bw:
+                self._refresh()
         self._update_state(now)
         self._update_cwnd(packet.sent_bytes)
 
@@ -172,7 +190,7 @@ class BbrCongestionControl(QuicCongestionControl):
         lost, acked = self._round_lost, self._round_acked
         if self.state != STARTUP and self._too_lossy(lost, max(lost + acked, self.bdp()), self._loss_threshold()):
             self._bound_inflight(lost + acked, now)
-        self._set_pacing_rate()
+        self._refresh()
 
     def _loss_threshold(self) -> float:
         """Loss while a standing queue inflates the RTT is the queue overflowing: 2 % counts. Loss with the
@@ -215,7 +233,7 @@ class BbrCongestionControl(QuicCongestionControl):
             if expired and self.state != PROBE_RTT and self.filled_pipe:
                 self._prior_cwnd = self.congestion_window
                 self._enter(PROBE_RTT, now)
-        self._set_pacing_rate()
+        self._refresh()
 
     def get_log_data(self) -> dict[str, Any]:
         data = super().get_log_data()
@@ -251,16 +269,18 @@ class BbrCongestionControl(QuicCongestionControl):
         elif state == PROBE_RTT:
             self.pacing_gain, self.cwnd_gain = 1.0, 1.0
             self._probe_rtt_done = None
+        self._refresh()
 
     def _update_state(self, now: float) -> None:
         if self.state == STARTUP and self.filled_pipe:
             self._enter(DRAIN, now)
         if self.state == DRAIN and self.bytes_in_flight <= self.bdp():
             self._enter(PROBE_BW, now)
-        elif self.state == PROBE_BW and now - self._cycle_stamp > self._round_time():
+        elif self.state == PROBE_BW and now - self._cycle_stamp > self._cycle_time:
             self._cycle_index = (self._cycle_index + 1) % len(PROBE_GAINS)
             self._cycle_stamp = now
             self.pacing_gain = PROBE_GAINS[self._cycle_index]
+            self._refresh()
             if self._cycle_index == 0:  # a new probing cycle: loosen the loss bound if it held
                 # (BBRv2's Reno coexistence: probe up no sooner than a loss-based flow regrows its window)
                 raise_cap = now - self._bound_stamp >= PROBE_UP_INTERVAL
@@ -277,21 +297,21 @@ class BbrCongestionControl(QuicCongestionControl):
                 self._min_rtt_stamp = now
                 self.congestion_window = max(self.congestion_window, self._prior_cwnd)
                 self._enter(PROBE_BW if self.filled_pipe else STARTUP, now)
-        self._set_pacing_rate()
 
     def _update_cwnd(self, acked: int) -> None:
         if self.state == PROBE_RTT:
             self.congestion_window = MIN_PACKETS * self._mss
             return
-        target = self._window(self.cwnd_gain) + 3 * self._mss
+        target = self._cwnd_target
+        cwnd = self.congestion_window
         if self.filled_pipe:
-            cwnd = min(self.congestion_window + acked, target)
-        elif self.congestion_window < target or self._delivered < K_INITIAL_WINDOW * self._mss:
-            cwnd = self.congestion_window + acked  # grows like slow start while the pipe fills
-        else:
-            cwnd = self.congestion_window
-        cwnd = min(cwnd, int(self.inflight_hi)) if not math.isinf(self.inflight_hi) else cwnd
-        self.congestion_window = max(cwnd, MIN_PACKETS * self._mss)
+            cwnd = min(cwnd + acked, target)
+        elif cwnd < target or self._delivered < K_INITIAL_WINDOW * self._mss:
+            cwnd += acked  # grows like slow start while the pipe fills
+        if cwnd > self.inflight_hi:
+            cwnd = int(self.inflight_hi)
+        floor = MIN_PACKETS * self._mss
+        self.congestion_window = cwnd if cwnd > floor else floor
 
     def _round_time(self) -> float:
         """The RTT the window and the gain cycle are made for: the minimum RTT, except that a smoothed RTT
@@ -306,6 +326,13 @@ class BbrCongestionControl(QuicCongestionControl):
         if self.btl_bw == 0 or math.isinf(self.min_rtt):
             return K_INITIAL_WINDOW * self._mss
         return int(gain * self.btl_bw * self._round_time())
+
+    def _refresh(self) -> None:
+        """Recompute what follows from the model (the pacing rate, the window's target, the length of a
+        gain-cycle phase): called whenever an input changed, so that an ACK costs a few comparisons."""
+        self._cycle_time = self._round_time()
+        self._cwnd_target = self._window(self.cwnd_gain) + 3 * self._mss
+        self._set_pacing_rate()
 
     def _set_pacing_rate(self) -> None:
         if self.min_rtt < LAN_RTT:
