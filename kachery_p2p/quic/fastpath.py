@@ -48,10 +48,10 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import MAX_ACK_RANGES, QuicPacketRecovery
-from aioquic.quic.stream import FinalSizeError, StreamFinishedError
+from aioquic.quic.stream import FinalSizeError, QuicStreamSender, StreamFinishedError
 from aioquic.tls import Epoch, State
 
-from .fastpath_send import FastSendMixin, fast_on_ack_received
+from .fastpath_send import FastSendMixin, fast_on_ack_received, idle_timeout
 
 ENV_SWITCH = "KACHERY_P2P_QUIC_FASTPATH"
 # sha256 (first 16 hex digits) of the source of each aioquic function the fast path stands in for.
@@ -67,11 +67,16 @@ EXPECTED_SOURCES = {
     "QuicPacketBuilder._end_packet": "585948d0382505b3",
     "QuicPacketBuilder._flush_current_datagram": "e310004f68f56c55",
     "QuicPacketRecovery.on_ack_received": "1a7c693479084333",
+    "QuicPacketRecovery.on_packet_sent": "a83baa6e05702f89",
+    "QuicPacketRecovery.get_probe_timeout": "782ca5036a10bc2f",
+    "QuicConnection._idle_timeout": "8549f45b09415b1a",
+    "QuicStreamSender.get_frame": "c9d68a424b94b52b",
 }
 _OWNERS = {
     "QuicConnection": QuicConnection,
     "QuicPacketBuilder": QuicPacketBuilder,
     "QuicPacketRecovery": QuicPacketRecovery,
+    "QuicStreamSender": QuicStreamSender,
 }
 
 
@@ -217,7 +222,7 @@ class FastPathMixin(FastSendMixin):
         if self._state is not _CONNECTED or self._close_pending:
             return
 
-        self._close_at = now + self._idle_timeout()
+        self._close_at = now + idle_timeout(self)
         self._ack_eliciting_sent_since_receipt = False
         if not self._is_client and not is_probing and destination_cid != self.host_cid:
             self._logger.debug("Peer switching to CID %s (%d)", destination_cid.hex(), destination_cid_seq)

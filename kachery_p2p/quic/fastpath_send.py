@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aioquic.buffer import Buffer
+from aioquic.quic.congestion.base import K_GRANULARITY
 from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionState, QuicNetworkPath
 from aioquic.quic.packet import (
     NON_ACK_ELICITING_FRAME_TYPES,
@@ -184,6 +185,21 @@ class FastPacketBuilder(QuicPacketBuilder):
         self.quic_logger_frames = None
 
 
+def idle_timeout(conn: QuicConnection) -> float:
+    """``QuicConnection._idle_timeout`` with ``QuicPacketRecovery.get_probe_timeout`` inline."""
+    timeout = conn._configuration.idle_timeout
+    remote = conn._remote_max_idle_timeout
+    if remote is not None and remote < timeout:
+        timeout = remote
+    loss = conn._loss
+    if not loss._rtt_initialized:
+        pto = 2 * loss._rtt_initial
+    else:
+        variance = 4 * loss._rtt_variance
+        pto = loss._rtt_smoothed + (variance if variance > K_GRANULARITY else K_GRANULARITY) + loss.max_ack_delay
+    return timeout if timeout > 3 * pto else 3 * pto
+
+
 def fast_on_ack_received(
     recovery: QuicPacketRecovery, *, ack_rangeset: RangeSet, ack_delay: float, now: float, space: QuicPacketSpace
 ) -> None:
@@ -268,6 +284,9 @@ class FastSendMixin(QuicConnection):
             self._pacing_at = self._loss._pacer.next_send_time(now=now)
             if self._pacing_at is not None:
                 return []
+        common = self._fp_common_case(network_path)
+        if common and (ack_at is None or ack_at > now) and not self._fp_anything_to_write():
+            return []  # no ACK due, no stream data, no limit to raise: aioquic would build an empty packet
         loss = self._loss
         builder = FastPacketBuilder(
             host_cid=self.host_cid,
@@ -286,7 +305,7 @@ class FastSendMixin(QuicConnection):
         if not network_path.is_validated:
             builder.max_total_bytes = network_path.bytes_received * 3 - network_path.bytes_sent
         try:
-            if self._fp_common_case(network_path):
+            if common:
                 self._fp_write_application(builder, space, now)
             else:
                 self._write_application(builder, network_path, now)
@@ -318,12 +337,37 @@ class FastSendMixin(QuicConnection):
                 return False
         return True
 
+    def _fp_anything_to_write(self) -> bool:
+        """In the common case without an ACK due: whether a STREAM or flow-control frame would be written."""
+        for stream in self._streams_queue:
+            sender = stream.sender
+            if stream.is_blocked or sender.buffer_is_empty:
+                continue
+            if not len(sender._pending):
+                if sender._pending_eof:
+                    return True  # a FIN alone
+                continue  # QuicStreamSender.get_frame would find nothing (and mark the buffer empty)
+            max_offset = sender.highest_offset + self._remote_max_data - self._remote_max_data_used
+            if stream.max_stream_data_remote < max_offset:
+                max_offset = stream.max_stream_data_remote
+            if sender._pending[0].start < max_offset:
+                return True  # otherwise flow control holds the stream back
+        return self._fp_limits_pending()
+
+    def _fp_limits_pending(self) -> bool:
+        """Whether ``_write_connection_limits`` / ``_write_stream_limits`` would write a frame now.
+        Unknown here (aioquic's own writers): yes. ``flow.KacheryQuicConnection`` answers for its writers."""
+        return True
+
     def _fp_write_application(self, builder: QuicPacketBuilder, space: Any, now: float) -> None:
         """aioquic's ``_write_application`` for the common case (``_fp_common_case``)."""
         crypto = self._cryptos[_EPOCH_ONE_RTT]
         pacer = self._loss._pacer
         streams = self._streams
+        # a frame needs at least 2 bytes besides the header and the AEAD tag (FastPacketBuilder.start_frame)
+        min_room = 3 + len(self._peer_cid.cid) + crypto.aead_tag_size + _MIN_FIRST_FRAME
         first = True
+        packets_built = 0
         while True:
             if not first:
                 ack_at = space.ack_at
@@ -332,6 +376,15 @@ class FastSendMixin(QuicConnection):
                     if self._pacing_at is not None:
                         break
             first = False  # the first pacing check was datagrams_to_send's
+            if builder._packet is not None:
+                builder._end_packet()  # as start_packet would: the previous packet now counts in flight
+            ack_at = space.ack_at
+            if ack_at is None or ack_at > now:  # no ACK due: is there room and anything else to write?
+                if builder.max_flight_bytes - builder._flight_bytes < min_room:  # type: ignore[operator]
+                    break  # the congestion window has no room for any frame but an ACK
+                if packets_built and not self._fp_anything_to_write():
+                    break  # (the first packet was checked by datagrams_to_send)
+            packets_built += 1
             builder.start_packet(_ONE_RTT, crypto)
             if space.ack_at is not None and space.ack_at <= now:
                 self._write_ack_frame(builder=builder, space=space, now=now)
@@ -372,12 +425,22 @@ class FastSendMixin(QuicConnection):
             return []
         self._packet_number = builder.packet_number
         loss = self._loss
+        cc = loss._cc
         space = self._spaces[_EPOCH_ONE_RTT]
+        sent_packets = space.sent_packets
+        arms_pto = loss.handshake_confirmed or not space.is_application_data
         for packet in packets:
+            # QuicPacketRecovery.on_packet_sent, inline (no QUIC logger here)
             packet.sent_time = now
-            loss.on_packet_sent(packet=packet, space=space)
+            sent_packets[packet.packet_number] = packet
+            if packet.is_ack_eliciting:
+                space.ack_eliciting_in_flight += 1
+            if packet.in_flight:
+                if packet.is_ack_eliciting and arms_pto:
+                    loss._time_of_last_sent_ack_eliciting_packet = now
+                cc.on_packet_sent(packet=packet)
             if packet.is_ack_eliciting and not self._ack_eliciting_sent_since_receipt:
-                self._close_at = now + self._idle_timeout()
+                self._close_at = now + idle_timeout(self)
                 self._ack_eliciting_sent_since_receipt = True
         addr = network_path.addr
         network_path.bytes_sent += sum(len(d) for d in datagrams)

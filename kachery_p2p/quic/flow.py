@@ -77,6 +77,28 @@ class KacheryQuicConnection(FastPathMixin, QuicConnection):
             pending += receiver.highest_offset - receiver._buffer_start
         return self._local_max_data.used - pending
 
+    def _fp_limits_pending(self) -> bool:
+        """Whether the two writers below would write a frame now: their conditions, without their side
+        effects. The fast path (``fastpath_send``) builds no packet when nothing else is to be sent either."""
+        max_data = self._local_max_data
+        half = self._fc_window // 2
+        if max_data.value - max_data.used < half and max_data.value - self._fc_delivered() < half:
+            return True
+        if max_data.value != max_data.sent:
+            return True
+        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit.value != limit.sent and limit.sent - limit.used < limit.value - limit.sent:
+                return True
+        for stream in self._streams.values():
+            local = stream.max_stream_data_local
+            if not local:
+                continue
+            state: list[Any] | None = getattr(stream, "_kp_window", None)
+            window = local if state is None else state[0]
+            if local - stream.receiver._buffer_start < window // 2 or stream.max_stream_data_local_sent != local:
+                return True
+        return False
+
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
         window = self._fc_window
