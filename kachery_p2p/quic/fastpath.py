@@ -11,7 +11,7 @@ everything else to aioquic unchanged:
   pass with the same checks and state updates as aioquic, minus the branches that cannot apply;
   STREAM frames of an existing stream skip the stream look-up and creation checks.
 - send: once the handshake is confirmed, with nothing but ACK, flow-control and STREAM frames to
-  send, packets are built by ``fastpath_send.FastPacketBuilder``; when the pacer holds the
+  send, packets are built by ``fastpath_packets.FastPacketBuilder``; when the pacer holds the
   sender back, no builder is made at all. The sender's ACK walk (``fast_on_ack_received``) does
   not copy the packets in flight on every ACK.
 
@@ -51,7 +51,8 @@ from aioquic.quic.recovery import MAX_ACK_RANGES, QuicPacketRecovery
 from aioquic.quic.stream import FinalSizeError, QuicStreamSender, StreamFinishedError
 from aioquic.tls import Epoch, State
 
-from .fastpath_send import FastSendMixin, fast_on_ack_received, idle_timeout
+from .fastpath_packets import fast_on_ack_received, idle_timeout
+from .fastpath_send import FastSendMixin
 
 ENV_SWITCH = "KACHERY_P2P_QUIC_FASTPATH"
 # sha256 (first 16 hex digits) of the source of each aioquic function the fast path stands in for.

@@ -19,7 +19,7 @@ from aioquic.quic.connection import QuicConnection
 
 from kachery_p2p.quic import fastpath
 from kachery_p2p.quic.fastpath import ENV_SWITCH, FastPathMixin
-from kachery_p2p.quic.fastpath_send import FastPacketBuilder
+from kachery_p2p.quic.fastpath_packets import FastPacketBuilder
 from kachery_p2p.quic.flow import KacheryQuicConnection
 from kachery_p2p.quic.identity import NodeIdentity
 from kachery_p2p.quic.settings import quic_configuration
