@@ -71,6 +71,7 @@ EXPECTED_SOURCES = {
     "QuicPacketRecovery.on_packet_sent": "a83baa6e05702f89",
     "QuicPacketRecovery.get_probe_timeout": "782ca5036a10bc2f",
     "QuicConnection._idle_timeout": "8549f45b09415b1a",
+    "QuicConnection._write_stream_frame": "9bc0be962394a322",
     "QuicStreamSender.get_frame": "c9d68a424b94b52b",
 }
 _OWNERS = {

@@ -22,7 +22,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer, size_uint_var
 from aioquic.quic.congestion.base import K_GRANULARITY
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import (
@@ -43,6 +43,7 @@ from aioquic.quic.packet_builder import (
 )
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 
 _ONE_RTT = QuicPacketType.ONE_RTT
@@ -56,6 +57,7 @@ _PATH_FRAMES = frozenset((int(QuicFrameType.PATH_CHALLENGE), int(QuicFrameType.P
 MIN_FIRST_FRAME = PACKET_NUMBER_MAX_SIZE - PACKET_NUMBER_SEND_SIZE
 _PN_LENGTH_BITS = PACKET_NUMBER_SEND_SIZE - 1
 _EMPTY: Sequence[Any] = ()
+_STREAM_WITH_LENGTH = int(QuicFrameType.STREAM_BASE) | 2
 
 
 class FastPacketBuilder(QuicPacketBuilder):
@@ -181,6 +183,49 @@ class FastPacketBuilder(QuicPacketBuilder):
             buf.seek(start)  # nothing was written: cancel the packet
         self._packet = None
         self.quic_logger_frames = None
+
+
+def write_stream_frame(builder: FastPacketBuilder, stream: QuicStream, max_offset: int) -> int | None:
+    """``QuicConnection._write_stream_frame`` with ``QuicStreamSender.get_frame`` inline, for a stream
+    with data pending: the same frame, without the frame object and property calls. None: not that
+    case (a FIN alone, a reset stream), call aioquic's."""
+    sender = stream.sender
+    pending = sender._pending
+    if sender._reset_error_code is not None or not len(pending):
+        return None
+    stream_id = stream.stream_id
+    assert stream_id is not None and builder._packet_crypto is not None
+    r = pending[0]
+    start = r.start
+    frame_overhead = 3 + size_uint_var(stream_id) + (size_uint_var(start) if start else 0)
+    buf = builder._buffer
+    max_size = builder._flight_capacity - buf.tell() - builder._packet_crypto.aead_tag_size - frame_overhead
+    if max_size < 0:
+        return 0
+    stop = start + max_size
+    if r.stop < stop:
+        stop = r.stop
+    if stop > max_offset:
+        stop = max_offset
+    if stop <= start:
+        return 0
+    buffer_start = sender._buffer_start
+    data = bytes(sender._buffer[start - buffer_start : stop - buffer_start])
+    pending.subtract(start, stop)
+    previous_send_highest = sender.highest_offset
+    if stop > previous_send_highest:
+        sender.highest_offset = stop
+    fin = sender._buffer_fin == stop
+    if fin:
+        sender._pending_eof = False
+    frame_type = _STREAM_WITH_LENGTH | (4 if start else 0) | (1 if fin else 0)
+    buf = builder.start_frame(frame_type, frame_overhead, sender.on_data_delivery, (start, stop, fin))
+    buf.push_uint_var(stream_id)
+    if start:
+        buf.push_uint_var(start)
+    buf.push_uint16(len(data) | 0x4000)
+    buf.push_bytes(data)
+    return sender.highest_offset - previous_send_highest
 
 
 def idle_timeout(conn: QuicConnection) -> float:

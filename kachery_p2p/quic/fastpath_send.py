@@ -12,7 +12,7 @@ from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder, QuicPacketBuilderStop
 from aioquic.tls import Epoch
 
-from .fastpath_packets import MIN_FIRST_FRAME, FastPacketBuilder, idle_timeout
+from .fastpath_packets import MIN_FIRST_FRAME, FastPacketBuilder, idle_timeout, write_stream_frame
 
 _ONE_RTT = QuicPacketType.ONE_RTT
 _EPOCH_ONE_RTT = Epoch.ONE_RTT
@@ -128,6 +128,7 @@ class FastSendMixin(QuicConnection):
         min_room = 3 + len(self._peer_cid.cid) + crypto.aead_tag_size + MIN_FIRST_FRAME
         first = True
         packets_built = 0
+        sent: list[Any] = []
         while True:
             if not first:
                 ack_at = space.ack_at
@@ -142,8 +143,8 @@ class FastSendMixin(QuicConnection):
             if ack_at is None or ack_at > now:  # no ACK due: is there room and anything else to write?
                 if builder.max_flight_bytes - builder._flight_bytes < min_room:  # type: ignore[operator]
                     break  # the congestion window has no room for any frame but an ACK
-                if packets_built and not self._fp_anything_to_write():
-                    break  # (the first packet was checked by datagrams_to_send)
+                if packets_built and not sent and not self._fp_anything_to_write():
+                    break  # (the first packet was checked by datagrams_to_send; one that sent data goes on)
             packets_built += 1
             builder.start_packet(_ONE_RTT, crypto)
             if space.ack_at is not None and space.ack_at <= now:
@@ -151,21 +152,21 @@ class FastSendMixin(QuicConnection):
             self._write_connection_limits(builder=builder, space=space)
             for stream in streams.values():
                 self._write_stream_limits(builder=builder, space=space, stream=stream)
-            sent: list[Any] = []
+            sent = []
             queue = self._streams_queue
             try:
                 for stream in queue:
                     sender = stream.sender
                     if not stream.is_blocked and not sender.buffer_is_empty:
-                        used = self._write_stream_frame(
-                            builder=builder,
-                            space=space,
-                            stream=stream,
-                            max_offset=min(
-                                sender.highest_offset + self._remote_max_data - self._remote_max_data_used,
-                                stream.max_stream_data_remote,
-                            ),
+                        max_offset = min(
+                            sender.highest_offset + self._remote_max_data - self._remote_max_data_used,
+                            stream.max_stream_data_remote,
                         )
+                        used = write_stream_frame(builder, stream, max_offset)  # type: ignore[arg-type]
+                        if used is None:
+                            used = self._write_stream_frame(
+                                builder=builder, space=space, stream=stream, max_offset=max_offset
+                            )
                         self._remote_max_data_used += used
                         if used > 0:
                             sent.append(stream)
