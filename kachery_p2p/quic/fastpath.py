@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any
 
 import aioquic
+from aioquic._crypto import AEAD, HeaderProtection
 from aioquic.buffer import UINT_VAR_MAX, Buffer, BufferReadError
 from aioquic.quic.connection import (
     NetworkAddress,
@@ -38,7 +39,7 @@ from aioquic.quic.connection import (
     QuicNetworkPath,
     QuicReceiveContext,
 )
-from aioquic.quic.crypto import CryptoError, KeyUnavailableError
+from aioquic.quic.crypto import CryptoContext, CryptoError, CryptoPair, KeyUnavailableError
 from aioquic.quic.packet import (
     NON_ACK_ELICITING_FRAME_TYPES,
     PROBING_FRAME_TYPES,
@@ -51,6 +52,7 @@ from aioquic.quic.recovery import MAX_ACK_RANGES, QuicPacketRecovery
 from aioquic.quic.stream import FinalSizeError, QuicStreamSender, StreamFinishedError
 from aioquic.tls import Epoch, State
 
+from .fastpath_crypto import decrypt_one_rtt
 from .fastpath_packets import fast_on_ack_received, idle_timeout
 from .fastpath_send import FastSendMixin
 
@@ -72,6 +74,16 @@ EXPECTED_SOURCES = {
     "QuicPacketRecovery.get_probe_timeout": "782ca5036a10bc2f",
     "QuicConnection._idle_timeout": "8549f45b09415b1a",
     "QuicConnection._write_stream_frame": "9bc0be962394a322",
+    "CryptoPair.decrypt_packet": "2d2c3a3bf1295a27",
+    "CryptoPair.encrypt_packet": "f244294823e49235",
+    "CryptoContext.decrypt_packet": "fe94c52f762d3f3d",
+    "CryptoContext.encrypt_packet": "fe4c0f9b61d15b01",
+    "AEAD.decrypt": "3cb5f698b2ee2dc4",
+    "AEAD.encrypt": "dcd48e4cec215a20",
+    "AEAD._nonce": "cdb45a754af0032d",
+    "HeaderProtection.apply": "dfbedf5f0cb7f981",
+    "HeaderProtection.remove": "86c5aacd3c9c1024",
+    "HeaderProtection._mask": "3f222c11466194ac",
     "QuicStreamSender.get_frame": "c9d68a424b94b52b",
 }
 _OWNERS = {
@@ -79,6 +91,10 @@ _OWNERS = {
     "QuicPacketBuilder": QuicPacketBuilder,
     "QuicPacketRecovery": QuicPacketRecovery,
     "QuicStreamSender": QuicStreamSender,
+    "CryptoPair": CryptoPair,
+    "CryptoContext": CryptoContext,
+    "AEAD": AEAD,
+    "HeaderProtection": HeaderProtection,
 }
 
 
@@ -174,10 +190,12 @@ class FastPathMixin(FastSendMixin):
         if destination_cid_seq is None:
             return  # unknown connection ID: dropped
         space = self._spaces[_EPOCH_ONE_RTT]
+        crypto = self._cryptos[_EPOCH_ONE_RTT]
         try:
-            plain_header, plain_payload, packet_number = self._cryptos[_EPOCH_ONE_RTT].decrypt_packet(
-                data, 1 + cid_length, space.expected_packet_number
-            )
+            result = decrypt_one_rtt(crypto, data, 1 + cid_length, space.expected_packet_number)
+            if result is None:
+                result = crypto.decrypt_packet(data, 1 + cid_length, space.expected_packet_number)
+            plain_header, plain_payload, packet_number = result
         except KeyUnavailableError as exc:
             self._logger.debug(exc)
             if (

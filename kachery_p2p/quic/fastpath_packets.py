@@ -46,6 +46,8 @@ from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 
+from .fastpath_crypto import encrypt_one_rtt
+
 _ONE_RTT = QuicPacketType.ONE_RTT
 _ONE_RTT_EPOCH = Epoch.ONE_RTT
 _ACKED = QuicDeliveryState.ACKED
@@ -161,7 +163,11 @@ class FastPacketBuilder(QuicPacketBuilder):
             buf.push_bytes(self._peer_cid)
             buf.push_uint16(packet_number & 0xFFFF)
             plain = buf.data_slice(start, start + packet_size)
-            encrypted = crypto.encrypt_packet(plain[:header_size], plain[header_size:packet_size], packet_number)
+            plain_header = plain[:header_size]
+            plain_payload = plain[header_size:packet_size]
+            encrypted = encrypt_one_rtt(crypto, plain_header, plain_payload, packet_number)
+            if encrypted is None:
+                encrypted = crypto.encrypt_packet(plain_header, plain_payload, packet_number)
             sent_bytes = len(encrypted)
             packet.sent_bytes = sent_bytes
             self._packets.append(packet)
