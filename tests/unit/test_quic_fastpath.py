@@ -17,6 +17,7 @@ import pytest
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoError
+from aioquic.tls import Epoch
 
 from kachery_p2p.quic import fastpath
 from kachery_p2p.quic.fastpath import ENV_SWITCH, FastPathMixin
@@ -248,3 +249,22 @@ def test_packet_protection_is_aioquic_s_byte_for_byte() -> None:
     assert decrypt_one_rtt(server, encrypt_one_rtt(client, other_phase, b"x" * 40, 7) or b"", 9, 7) is None
     client.update_key()
     assert encrypt_one_rtt(client, header, payload, 8) is None  # a key update asked for: aioquic's code
+
+
+@pytest.mark.parametrize("updater", ["fast", "stock"])
+def test_key_updates_during_a_transfer(updater: str) -> None:
+    pair = LossyPair(_Counted, QuicConnection, loss=0.02)
+    pair.run_until(pair.connected, deadline=5.0)
+    assert pair.server is not None
+    data = random.Random(3).randbytes(600_000)
+    stream_id = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(stream_id, data, end_stream=True)
+    conn = pair.client if updater == "fast" else pair.server
+    for _ in range(3):  # three key updates while data flows (RFC 9001 section 6)
+        start = pair.now
+        pair.run_until(lambda start=start: pair.now > start + 0.05, deadline=start + 1.0)  # type: ignore[misc]
+        conn.request_key_update()
+    pair.run_until(lambda: stream_id in pair.finished["server"], deadline=pair.now + 60.0)
+    assert bytes(pair.received["server"][stream_id]) == data
+    assert pair.client._cryptos[Epoch.ONE_RTT].recv.key_phase == 1  # three updates: phase 0 -> 1 -> 0 -> 1
+    assert _Counted.fast_received > 100
