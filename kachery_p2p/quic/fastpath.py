@@ -40,6 +40,7 @@ from aioquic.quic.connection import (
     QuicReceiveContext,
 )
 from aioquic.quic.crypto import CryptoContext, CryptoError, CryptoPair, KeyUnavailableError
+from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import (
     NON_ACK_ELICITING_FRAME_TYPES,
     PROBING_FRAME_TYPES,
@@ -48,8 +49,9 @@ from aioquic.quic.packet import (
     QuicStreamFrame,
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import MAX_ACK_RANGES, QuicPacketRecovery
-from aioquic.quic.stream import FinalSizeError, QuicStreamSender, StreamFinishedError
+from aioquic.quic.stream import FinalSizeError, QuicStreamReceiver, QuicStreamSender, StreamFinishedError
 from aioquic.tls import Epoch, State
 
 from .fastpath_crypto import decrypt_one_rtt
@@ -84,6 +86,8 @@ EXPECTED_SOURCES = {
     "HeaderProtection.apply": "dfbedf5f0cb7f981",
     "HeaderProtection.remove": "86c5aacd3c9c1024",
     "HeaderProtection._mask": "3f222c11466194ac",
+    "QuicStreamReceiver.handle_frame": "c54bce9f11e6f2de",
+    "RangeSet.add": "409fdd202a29b2cd",
     "QuicStreamSender.get_frame": "c9d68a424b94b52b",
 }
 _OWNERS = {
@@ -91,6 +95,8 @@ _OWNERS = {
     "QuicPacketBuilder": QuicPacketBuilder,
     "QuicPacketRecovery": QuicPacketRecovery,
     "QuicStreamSender": QuicStreamSender,
+    "QuicStreamReceiver": QuicStreamReceiver,
+    "RangeSet": RangeSet,
     "CryptoPair": CryptoPair,
     "CryptoContext": CryptoContext,
     "AEAD": AEAD,
@@ -256,7 +262,14 @@ class FastPathMixin(FastSendMixin):
                 space.largest_received_packet = packet_number
                 space.largest_received_time = now
             ack_queue = space.ack_queue
-            ack_queue.add(packet_number)
+            ranges: list[range] = ack_queue._RangeSet__ranges  # type: ignore[attr-defined]
+            last = ranges[-1] if ranges else None
+            if last is not None and packet_number == last.stop:
+                ranges[-1] = range(last.start, packet_number + 1)  # RangeSet.add: extends the last range
+            elif last is None or packet_number > last.stop:
+                ranges.append(range(packet_number, packet_number + 1))  # RangeSet.add: a new last range
+            else:
+                ack_queue.add(packet_number)
             space.received_packets.add(packet_number)
             if len(ack_queue) > MAX_ACK_RANGES:
                 ack_queue.shift()
@@ -309,7 +322,8 @@ class FastPathMixin(FastSendMixin):
             raise QuicConnectionError(
                 QuicErrorCode.FRAME_ENCODING_ERROR, frame_type, "offset + length cannot exceed 2^62 - 1"
             )
-        frame = QuicStreamFrame(offset=offset, data=buf.pull_bytes(length), fin=bool(frame_type & 1))
+        data = buf.pull_bytes(length)
+        fin = bool(frame_type & 1)
         stream = self._streams.get(stream_id)
         if stream is None:
             self._assert_stream_can_receive(frame_type, stream_id)
@@ -325,10 +339,24 @@ class FastPathMixin(FastSendMixin):
         max_data = self._local_max_data
         if max_data.used + newly_received > max_data.value:
             raise QuicConnectionError(QuicErrorCode.FLOW_CONTROL_ERROR, frame_type, "Over connection data limit")
-        try:
-            event = receiver.handle_frame(frame)
-        except FinalSizeError as exc:
-            raise QuicConnectionError(QuicErrorCode.FINAL_SIZE_ERROR, frame_type, str(exc)) from exc
-        if event is not None:
-            self._events.append(event)
+        if (
+            length
+            and not fin
+            and offset == receiver._buffer_start
+            and receiver._final_size is None
+            and not receiver.is_finished
+            and not receiver._buffer
+        ):
+            # QuicStreamReceiver.handle_frame's new in-order chunk, without the frame object
+            if offset + length > receiver.highest_offset:
+                receiver.highest_offset = offset + length
+            receiver._buffer_start += length
+            self._events.append(StreamDataReceived(data=data, end_stream=False, stream_id=stream_id))
+        else:
+            try:
+                event = receiver.handle_frame(QuicStreamFrame(offset=offset, data=data, fin=fin))
+            except FinalSizeError as exc:
+                raise QuicConnectionError(QuicErrorCode.FINAL_SIZE_ERROR, frame_type, str(exc)) from exc
+            if event is not None:
+                self._events.append(event)
         max_data.used += newly_received
