@@ -17,6 +17,7 @@ The suite, in order (letters as in the performance issue):
   (b) daemon-load    daemon-to-daemon kachery-p2p-load on loopback, ratio to (a) of the same run
   (c) lan-load       the same between two namespaces on a MTU-1500 LAN, ratio to raw aioquic over that pair
       lan-gbit       the same over a 1 Gbit/s (tbf) MTU-1500 pair vs kernel TCP (http.server + curl); CPU-s/GB
+      quic-cpu       aioquic's CPU-s/GB in memory, sender and receiver, fast path on vs off (baseline), reno and bbr
   (d) small-load     1 KiB load from a connected peer: Python API and CLI, median and p90
   (e) daemon-memory  idle RSS and CPU; peak RSS during a 1 GiB load; RSS after it
   (f) nat-cold       time to first byte from a peer not yet connected, across two NATs with a relay
@@ -59,6 +60,7 @@ from bench import (
     multi_provider,
     nat_cold,
     nat_transfer,
+    quic_cpu,
     raw_aioquic,
     reach_matrix,
     relay_load,
@@ -75,6 +77,7 @@ BenchFn = Callable[[list[str]], list[dict[str, Any]]]
 # name -> callable(argv) returning a list of result dicts (see bench.common.make_result); the suite's order
 REGISTRY: dict[str, BenchFn] = {
     raw_aioquic.NAME: raw_aioquic.run,
+    quic_cpu.NAME: quic_cpu.run,
     daemon_transfer.NAME: daemon_transfer.run,
     lan_transfer.NAME: lan_transfer.run,
     lan_gbit.NAME: lan_gbit.run,

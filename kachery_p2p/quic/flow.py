@@ -31,6 +31,7 @@ from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 from .cc_pacer import install_pacer
+from .fastpath import FastPathMixin
 
 MAX_STREAM_WINDOW = 8 * 1024 * 1024
 MAX_CONNECTION_WINDOW = 16 * 1024 * 1024
@@ -40,8 +41,9 @@ _LIMIT_CAPACITY = 1 + 8
 _STREAM_LIMIT_CAPACITY = 1 + 2 * 8
 
 
-class KacheryQuicConnection(QuicConnection):
-    """aioquic's connection with bounded, auto-tuned receive windows (see the module docstring)."""
+class KacheryQuicConnection(FastPathMixin, QuicConnection):
+    """aioquic's connection with bounded, auto-tuned receive windows (see the module docstring),
+    and a cheaper per-packet path through aioquic (``fastpath.py``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -74,6 +76,28 @@ class KacheryQuicConnection(QuicConnection):
             receiver = stream.receiver
             pending += receiver.highest_offset - receiver._buffer_start
         return self._local_max_data.used - pending
+
+    def _fp_limits_pending(self) -> bool:
+        """Whether the two writers below would write a frame now: their conditions, without their side
+        effects. The fast path (``fastpath_send``) builds no packet when nothing else is to be sent either."""
+        max_data = self._local_max_data
+        half = self._fc_window // 2
+        if max_data.value - max_data.used < half and max_data.value - self._fc_delivered() < half:
+            return True
+        if max_data.value != max_data.sent:
+            return True
+        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit.value != limit.sent and limit.sent - limit.used < limit.value - limit.sent:
+                return True
+        for stream in self._streams.values():
+            local = stream.max_stream_data_local
+            if not local:
+                continue
+            state: list[Any] | None = getattr(stream, "_kp_window", None)
+            window = local if state is None else state[0]
+            if local - stream.receiver._buffer_start < window // 2 or stream.max_stream_data_local_sent != local:
+                return True
+        return False
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data

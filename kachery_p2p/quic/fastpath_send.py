@@ -1,0 +1,208 @@
+"""The sending half of the fast path (``fastpath.py``): ``FastSendMixin.datagrams_to_send`` for the
+common case of a connection moving data, with ``fastpath_packets.FastPacketBuilder``; no packet is built
+when nothing can be written; aioquic's code for everything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionState, QuicNetworkPath
+from aioquic.quic.packet import QuicPacketType
+from aioquic.quic.packet_builder import QuicPacketBuilder, QuicPacketBuilderStop
+from aioquic.tls import Epoch
+
+from .fastpath_packets import MIN_FIRST_FRAME, FastPacketBuilder, idle_timeout, write_stream_frame
+
+_ONE_RTT = QuicPacketType.ONE_RTT
+_EPOCH_ONE_RTT = Epoch.ONE_RTT
+_CONNECTED = QuicConnectionState.CONNECTED
+
+
+class FastSendMixin(QuicConnection):
+    """The sending half of ``fastpath.FastPathMixin``: used when ``_fp_on`` is set."""
+
+    _fp_on: bool
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        paths = self._network_paths
+        if (
+            not self._fp_on
+            or self._state is not _CONNECTED
+            or self._close_pending
+            or not self._handshake_confirmed
+            or len(paths) != 1
+            or (self._is_client and self._remote_preferred_address is not None)
+        ):
+            return super().datagrams_to_send(now=now)
+        network_path = paths[0]
+        space = self._spaces[_EPOCH_ONE_RTT]
+        self._pacing_at = None
+        ack_at = space.ack_at
+        if ack_at is None or ack_at >= now:
+            # aioquic's first step: when the pacer holds the sender back, nothing is built
+            self._pacing_at = self._loss._pacer.next_send_time(now=now)
+            if self._pacing_at is not None:
+                return []
+        common = self._fp_common_case(network_path)
+        if common and (ack_at is None or ack_at > now) and not self._fp_anything_to_write():
+            return []  # no ACK due, no stream data, no limit to raise: aioquic would build an empty packet
+        loss = self._loss
+        builder = FastPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=self._is_client,
+            max_datagram_size=self._max_datagram_size,
+            packet_number=self._packet_number,
+            peer_cid=self._peer_cid.cid,
+            peer_token=self._peer_token,
+            quic_logger=None,
+            spin_bit=self._spin_bit,
+            version=self._version,  # type: ignore[arg-type]  # set once connected, as aioquic assumes
+        )
+        builder.max_flight_bytes = loss.congestion_window - loss.bytes_in_flight
+        if self._probe_pending and builder.max_flight_bytes < self._max_datagram_size:
+            builder.max_flight_bytes = self._max_datagram_size
+        if not network_path.is_validated:
+            builder.max_total_bytes = network_path.bytes_received * 3 - network_path.bytes_sent
+        try:
+            if common:
+                self._fp_write_application(builder, space, now)
+            else:
+                self._write_application(builder, network_path, now)
+        except QuicPacketBuilderStop:
+            pass
+        return self._fp_flush_builder(builder, network_path, now)
+
+    def _fp_common_case(self, network_path: QuicNetworkPath) -> bool:
+        """Nothing but ACK, flow-control and STREAM frames can be pending: no rare frame to look for."""
+        if (
+            not self._handshake_complete
+            or not (network_path.is_validated or network_path.local_challenge_sent)
+            or self._handshake_done_pending
+            or network_path.remote_challenges
+            or self._retire_connection_ids
+            or self._streams_blocked_pending
+            or self._ping_pending
+            or self._probe_pending
+            or self._datagrams_pending
+            or not self._cryptos[_EPOCH_ONE_RTT].send.is_valid()
+            or not self._crypto_streams[_EPOCH_ONE_RTT].sender.buffer_is_empty
+        ):
+            return False
+        for connection_id in self._host_cids:
+            if not connection_id.was_sent:
+                return False
+        for stream in self._streams_queue:
+            if stream.is_finished or stream.receiver.stop_pending or stream.sender.reset_pending:
+                return False
+        return True
+
+    def _fp_anything_to_write(self) -> bool:
+        """In the common case without an ACK due: whether a STREAM or flow-control frame would be written."""
+        for stream in self._streams_queue:
+            sender = stream.sender
+            if stream.is_blocked or sender.buffer_is_empty:
+                continue
+            if not len(sender._pending):
+                if sender._pending_eof:
+                    return True  # a FIN alone
+                continue  # QuicStreamSender.get_frame would find nothing (and mark the buffer empty)
+            max_offset = sender.highest_offset + self._remote_max_data - self._remote_max_data_used
+            if stream.max_stream_data_remote < max_offset:
+                max_offset = stream.max_stream_data_remote
+            if sender._pending[0].start < max_offset:
+                return True  # otherwise flow control holds the stream back
+        return self._fp_limits_pending()
+
+    def _fp_limits_pending(self) -> bool:
+        """Whether ``_write_connection_limits`` / ``_write_stream_limits`` would write a frame now.
+        Unknown here (aioquic's own writers): yes. ``flow.KacheryQuicConnection`` answers for its writers."""
+        return True
+
+    def _fp_write_application(self, builder: QuicPacketBuilder, space: Any, now: float) -> None:
+        """aioquic's ``_write_application`` for the common case (``_fp_common_case``)."""
+        crypto = self._cryptos[_EPOCH_ONE_RTT]
+        pacer = self._loss._pacer
+        streams = self._streams
+        # a frame needs at least 2 bytes besides the header and the AEAD tag (FastPacketBuilder.start_frame)
+        min_room = 3 + len(self._peer_cid.cid) + crypto.aead_tag_size + MIN_FIRST_FRAME
+        first = True
+        packets_built = 0
+        sent: list[Any] = []
+        while True:
+            if not first:
+                ack_at = space.ack_at
+                if ack_at is None or ack_at >= now:
+                    self._pacing_at = pacer.next_send_time(now=now)
+                    if self._pacing_at is not None:
+                        break
+            first = False  # the first pacing check was datagrams_to_send's
+            if builder._packet is not None:
+                builder._end_packet()  # as start_packet would: the previous packet now counts in flight
+            ack_at = space.ack_at
+            if ack_at is None or ack_at > now:  # no ACK due: is there room and anything else to write?
+                if builder.max_flight_bytes - builder._flight_bytes < min_room:  # type: ignore[operator]
+                    break  # the congestion window has no room for any frame but an ACK
+                if packets_built and not sent and not self._fp_anything_to_write():
+                    break  # (the first packet was checked by datagrams_to_send; one that sent data goes on)
+            packets_built += 1
+            builder.start_packet(_ONE_RTT, crypto)
+            if space.ack_at is not None and space.ack_at <= now:
+                self._write_ack_frame(builder=builder, space=space, now=now)
+            self._write_connection_limits(builder=builder, space=space)
+            for stream in streams.values():
+                self._write_stream_limits(builder=builder, space=space, stream=stream)
+            sent = []
+            queue = self._streams_queue
+            try:
+                for stream in queue:
+                    sender = stream.sender
+                    if not stream.is_blocked and not sender.buffer_is_empty:
+                        max_offset = min(
+                            sender.highest_offset + self._remote_max_data - self._remote_max_data_used,
+                            stream.max_stream_data_remote,
+                        )
+                        used = write_stream_frame(builder, stream, max_offset)  # type: ignore[arg-type]
+                        if used is None:
+                            used = self._write_stream_frame(
+                                builder=builder, space=space, stream=stream, max_offset=max_offset
+                            )
+                        self._remote_max_data_used += used
+                        if used > 0:
+                            sent.append(stream)
+            finally:
+                if sent:  # served streams go to the end of the service order
+                    self._streams_queue = [s for s in queue if s not in sent] + sent
+            if builder.packet_is_empty:
+                break
+            pacer.update_after_send(now=now)
+
+    def _fp_flush_builder(
+        self, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        """aioquic's ``_flush_builder`` for 1-RTT packets only (no HANDSHAKE packet, no logger)."""
+        datagrams, packets = builder.flush()
+        if not datagrams:
+            return []
+        self._packet_number = builder.packet_number
+        loss = self._loss
+        cc = loss._cc
+        space = self._spaces[_EPOCH_ONE_RTT]
+        sent_packets = space.sent_packets
+        arms_pto = loss.handshake_confirmed or not space.is_application_data
+        for packet in packets:
+            # QuicPacketRecovery.on_packet_sent, inline (no QUIC logger here)
+            packet.sent_time = now
+            sent_packets[packet.packet_number] = packet
+            if packet.is_ack_eliciting:
+                space.ack_eliciting_in_flight += 1
+            if packet.in_flight:
+                if packet.is_ack_eliciting and arms_pto:
+                    loss._time_of_last_sent_ack_eliciting_packet = now
+                cc.on_packet_sent(packet=packet)
+            if packet.is_ack_eliciting and not self._ack_eliciting_sent_since_receipt:
+                self._close_at = now + idle_timeout(self)
+                self._ack_eliciting_sent_since_receipt = True
+        addr = network_path.addr
+        network_path.bytes_sent += sum(len(d) for d in datagrams)
+        return [(d, addr) for d in datagrams]
