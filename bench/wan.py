@@ -59,11 +59,21 @@ def _wan_module() -> Any:
     return wan
 
 
-def kernel_cc() -> str:
+def kernel_cc(host: Any = None) -> str:
+    """The kernel TCP congestion control (in ``host``'s namespace when given: the sysctl is per namespace)."""
+    if host is not None:
+        done = host.run(["sysctl", "-n", "net.ipv4.tcp_congestion_control"], capture_output=True, text=True)
+        return done.stdout.strip() or "?"
     try:
         return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
     except OSError:
         return "?"
+
+
+def set_kernel_cc(hosts: list[Any], name: str) -> None:
+    """Make ``name`` the TCP congestion control of the lab's namespaces (the machine's own is untouched)."""
+    for host in hosts:
+        host.run(["sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={name}"], check=True)
 
 
 def start_http(host: Any, directory: Path) -> subprocess.Popen[bytes]:
@@ -171,7 +181,7 @@ def path_rows(lab: Any, path: Any, work: Path, mib: int, cap: float, ccs: list[s
             "MB/s",
             tcp_mb_s,
             target="ratio>=1.0",
-            baseline_is=f"kernel TCP ({kernel_cc()}) http.server+curl, same path, same run",
+            baseline_is=f"kernel TCP ({kernel_cc(path.a)}) http.server+curl, same path, same run",
             config=f"{mib} MiB, {path.mbit:g} Mbit/s tbf, RTT {path.rtt_ms:g} ms, {path.loss * 100:g}% loss each way"
             + (f", CAPPED at {cap:g} s" if load.timed_out else ""),
             controller=cc or "default",
@@ -281,7 +291,7 @@ def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float, cc: str 
     cpu_s = {"cpu_s_sender": round(cpu[0], 2), "cpu_s_receiver": round(cpu[1], 2)}
     return [
         report(f"{NAME} fair: ours{tag}", ours, "MB/s", link, **common, seconds=round(transfer, 2), **cpu_s),
-        report(f"{NAME} fair: kernel TCP ({kernel_cc()}){tag}", tcp_mb_s, "MB/s", link, **common,
+        report(f"{NAME} fair: kernel TCP ({kernel_cc(path.a)}){tag}", tcp_mb_s, "MB/s", link, **common,
                tcp_ran_throughout=throughout),
     ]
 
@@ -296,6 +306,8 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("--no-paths", action="store_true", help="only the fairness row")
     parser.add_argument("--cc", default="", help="congestion controllers of ours, each its own row, e.g. reno,bbr "
                         f"(sets {CC_ENV} for the daemons; default: the daemon's own choice)")
+    parser.add_argument("--tcp-cc", default="", help="kernel TCP congestion control in the lab's namespaces "
+                        "(e.g. cubic; default: the machine's, bbr here)")
     parser.add_argument("--timeout", type=float, default=None, help="cap per transfer in s (default 120, --quick 30)")
     args = parser.parse_args(argv)
     mib = pick_mib(args, 40, 12)
@@ -318,6 +330,8 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
         write_payload(web / "file.bin", mib)
         path = wan.WanPath(lab, rtt_ms=rtts[0] if rtts else args.fair_rtt, loss=0.0, mbit=args.mbit)
         try:
+            if args.tcp_cc:
+                set_kernel_cc([path.a, path.b], args.tcp_cc)
             start_http(path.a, web)
             if not args.no_paths:
                 for rtt in rtts:
