@@ -291,6 +291,9 @@ class BbrCongestionControl(QuicCongestionControl):
                         self.inflight_hi = math.inf
                 self._high_loss_this_cycle = False
         elif self.state == PROBE_RTT:
+            # What is sent with 4 packets in flight measures the probe, not the path: those samples must not
+            # lower the estimate (200 ms is 10 rounds at 20 ms, the whole bandwidth window), as in Linux.
+            self._app_limited_until = max(1, self._delivered + self.bytes_in_flight)
             if self._probe_rtt_done is None and self.bytes_in_flight <= MIN_PACKETS * self._mss:
                 self._probe_rtt_done = now + PROBE_RTT_DURATION
             elif self._probe_rtt_done is not None and now >= self._probe_rtt_done:

@@ -123,6 +123,7 @@ class Flow:
         # Before the bulk, ``chatter`` small messages one at a time, each sent when the last arrived (as a
         # daemon's session authenticates, joins channels and asks who has the file before a download).
         self.chatter = chatter
+        self.start_after = 0.0  # the bulk starts no sooner than this (a flow that joins a busy link)
         self._chatter_stream: int | None = None
         self._chatter_seen = 0
 
@@ -227,7 +228,7 @@ class SimNet:
             if timer is not None and timer <= self.now:
                 conn.handle_timer(now=self.now)
         for flow in self.flows:
-            if flow.started is None and flow.ready_to_write():
+            if flow.started is None and self.now >= flow.start_after and flow.ready_to_write():
                 flow.start_writing(self.now)
             flow.read(self.now)
             while flow.client.next_event() is not None:
@@ -283,11 +284,14 @@ def run_shared(
     streams: int = 4,
     datagram_size: int = 1350,
     seed: int = 1,
+    starts: list[float] | None = None,
 ) -> list[FlowResult]:
-    """Flows without end sharing the path for ``seconds``; each one's goodput over the second half."""
+    """Flows without end sharing the path for ``seconds``; each one's goodput over the second half.
+    ``starts``: when each flow starts writing (seconds; all at once unless told)."""
     net = make_net(rate_bps, rtt, loss, seed=seed)
     flows = [Flow(name, None, streams, datagram_size, i) for i, name in enumerate(controllers)]
-    for flow in flows:
+    for flow, start in zip(flows, starts or [0.0] * len(flows), strict=True):
+        flow.start_after = start
         net.add(flow)
     net.run(seconds / 2, until_done=False)
     half = [(flow.delivered, net.now) for flow in flows]

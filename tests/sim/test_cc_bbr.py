@@ -5,7 +5,10 @@ same as at 100 Mbit/s with a BDP ten times smaller (``python -m bench cc-sim`` r
 
 from __future__ import annotations
 
-from kachery_p2p.quic.bbr import NAME, PROBE_BW, BbrCongestionControl
+import pytest
+
+from kachery_p2p.quic import bbr
+from kachery_p2p.quic.bbr import NAME, PROBE_BW, PROBE_RTT, BbrCongestionControl
 from kachery_p2p.quic.simlink import Flow, make_net, run_shared, run_transfer
 
 RATE = 10e6
@@ -111,3 +114,27 @@ def test_random_loss_on_a_lan_with_busy_hosts_does_not_hold_the_rate_down() -> N
     delivered, started = flow.delivered, net.now
     net.run(2.0, until_done=False)
     assert (flow.delivered - delivered) * 8 / (net.now - started) >= 0.7 * rate
+
+
+def test_probe_rtt_does_not_throw_the_bandwidth_estimate_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PROBE_RTT keeps 4 packets in flight for 200 ms: at 10 ms that is 20 rounds, twice the bandwidth
+    # window. Its samples measure the probe, not the path; before they were ignored, the estimate fell to
+    # the probe's rate (5.4 -> 0.26 MB/s at 100 Mbit/s / 20 ms in the sim) and took a second to regrow.
+    monkeypatch.setattr(bbr, "MIN_RTT_WINDOW", 1.5)  # probe after 1.5 s instead of 10 s
+    net = make_net(RATE, 0.01, 0.0)
+    flow = Flow(NAME, None, 4, 1350, 0)
+    net.add(flow)
+    cc = controller(flow)
+    while cc.state != PROBE_RTT:
+        assert net.step(5.0), "no PROBE_RTT within 5 s"
+    before = cc.btl_bw
+    assert before >= 0.9 * RATE / 8
+    lowest = before
+    while cc.state == PROBE_RTT:
+        assert net.step(net.now + 1.0)
+        lowest = min(lowest, cc.btl_bw)
+    ends = net.now
+    while net.now < ends + 0.1:
+        net.step(ends + 0.1)
+        lowest = min(lowest, cc.btl_bw)
+    assert lowest >= 0.8 * before, f"estimate {before * 8 / 1e6:.1f} -> {lowest * 8 / 1e6:.1f} Mbit/s"
