@@ -88,6 +88,7 @@ EXPECTED_SOURCES = {
     "HeaderProtection._mask": "3f222c11466194ac",
     "QuicStreamReceiver.handle_frame": "c54bce9f11e6f2de",
     "RangeSet.add": "409fdd202a29b2cd",
+    "QuicStreamSender.on_data_delivery": "675e1c2812ea3744",
     "QuicStreamSender.get_frame": "c9d68a424b94b52b",
 }
 _OWNERS = {

@@ -43,7 +43,7 @@ from aioquic.quic.packet_builder import (
 )
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
-from aioquic.quic.stream import QuicStream
+from aioquic.quic.stream import QuicStream, QuicStreamSender
 from aioquic.tls import Epoch
 
 from .fastpath_crypto import encrypt_one_rtt
@@ -225,13 +225,34 @@ def write_stream_frame(builder: FastPacketBuilder, stream: QuicStream, max_offse
     if fin:
         sender._pending_eof = False
     frame_type = _STREAM_WITH_LENGTH | (4 if start else 0) | (1 if fin else 0)
-    buf = builder.start_frame(frame_type, frame_overhead, sender.on_data_delivery, (start, stop, fin))
+    buf = builder.start_frame(frame_type, frame_overhead, stream_data_delivery, (sender, start, stop, fin))
     buf.push_uint_var(stream_id)
     if start:
         buf.push_uint_var(start)
     buf.push_uint16(len(data) | 0x4000)
     buf.push_bytes(data)
     return sender.highest_offset - previous_send_highest
+
+
+def stream_data_delivery(
+    delivery: QuicDeliveryState, sender: QuicStreamSender, start: int, stop: int, fin: bool
+) -> None:
+    """``sender.on_data_delivery``, without the acknowledged-ranges walk when the frame acknowledged is
+    the oldest data still buffered (the common case: ACKs in order): the buffer just moves on."""
+    if (
+        delivery is _ACKED
+        and not fin
+        and stop > start
+        and start == sender._buffer_start
+        and sender._reset_error_code is None
+        and not len(sender._acked)
+    ):
+        sender._buffer_start = stop
+        del sender._buffer[: stop - start]
+        if sender._buffer_start == sender._buffer_fin and sender._acked_fin:
+            sender.is_finished = True
+        return
+    sender.on_data_delivery(delivery, start, stop, fin)
 
 
 def idle_timeout(conn: QuicConnection) -> float:
