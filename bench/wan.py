@@ -70,12 +70,6 @@ def kernel_cc(host: Any = None) -> str:
         return "?"
 
 
-def set_kernel_cc(hosts: list[Any], name: str) -> None:
-    """Make ``name`` the TCP congestion control of the lab's namespaces (the machine's own is untouched)."""
-    for host in hosts:
-        host.run(["sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={name}"], check=True)
-
-
 def start_http(host: Any, directory: Path) -> subprocess.Popen[bytes]:
     """``python -m http.server`` in ``host`` serving ``directory``; returns once it accepts connections."""
     proc: subprocess.Popen[bytes] = host.popen(
@@ -205,10 +199,13 @@ def path_rows(lab: Any, path: Any, work: Path, mib: int, cap: float, ccs: list[s
 # An HTTP/1.0 server whose one URL never ends (random bytes until the client goes): the competing download
 # of the fairness row lasts as long as ours, whatever either rate is.
 ENDLESS_SERVER = """
-import os, socketserver, sys
+import os, socket, socketserver, sys
 BLOCK = os.urandom(1 << 16)
+CC = sys.argv[3].encode() if len(sys.argv) > 3 else b""
 class Handler(socketserver.StreamRequestHandler):
     def handle(self):
+        if CC:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, CC)
         while self.rfile.readline() not in (b"\\r\\n", b"\\n", b""):
             pass
         self.wfile.write(b"HTTP/1.0 200 OK\\r\\nContent-Type: application/octet-stream\\r\\n\\r\\n")
@@ -247,10 +244,14 @@ class ByteCounter:
         return max((n for ts, n in self.samples if ts <= t), default=0)
 
 
-def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float, cc: str | None) -> list[dict[str, Any]]:
+def fairness_row(
+    lab: Any, path: Any, work: Path, mib: int, cap: float, cc: str | None, tcp_cc: str = ""
+) -> list[dict[str, Any]]:
+    """Ours sharing the path with one endless curl download; ``tcp_cc``: that TCP flow's congestion control
+    (set on the server's socket; default the kernel's)."""
     link = path.mbit * 1e6 / 8 / 1e6
     server = path.a.popen(
-        [sys.executable, "-c", ENDLESS_SERVER, path.a.ip, str(ENDLESS_PORT)],
+        [sys.executable, "-c", ENDLESS_SERVER, path.a.ip, str(ENDLESS_PORT), *([tcp_cc] if tcp_cc else [])],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -291,7 +292,7 @@ def fairness_row(lab: Any, path: Any, work: Path, mib: int, cap: float, cc: str 
     cpu_s = {"cpu_s_sender": round(cpu[0], 2), "cpu_s_receiver": round(cpu[1], 2)}
     return [
         report(f"{NAME} fair: ours{tag}", ours, "MB/s", link, **common, seconds=round(transfer, 2), **cpu_s),
-        report(f"{NAME} fair: kernel TCP ({kernel_cc(path.a)}){tag}", tcp_mb_s, "MB/s", link, **common,
+        report(f"{NAME} fair: kernel TCP ({tcp_cc or kernel_cc(path.a)}){tag}", tcp_mb_s, "MB/s", link, **common,
                tcp_ran_throughout=throughout),
     ]
 
@@ -306,8 +307,8 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("--no-paths", action="store_true", help="only the fairness row")
     parser.add_argument("--cc", default="", help="congestion controllers of ours, each its own row, e.g. reno,bbr "
                         f"(sets {CC_ENV} for the daemons; default: the daemon's own choice)")
-    parser.add_argument("--tcp-cc", default="", help="kernel TCP congestion control in the lab's namespaces "
-                        "(e.g. cubic; default: the machine's, bbr here)")
+    parser.add_argument("--tcp-cc", default="", help="congestion control of the fairness row's TCP flow (set on "
+                        "its server's socket), e.g. cubic; default: the kernel's, bbr here")
     parser.add_argument("--timeout", type=float, default=None, help="cap per transfer in s (default 120, --quick 30)")
     args = parser.parse_args(argv)
     mib = pick_mib(args, 40, 12)
@@ -330,8 +331,6 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
         write_payload(web / "file.bin", mib)
         path = wan.WanPath(lab, rtt_ms=rtts[0] if rtts else args.fair_rtt, loss=0.0, mbit=args.mbit)
         try:
-            if args.tcp_cc:
-                set_kernel_cc([path.a, path.b], args.tcp_cc)
             start_http(path.a, web)
             if not args.no_paths:
                 for rtt in rtts:
@@ -341,7 +340,7 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
             if not args.no_fair:
                 path.set(rtt_ms=args.fair_rtt, loss=0.0)
                 for cc in ccs:
-                    results.extend(fairness_row(lab, path, work, mib, cap, cc))
+                    results.extend(fairness_row(lab, path, work, mib, cap, cc, args.tcp_cc))
         finally:
             path.close()
     return results
