@@ -56,7 +56,9 @@ def _resolve_all(servers: list[Address], deadline: float) -> tuple[dict[Address,
     for server in servers:
         if server not in resolved and server not in errors:
             errors[server] = f"cannot resolve {server[0]} (DNS): no answer in time"
-    return resolved, errors
+    # in the order given, not the order the threads finished: the first server's answer is the report's
+    ordered = {server: resolved[server] for server in servers if server in resolved}
+    return ordered, errors
 
 
 def _route_source(server: Address) -> str | None:

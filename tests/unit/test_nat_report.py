@@ -161,6 +161,27 @@ def test_nat_check_compares_two_servers(second_port: int, expected: str) -> None
     assert result["reflexive_address"] == "203.0.113.7:40000"
 
 
+def test_the_reported_address_is_the_first_servers_whoever_resolves_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The servers are resolved in parallel threads; the report took the first server to *resolve*, so on a
+    # busy machine it named the second server's answer (a CI failure of the test above).
+    import kachery_p2p.cli.nat_check as nat_check
+
+    resolve = nat_check._resolve
+
+    def first_resolves_last(server: Address) -> Address:
+        if server[0] == "127.0.0.1":
+            time.sleep(0.2)
+        return resolve(server)
+
+    monkeypatch.setattr(nat_check, "_resolve", first_resolves_last)
+    first = rfc8489_only(lambda _a: ("203.0.113.7", 40000))
+    second = rfc8489_only(lambda _a: ("203.0.113.7", 40001))
+    with stun_server(first, "127.0.0.1") as a, stun_server(second, "127.0.0.2") as b:
+        result = run_nat_check([a, b], timeout=2.0, use_pystun=False)
+    assert result["reflexive_address"] == "203.0.113.7:40000"
+    assert [s["server"] for s in result["servers"]] == [f"{a[0]}:{a[1]}", f"{b[0]}:{b[1]}"]
+
+
 def test_nat_check_silent_server_means_udp_does_not_work() -> None:
     with stun_server(None) as server:
         started = time.monotonic()
