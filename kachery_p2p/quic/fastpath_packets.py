@@ -9,8 +9,9 @@ wire are the same as aioquic's.
 
 ``fast_on_ack_received`` replaces ``QuicPacketRecovery.on_ack_received`` on one recovery object:
 aioquic copies the list of all packets in flight on every ACK to bisect it; this visits the
-acknowledged packet numbers directly when a range is no longer than what is in flight (and bisects
-as aioquic does otherwise, so a peer's huge ranges cost no more than with aioquic).
+acknowledged packet numbers directly while their count, over all the frame's ranges, stays within the
+number of packets in flight (and bisects as aioquic does otherwise, so a peer's huge or numerous ranges
+cost no more than with aioquic).
 
 ``fastpath.py`` checks at import that the aioquic code these replace is the code they were written
 against (``compatible()``), and uses them only then.
@@ -283,9 +284,13 @@ def fast_on_ack_received(
         space.largest_acked_packet = largest_acked
     cc = recovery._cc
     packet_numbers: list[int] | None = None
+    # Direct look-ups cost at most as many as there were packets in flight, over all ranges together: an
+    # ACK frame of many wide disjoint ranges (a hostile peer's) then falls back to aioquic's bisection.
+    budget = len(sent_packets)
     for r in ack_rangeset:
-        if len(r) <= len(sent_packets):
-            candidates: Any = r  # at most as many look-ups as packets in flight
+        if len(r) <= budget:
+            budget -= len(r)
+            candidates: Any = r
         else:
             if packet_numbers is None:
                 packet_numbers = list(sent_packets)

@@ -11,17 +11,19 @@ from __future__ import annotations
 import heapq
 import os
 import random
+import types
 from typing import Any
 
 import pytest
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoError
+from aioquic.quic.rangeset import RangeSet
 from aioquic.tls import Epoch
 
 from kachery_p2p.quic import fastpath
 from kachery_p2p.quic.fastpath import ENV_SWITCH, FastPathMixin
-from kachery_p2p.quic.fastpath_packets import FastPacketBuilder
+from kachery_p2p.quic.fastpath_packets import FastPacketBuilder, fast_on_ack_received
 from kachery_p2p.quic.flow import KacheryQuicConnection
 from kachery_p2p.quic.identity import NodeIdentity
 from kachery_p2p.quic.settings import quic_configuration
@@ -268,3 +270,26 @@ def test_key_updates_during_a_transfer(updater: str) -> None:
     assert bytes(pair.received["server"][stream_id]) == data
     assert pair.client._cryptos[Epoch.ONE_RTT].recv.key_phase == 1  # three updates: phase 0 -> 1 -> 0 -> 1
     assert _Counted.fast_received > 100
+
+
+def test_an_ack_of_many_wide_ranges_costs_no_more_lookups_than_packets_in_flight() -> None:
+    # A hostile peer's ACK frame: 100 disjoint ranges, each almost as wide as what is in flight, none of
+    # them covering a packet we sent. Looking up every number would be 100 x 1,000 dictionary look-ups per
+    # ACK (aioquic bisects instead); the fast walk falls back to bisection once it has done 1,000.
+    class CountingDict(dict):  # type: ignore[type-arg]
+        pops = 0
+
+        def pop(self, *args: object) -> object:
+            CountingDict.pops += 1
+            return super().pop(*args)
+
+    sent = CountingDict((n, object()) for n in range(1_000))
+    space = types.SimpleNamespace(sent_packets=sent, largest_acked_packet=-1)
+    recovery = types.SimpleNamespace(_cc=None)
+    ranges = RangeSet()
+    for i in range(100):
+        start = 10_000 + i * 2_000
+        ranges.add(start, start + 999)
+    fast_on_ack_received(recovery, ack_rangeset=ranges, ack_delay=0.0, now=1.0, space=space)  # type: ignore[arg-type]
+    assert CountingDict.pops <= len(sent)
+    assert len(sent) == 1_000  # nothing acknowledged
