@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 
-from ..config import ClientConfig
+from ..client_config import ClientConfig
 from ..errors import DaemonAuthError
 
 FINGERPRINT_FILENAME = "api-cert-sha256"

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ..config import ClientConfig
+from ..client_config import ClientConfig
 from ..errors import DaemonAuthError, DaemonError, DaemonNotRunningError, DaemonStoppedError, KacheryP2PError
 from .connect import open_socket
 from .wire import HTTPWireError, Response, request
