@@ -3,26 +3,26 @@
 
 The pin is the SHA-256 of the daemon's certificate (DER), read from ``api-cert-sha256`` next to the
 token in the daemon's config dir (a shared filesystem, as in the original). A daemon presenting any
-other certificate is refused before the token is sent.
+other certificate is refused before the token is sent. ``ssl`` and ``hashlib`` are imported only for
+a remote daemon: a local command does not pay for them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.client
-import ssl
+import socket
 
-from ..config import ClientConfig
+from ..client_config import ClientConfig
 from ..errors import DaemonAuthError
 
 FINGERPRINT_FILENAME = "api-cert-sha256"
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
-def make_connection(config: ClientConfig, timeout: float) -> http.client.HTTPConnection:
+def open_socket(config: ClientConfig, timeout: float) -> socket.socket:
+    """A connected socket to the daemon's control endpoint (TLS, pinned, for a remote one)."""
+    host = config.api_host.strip("[]")
     if config.api_host in LOOPBACK:
-        return http.client.HTTPConnection(config.api_host, config.api_port, timeout=timeout)
+        return socket.create_connection((host, config.api_port), timeout=timeout)
     path = config.config_dir / FINGERPRINT_FILENAME
     try:
         pinned = path.read_text(encoding="ascii").strip().lower()
@@ -31,28 +31,30 @@ def make_connection(config: ClientConfig, timeout: float) -> http.client.HTTPCon
             f"cannot read the daemon's certificate fingerprint {path} ({exc.strerror}): KACHERY_P2P_API_HOST="
             f"{config.api_host} needs a daemon started with --api-host and its config dir"
         ) from None
-    return PinnedHTTPSConnection(config.api_host, config.api_port, pinned, timeout=timeout)
+    return _pinned_tls(socket.create_connection((host, config.api_port), timeout=timeout), config, pinned)
 
 
-class PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS that trusts exactly one certificate, by its SHA-256 fingerprint (no CA, no host name)."""
+def _pinned_tls(raw: socket.socket, config: ClientConfig, fingerprint: str) -> socket.socket:
+    """TLS over ``raw`` that trusts exactly one certificate, by its SHA-256 fingerprint (no CA, no host name)."""
+    import hashlib
+    import hmac
+    import ssl
 
-    def __init__(self, host: str, port: int, fingerprint: str, timeout: float) -> None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # replaced by the pin below
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._fingerprint = fingerprint
-
-    def connect(self) -> None:
-        super().connect()
-        assert isinstance(self.sock, ssl.SSLSocket)
-        der = self.sock.getpeercert(binary_form=True) or b""
-        got = hashlib.sha256(der).hexdigest()
-        if not hmac.compare_digest(got, self._fingerprint):
-            self.close()
-            raise DaemonAuthError(
-                f"the daemon at {self.host}:{self.port} presented certificate {got[:16]}..., not the pinned "
-                f"{self._fingerprint[:16]}...: refusing to send the token"
-            )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # replaced by the pin below
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        sock = context.wrap_socket(raw)
+    except BaseException:
+        raw.close()
+        raise
+    der = sock.getpeercert(binary_form=True) or b""
+    got = hashlib.sha256(der).hexdigest()
+    if not hmac.compare_digest(got, fingerprint):
+        sock.close()
+        raise DaemonAuthError(
+            f"the daemon at {config.api_host}:{config.api_port} presented certificate {got[:16]}..., not the "
+            f"pinned {fingerprint[:16]}...: refusing to send the token"
+        )
+    return sock

@@ -1,4 +1,4 @@
-"""HTTP client of the daemon's control endpoint (stdlib only, so ``import kachery_p2p`` stays light).
+"""HTTP client of the daemon's control endpoint (stdlib only, and not http.client: see client/wire.py).
 
 Every request but ``/probe`` carries ``Authorization: Bearer <token>``, the token being read from the
 0600 file the daemon writes into its config dir. Errors come back as
@@ -7,16 +7,15 @@ Every request but ``/probe`` carries ``Authorization: Bearer <token>``, the toke
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ..config import ClientConfig
-from ..error_codes import exception_for
-from ..errors import DaemonAuthError, DaemonError, DaemonNotRunningError, DaemonStoppedError
-from .connect import make_connection
+from ..client_config import ClientConfig
+from ..errors import DaemonAuthError, DaemonError, DaemonNotRunningError, DaemonStoppedError, KacheryP2PError
+from .connect import open_socket
+from .wire import HTTPWireError, Response, request
 
 # The daemon sends progress or a heartbeat at least every 2 s during a load or a read (daemon/running.py):
 # this long without a word means it is stuck, however slow the transfer.
@@ -61,32 +60,36 @@ class ControlClient:
         headers: dict[str, str] | None = None,
         auth: bool = True,
         timeout: float | None = None,
-    ) -> http.client.HTTPResponse:
+    ) -> Response:
         all_headers = dict(headers or {})
         if auth:
             all_headers["Authorization"] = f"Bearer {self._read_token()}"
-        conn = make_connection(self.config, timeout or self.timeout)  # client/connect.py: HTTPS when remote
         try:
-            conn.request(method, path, body=body, headers=all_headers)
-            response = conn.getresponse()
-            # Closing the response also closes the connection's socket (one request per connection).
-            response.close = _closing(response.close, conn)  # type: ignore[method-assign]
+            sock = open_socket(self.config, timeout or self.timeout)  # client/connect.py: HTTPS when remote
         except (ConnectionRefusedError, socket.gaierror) as exc:
-            conn.close()
             raise DaemonNotRunningError(
                 "the kachery-p2p daemon is not running (nothing answers on "
                 f"{self.config.api_host}:{self.config.api_port}): start it with kachery-p2p-start-daemon"
             ) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+        except OSError as exc:
+            raise DaemonError(f"lost the connection to the daemon: {exc}") from exc
+        try:
+            # One request per connection: closing the response closes the socket.
+            response = request(sock, method, _host_header(self.config), path, all_headers, body)
+        except (OSError, HTTPWireError) as exc:
+            sock.close()
             raise DaemonError(f"lost the connection to the daemon: {exc}") from exc
         if response.status >= 400:
             self._raise_for(response)
         return response
 
-    def _raise_for(self, response: http.client.HTTPResponse) -> None:
-        raw = response.read()
-        response.close()
+    def _raise_for(self, response: Response) -> None:
+        try:
+            raw = response.read()
+        except (OSError, HTTPWireError):
+            raw = b""
+        finally:
+            response.close()
         try:
             error = json.loads(raw)["error"]
             code, message = str(error["code"]), str(error["message"])
@@ -97,7 +100,7 @@ class ControlClient:
                 f"the daemon on port {self.config.api_port} refused our token from {self.config.token_path}"
                 " (is it running with another KACHERY_P2P_CONFIG_DIR?)"
             )
-        raise exception_for(code)(message)
+        raise _exception_for(code)(message)
 
     # -- requests ------------------------------------------------------------------------------
     def probe(self) -> dict[str, Any]:
@@ -138,11 +141,11 @@ class ControlClient:
                     continue
                 message = json.loads(line)
                 if message.get("type") == "error":
-                    raise exception_for(str(message.get("code")))(str(message.get("message")))
+                    raise _exception_for(str(message.get("code")))(str(message.get("message")))
                 yield message
         except TimeoutError:
             raise DaemonError(_silence(silence)) from None
-        except (OSError, http.client.HTTPException, ValueError):
+        except (OSError, HTTPWireError, ValueError):
             raise DaemonStoppedError(f"the daemon stopped during {what}") from None
         finally:
             response.close()
@@ -167,12 +170,12 @@ class ControlClient:
                     size = int(json.loads(data)["size"])
                 elif kind == b"E":
                     error = json.loads(data)
-                    raise exception_for(str(error.get("code")))(str(error.get("message")))
+                    raise _exception_for(str(error.get("code")))(str(error.get("message")))
                 elif kind == b"Z":
                     break
         except TimeoutError:
             raise DaemonError(_silence(SILENCE_TIMEOUT)) from None
-        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+        except (OSError, HTTPWireError, ValueError, KeyError, TypeError):
             raise DaemonStoppedError(f"the daemon stopped during {what}") from None
         finally:
             response.close()
@@ -180,26 +183,16 @@ class ControlClient:
             raise DaemonStoppedError(f"the daemon stopped during {what} ({received} of {size} bytes)")
 
 
-def _read_frame(response: http.client.HTTPResponse) -> tuple[bytes, bytes]:
-    head = _read_exactly(response, 5)
+def _read_frame(response: Response) -> tuple[bytes, bytes]:
+    head = response.read_exactly(5)
     length = int.from_bytes(head[1:], "big")
-    return head[:1], _read_exactly(response, length) if length else b""
+    return head[:1], response.read_exactly(length) if length else b""
 
 
-def _read_exactly(response: http.client.HTTPResponse, count: int) -> bytes:
-    data = response.read(count)
-    while len(data) < count:
-        more = response.read(count - len(data))
-        if not more:
-            raise http.client.IncompleteRead(data, count - len(data))
-        data += more
-    return data
-
-
-def _json_body(response: http.client.HTTPResponse) -> dict[str, Any]:
+def _json_body(response: Response) -> dict[str, Any]:
     try:
         raw = response.read()
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, HTTPWireError) as exc:
         raise DaemonError(f"lost the connection to the daemon: {exc}") from exc
     finally:
         response.close()
@@ -212,9 +205,13 @@ def _json_body(response: http.client.HTTPResponse) -> dict[str, Any]:
     return data
 
 
-def _closing(close_response: Callable[[], None], conn: http.client.HTTPConnection) -> Callable[[], None]:
-    def close() -> None:
-        close_response()
-        conn.close()
+def _host_header(config: ClientConfig) -> str:
+    """``host:port`` as the daemon's Host check expects it (IPv6 in brackets; the port always given)."""
+    host = config.api_host.strip("[]")
+    return f"[{host}]:{config.api_port}" if ":" in host else f"{host}:{config.api_port}"
 
-    return close
+
+def _exception_for(code: str) -> type[KacheryP2PError]:
+    from ..error_codes import exception_for  # the table loads only when the daemon reports an error
+
+    return exception_for(code)

@@ -68,6 +68,7 @@ EXPECTED_SOURCES = {
     "QuicConnection._payload_received": "612b67759a96c701",
     "QuicConnection._handle_stream_frame": "8c79348a854e307d",
     "QuicConnection._flush_builder": "ac4bd66d7c3892df",
+    "QuicPacketBuilder.__init__": "b321fb4eb8ac7b33",
     "QuicPacketBuilder.start_frame": "53af20167bc2f0e0",
     "QuicPacketBuilder.start_packet": "63a59deba3617ddc",
     "QuicPacketBuilder._end_packet": "585948d0382505b3",

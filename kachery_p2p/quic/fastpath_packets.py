@@ -66,6 +66,32 @@ _STREAM_WITH_LENGTH = int(QuicFrameType.STREAM_BASE) | 2
 class FastPacketBuilder(QuicPacketBuilder):
     """``QuicPacketBuilder`` with cheaper 1-RTT packets (same bytes on the wire)."""
 
+    def reuse(self, host_cid: bytes, peer_cid: bytes, packet_number: int, spin_bit: bool) -> None:
+        """Start over as ``QuicPacketBuilder.__init__`` would with these values (the others are the
+        connection's constants), to serve the connection's next ``datagrams_to_send``."""
+        self.max_flight_bytes = None
+        self.max_total_bytes = None
+        self.quic_logger_frames = None
+        self._host_cid = host_cid
+        self._peer_cid = peer_cid
+        self._spin_bit = spin_bit
+        self._datagrams = []
+        self._datagram_flight_bytes = 0
+        self._datagram_init = True
+        self._datagram_needs_padding = False
+        self._packets = []
+        self._flight_bytes = 0
+        self._total_bytes = 0
+        self._header_size = 0
+        self._packet = None
+        self._packet_crypto = None
+        self._packet_number = packet_number
+        self._packet_start = 0
+        self._packet_type = None
+        buf = self._buffer
+        buf.seek(0)
+        self._buffer_capacity = self._flight_capacity = buf.capacity
+
     def start_frame(
         self,
         frame_type: int,

@@ -1,15 +1,22 @@
 """The sending half of the fast path (``fastpath.py``): ``FastSendMixin.datagrams_to_send`` for the
 common case of a connection moving data, with ``fastpath_packets.FastPacketBuilder``; no packet is built
 when nothing can be written; aioquic's code for everything else.
+
+Per call, not per packet (with a pacing controller a call sends one or two packets): the 1-RTT packet
+space and crypto pair are looked up once per connection (aioquic makes them when the connection starts:
+``tls.Epoch`` is a plain ``Enum``, hashed in Python on every look-up); one builder serves every call of
+a connection (``FastPacketBuilder.reuse``); whether a flow-control frame is due is asked once per call
+(what it depends on changes only when data is received or when the writers write).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionState, QuicNetworkPath
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder, QuicPacketBuilderStop
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream, QuicStreamSender
 from aioquic.tls import Epoch
 
 from .fastpath_packets import MIN_FIRST_FRAME, FastPacketBuilder, idle_timeout, write_stream_frame
@@ -23,6 +30,18 @@ class FastSendMixin(QuicConnection):
     """The sending half of ``fastpath.FastPathMixin``: used when ``_fp_on`` is set."""
 
     _fp_on: bool
+    # the 1-RTT space, crypto pair and crypto stream sender, looked up once the handshake is confirmed:
+    # aioquic makes them at connect / at a server's first datagram (``_initialize``), never after
+    _fp_space: QuicPacketSpace | None = None
+    _fp_crypto: CryptoPair
+    _fp_crypto_sender: QuicStreamSender
+    _fp_builder: FastPacketBuilder | None = None
+
+    def _fp_one_rtt_space(self) -> QuicPacketSpace:
+        space = self._fp_space = self._spaces[_EPOCH_ONE_RTT]
+        self._fp_crypto = self._cryptos[_EPOCH_ONE_RTT]
+        self._fp_crypto_sender = self._crypto_streams[_EPOCH_ONE_RTT].sender
+        return space
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         paths = self._network_paths
@@ -36,7 +55,9 @@ class FastSendMixin(QuicConnection):
         ):
             return super().datagrams_to_send(now=now)
         network_path = paths[0]
-        space = self._spaces[_EPOCH_ONE_RTT]
+        space = self._fp_space
+        if space is None:
+            space = self._fp_one_rtt_space()
         self._pacing_at = None
         ack_at = space.ack_at
         if ack_at is None or ack_at >= now:
@@ -45,20 +66,25 @@ class FastSendMixin(QuicConnection):
             if self._pacing_at is not None:
                 return []
         common = self._fp_common_case(network_path)
-        if common and (ack_at is None or ack_at > now) and not self._fp_anything_to_write():
+        limits = not common or self._fp_limits_pending()
+        if not limits and (ack_at is None or ack_at > now) and not self._fp_streams_to_write():
             return []  # no ACK due, no stream data, no limit to raise: aioquic would build an empty packet
         loss = self._loss
-        builder = FastPacketBuilder(
-            host_cid=self.host_cid,
-            is_client=self._is_client,
-            max_datagram_size=self._max_datagram_size,
-            packet_number=self._packet_number,
-            peer_cid=self._peer_cid.cid,
-            peer_token=self._peer_token,
-            quic_logger=None,
-            spin_bit=self._spin_bit,
-            version=self._version,  # type: ignore[arg-type]  # set once connected, as aioquic assumes
-        )
+        builder = self._fp_builder
+        if builder is None:
+            builder = self._fp_builder = FastPacketBuilder(
+                host_cid=self.host_cid,
+                is_client=self._is_client,
+                max_datagram_size=self._max_datagram_size,
+                packet_number=self._packet_number,
+                peer_cid=self._peer_cid.cid,
+                peer_token=self._peer_token,
+                quic_logger=None,
+                spin_bit=self._spin_bit,
+                version=self._version,  # type: ignore[arg-type]  # set once connected, as aioquic assumes
+            )
+        else:
+            builder.reuse(self.host_cid, self._peer_cid.cid, self._packet_number, self._spin_bit)
         builder.max_flight_bytes = loss.congestion_window - loss.bytes_in_flight
         if self._probe_pending and builder.max_flight_bytes < self._max_datagram_size:
             builder.max_flight_bytes = self._max_datagram_size
@@ -66,7 +92,7 @@ class FastSendMixin(QuicConnection):
             builder.max_total_bytes = network_path.bytes_received * 3 - network_path.bytes_sent
         try:
             if common:
-                self._fp_write_application(builder, space, now)
+                self._fp_write_application(builder, space, now, limits)
             else:
                 self._write_application(builder, network_path, now)
         except QuicPacketBuilderStop:
@@ -85,8 +111,8 @@ class FastSendMixin(QuicConnection):
             or self._ping_pending
             or self._probe_pending
             or self._datagrams_pending
-            or not self._cryptos[_EPOCH_ONE_RTT].send.is_valid()
-            or not self._crypto_streams[_EPOCH_ONE_RTT].sender.buffer_is_empty
+            or not self._fp_crypto.send.is_valid()
+            or not self._fp_crypto_sender.buffer_is_empty
         ):
             return False
         for connection_id in self._host_cids:
@@ -97,8 +123,8 @@ class FastSendMixin(QuicConnection):
                 return False
         return True
 
-    def _fp_anything_to_write(self) -> bool:
-        """In the common case without an ACK due: whether a STREAM or flow-control frame would be written."""
+    def _fp_streams_to_write(self) -> bool:
+        """In the common case: whether a STREAM frame would be written."""
         for stream in self._streams_queue:
             sender = stream.sender
             if stream.is_blocked or sender.buffer_is_empty:
@@ -112,69 +138,84 @@ class FastSendMixin(QuicConnection):
                 max_offset = stream.max_stream_data_remote
             if sender._pending[0].start < max_offset:
                 return True  # otherwise flow control holds the stream back
-        return self._fp_limits_pending()
+        return False
 
     def _fp_limits_pending(self) -> bool:
         """Whether ``_write_connection_limits`` / ``_write_stream_limits`` would write a frame now.
-        Unknown here (aioquic's own writers): yes. ``flow.KacheryQuicConnection`` answers for its writers."""
+        Unknown here (aioquic's own writers): yes. ``flow.KacheryQuicConnection`` answers for its writers.
+        Within one ``datagrams_to_send`` what this depends on changes only by those writers."""
         return True
 
-    def _fp_write_application(self, builder: QuicPacketBuilder, space: Any, now: float) -> None:
-        """aioquic's ``_write_application`` for the common case (``_fp_common_case``)."""
-        crypto = self._cryptos[_EPOCH_ONE_RTT]
+    def _fp_write_stream(self, builder: FastPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> int:
+        """aioquic's STREAM step of ``_write_application`` for one stream: the bytes newly sent."""
+        sender = stream.sender
+        max_offset = sender.highest_offset + self._remote_max_data - self._remote_max_data_used
+        if stream.max_stream_data_remote < max_offset:
+            max_offset = stream.max_stream_data_remote
+        used = write_stream_frame(builder, stream, max_offset)
+        if used is None:
+            used = self._write_stream_frame(builder=builder, space=space, stream=stream, max_offset=max_offset)
+        self._remote_max_data_used += used
+        return used
+
+    def _fp_write_application(
+        self, builder: FastPacketBuilder, space: QuicPacketSpace, now: float, limits: bool
+    ) -> None:
+        """aioquic's ``_write_application`` for the common case (``_fp_common_case``); ``limits``: whether
+        a flow-control frame may be due (``_fp_limits_pending``)."""
+        crypto = self._fp_crypto
         pacer = self._loss._pacer
         streams = self._streams
         # a frame needs at least 2 bytes besides the header and the AEAD tag (FastPacketBuilder.start_frame)
         min_room = 3 + len(self._peer_cid.cid) + crypto.aead_tag_size + MIN_FIRST_FRAME
+        buf = builder._buffer
         first = True
-        packets_built = 0
-        sent: list[Any] = []
+        wrote = True  # the first packet was checked by datagrams_to_send
         while True:
-            if not first:
-                ack_at = space.ack_at
-                if ack_at is None or ack_at >= now:
-                    self._pacing_at = pacer.next_send_time(now=now)
-                    if self._pacing_at is not None:
-                        break
-            first = False  # the first pacing check was datagrams_to_send's
+            ack_at = space.ack_at
+            if first:
+                first = False  # the first pacing check was datagrams_to_send's
+            elif ack_at is None or ack_at >= now:
+                self._pacing_at = pacer.next_send_time(now=now)
+                if self._pacing_at is not None:
+                    break
             if builder._packet is not None:
                 builder._end_packet()  # as start_packet would: the previous packet now counts in flight
-            ack_at = space.ack_at
-            if ack_at is None or ack_at > now:  # no ACK due: is there room and anything else to write?
+            ack_due = ack_at is not None and ack_at <= now
+            if not ack_due:  # is there room and anything else to write?
                 if builder.max_flight_bytes - builder._flight_bytes < min_room:  # type: ignore[operator]
                     break  # the congestion window has no room for any frame but an ACK
-                if packets_built and not sent and not self._fp_anything_to_write():
-                    break  # (the first packet was checked by datagrams_to_send; one that sent data goes on)
-            packets_built += 1
+                if not wrote and not limits and not self._fp_streams_to_write():
+                    break  # (one that sent stream data goes on)
             builder.start_packet(_ONE_RTT, crypto)
-            if space.ack_at is not None and space.ack_at <= now:
+            if ack_due:
                 self._write_ack_frame(builder=builder, space=space, now=now)
-            self._write_connection_limits(builder=builder, space=space)
-            for stream in streams.values():
-                self._write_stream_limits(builder=builder, space=space, stream=stream)
-            sent = []
+            if limits:
+                self._write_connection_limits(builder=builder, space=space)
+                for stream in streams.values():
+                    self._write_stream_limits(builder=builder, space=space, stream=stream)
             queue = self._streams_queue
-            try:
-                for stream in queue:
-                    sender = stream.sender
-                    if not stream.is_blocked and not sender.buffer_is_empty:
-                        max_offset = min(
-                            sender.highest_offset + self._remote_max_data - self._remote_max_data_used,
-                            stream.max_stream_data_remote,
-                        )
-                        used = write_stream_frame(builder, stream, max_offset)  # type: ignore[arg-type]
-                        if used is None:
-                            used = self._write_stream_frame(
-                                builder=builder, space=space, stream=stream, max_offset=max_offset
-                            )
-                        self._remote_max_data_used += used
-                        if used > 0:
+            wrote = False
+            if len(queue) == 1:  # one stream: no service order to keep
+                stream = queue[0]
+                if not stream.is_blocked and not stream.sender.buffer_is_empty:
+                    wrote = self._fp_write_stream(builder, space, stream) > 0
+            else:
+                sent: list[QuicStream] = []
+                try:
+                    for stream in queue:
+                        if (
+                            not stream.is_blocked
+                            and not stream.sender.buffer_is_empty
+                            and self._fp_write_stream(builder, space, stream) > 0
+                        ):
                             sent.append(stream)
-            finally:
-                if sent:  # served streams go to the end of the service order
-                    self._streams_queue = [s for s in queue if s not in sent] + sent
-            if builder.packet_is_empty:
-                break
+                finally:
+                    if sent:  # served streams go to the end of the service order
+                        self._streams_queue = [s for s in queue if s not in sent] + sent
+                wrote = bool(sent)
+            if buf.tell() - builder._packet_start <= builder._header_size:
+                break  # the packet is empty (aioquic's builder.packet_is_empty)
             pacer.update_after_send(now=now)
 
     def _fp_flush_builder(
@@ -187,7 +228,8 @@ class FastSendMixin(QuicConnection):
         self._packet_number = builder.packet_number
         loss = self._loss
         cc = loss._cc
-        space = self._spaces[_EPOCH_ONE_RTT]
+        space = self._fp_space
+        assert space is not None
         sent_packets = space.sent_packets
         arms_pto = loss.handshake_confirmed or not space.is_application_data
         for packet in packets:

@@ -293,3 +293,60 @@ def test_an_ack_of_many_wide_ranges_costs_no_more_lookups_than_packets_in_flight
     fast_on_ack_received(recovery, ack_rangeset=ranges, ack_delay=0.0, now=1.0, space=space)  # type: ignore[arg-type]
     assert CountingDict.pops <= len(sent)
     assert len(sent) == 1_000  # nothing acknowledged
+
+
+def test_flow_control_limits_are_raised_by_a_fast_receiver_past_the_initial_windows() -> None:
+    # 5 MB on one stream is past the initial 2 MiB stream and 4 MiB connection windows: the stock sender
+    # stalls unless the fast side's packets carry MAX_STREAM_DATA / MAX_DATA (asked once per call there).
+    pair = LossyPair(QuicConnection, _Counted, loss=0.01, jitter=0.002, duplicate=0.0)
+    pair.run_until(pair.connected, deadline=5.0)
+    data = random.Random(4).randbytes(5_000_000)
+    stream_id = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(stream_id, data, end_stream=True)
+    pair.run_until(lambda: stream_id in pair.finished["server"], deadline=pair.now + 60.0)
+    assert bytes(pair.received["server"][stream_id]) == data
+    assert _Counted.fast_built > 50
+
+
+def test_one_builder_serves_every_call_and_starts_over_clean() -> None:
+    # The connection's builder is reused (FastPacketBuilder.reuse): a builder left mid-packet (an exception
+    # escaped) then reused must build exactly what a new builder builds.
+    made: list[FastPacketBuilder] = []
+
+    class Recording(_Counted):
+        def _fp_flush_builder(self, builder: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(builder, FastPacketBuilder) and all(b is not builder for b in made):
+                made.append(builder)
+            return super()._fp_flush_builder(builder, *args, **kwargs)
+
+    pair = LossyPair(Recording, QuicConnection, loss=0.0, jitter=0.0, duplicate=0.0)
+    _transfer_both_ways(pair, 300_000)
+    assert Recording.fast_built > 50 and len(made) == 1
+
+    from aioquic.quic.crypto import CryptoPair
+    from aioquic.quic.packet import QuicFrameType, QuicPacketType
+
+    def build(builder: FastPacketBuilder) -> tuple[list[bytes], list[int]]:
+        crypto = CryptoPair()
+        crypto.setup_initial(b"\x01" * 8, is_client=True, version=1)
+        builder.max_flight_bytes = builder.max_total_bytes = 1400  # as datagrams_to_send sets them
+        builder.start_packet(QuicPacketType.ONE_RTT, crypto)
+        builder.start_frame(QuicFrameType.STREAM_BASE, capacity=1200).push_bytes(b"y" * 1200)
+        datagrams, packets = builder.flush()
+        return datagrams, [packet.packet_number for packet in packets]
+
+    def fresh() -> FastPacketBuilder:
+        return FastPacketBuilder(
+            host_cid=b"h" * 8, peer_cid=b"p" * 8, version=1, is_client=True, max_datagram_size=1472, packet_number=9
+        )
+
+    used = fresh()
+    used.max_flight_bytes = used.max_total_bytes = 2000
+    crypto = CryptoPair()
+    crypto.setup_initial(b"\x02" * 8, is_client=True, version=1)
+    used.start_packet(QuicPacketType.ONE_RTT, crypto)
+    used.start_frame(QuicFrameType.STREAM_BASE, capacity=1000).push_bytes(b"z" * 1000)
+    used.start_packet(QuicPacketType.ONE_RTT, crypto)  # the first packet is a datagram: bytes counted
+    used.start_frame(QuicFrameType.STREAM_BASE, capacity=40).push_bytes(b"z" * 40)  # left mid-packet
+    used.reuse(b"h" * 8, b"p" * 8, 9, False)
+    assert build(used) == build(fresh())
