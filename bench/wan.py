@@ -187,6 +187,7 @@ def path_rows(lab: Any, path: Any, work: Path, mib: int, cap: float, ccs: list[s
             tcp_seconds=round(tcp["seconds"], 2),
             tcp_curl_seconds=round(tcp["curl_seconds"], 2),
             ttfb_ms=round((load.first_byte or 0) * 1000, 1),
+            found_ms=round((load.first_line or 0) * 1000, 1),  # the command started, searched, found A
             transfer_mb_s=round(ours_transfer, 2) if ours_transfer else None,
             tcp_transfer_mb_s=round(tcp["transfer_mb_s"], 2),
             transfer_ratio=round(ours_transfer / tcp["transfer_mb_s"], 2) if ours_transfer else None,
