@@ -14,8 +14,8 @@ For each path, in the same run: ``curl`` in B downloads the file from ``python -
 curl's is a new TCP connection) and B times ``kachery-p2p load --json URI`` of a new file of the same size
 stored in A. Figure = size / wall clock of each command, timed alike from outside (ours includes the CLI
 start and the provider search, curl's its start and connection; curl's own total is ``tcp_curl_seconds``;
-``found_ms`` is when ours had found A; ``transfer_mb_s`` and ``tcp_transfer_mb_s`` are first byte to last). Fairness: curl in B
-downloads from A (a server that sends until curl goes, so it outlasts ours); one second later B loads
+``found_ms`` is when ours had found A; ``transfer_mb_s`` and ``tcp_transfer_mb_s`` are first byte to last).
+Fairness: curl in B downloads from A (a server that sends until curl goes, so it outlasts ours); one second later B loads
 ours; both rates are taken over the time ours was transferring (from its first byte to done). Target:
 neither flow below a third of the link.
 
