@@ -15,9 +15,9 @@ curl's is a new TCP connection) and B times ``kachery-p2p load --json URI`` of a
 stored in A. Figure = size / wall clock of each command, timed alike from outside (ours includes the CLI
 start and the provider search, curl's its start and connection; curl's own total is ``tcp_curl_seconds``;
 ``found_ms`` is when ours had found A; ``transfer_mb_s`` and ``tcp_transfer_mb_s`` are first byte to last).
-Fairness: curl in B downloads from A (a server that sends until curl goes, so it outlasts ours); one second later B loads
-ours; both rates are taken over the time ours was transferring (from its first byte to done). Target:
-neither flow below a third of the link.
+Fairness: curl in B downloads from A (a server that sends until curl goes, so it outlasts ours); one second
+later B loads ours; both rates are taken over the time ours was transferring (from its first byte to done).
+Target: neither flow below a third of the link.
 
     .venv/bin/python -m bench wan [--mib 40] [--quick] [--rtts 20,80] [--losses 0,0.005,0.02] [--no-fair]
                                  [--cc reno,bbr]
