@@ -164,19 +164,32 @@ class BbrCongestionControl(QuicCongestionControl):
         self.bytes_in_flight += packet.sent_bytes
 
     def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
-        self.bytes_in_flight -= packet.sent_bytes
-        state = self._sent.pop(id(packet), None)
-        self._delivered += packet.sent_bytes
+        self.on_packets_acked(now, (packet,))
+
+    def on_packets_acked(self, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        """The packets one ACK frame newly acknowledged (the fast path hands them over together; aioquic
+        one at a time). One rate sample, from the most recently sent of them, and one update of the model
+        per ACK, as Linux BBR does: the model's per-ACK work is not repeated for every packet."""
+        acked = 0
+        newest: tuple[int, float, float, bool] | None = None
+        newest_sent = 0.0
+        sent = self._sent
+        for packet in packets:
+            acked += packet.sent_bytes
+            state = sent.pop(id(packet), None)
+            if state is not None and (newest is None or state[0] >= newest[0]):
+                newest, newest_sent = state, packet.sent_time or now
+        self.bytes_in_flight -= acked
+        self._delivered += acked
         self._delivered_time = now
-        self._round_acked += packet.sent_bytes
+        self._round_acked += acked
         if self._app_limited_until and self._delivered > self._app_limited_until:
             self._app_limited_until = 0
-        if state is None:
+        if newest is None:
             return
-        delivered_then, delivered_time_then, first_sent_then, app_limited = state
-        sent_time = packet.sent_time or now
-        self._first_sent_time = sent_time
-        interval = max(sent_time - first_sent_then, now - delivered_time_then)
+        delivered_then, delivered_time_then, first_sent_then, app_limited = newest
+        self._first_sent_time = newest_sent
+        interval = max(newest_sent - first_sent_then, now - delivered_time_then)
         rate = (self._delivered - delivered_then) / interval if interval > 0 else 0.0
         if delivered_then >= self._next_round_delivered:
             self._new_round(now, app_limited)
@@ -186,8 +199,8 @@ class BbrCongestionControl(QuicCongestionControl):
             if self.btl_bw != btl_bw:
                 self._refresh()
         self._update_state(now)
-        self._update_ack_aggregation(now, packet.sent_bytes)
-        self._update_cwnd(packet.sent_bytes)
+        self._update_ack_aggregation(now, acked)
+        self._update_cwnd(acked)
 
     def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
         for packet in packets:

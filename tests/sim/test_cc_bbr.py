@@ -158,3 +158,39 @@ def test_a_wan_path_whose_hosts_acknowledge_in_bursts_stays_full() -> None:
     assert (flow.delivered - delivered) * 8 / (net.now - started) >= 0.96 * RATE
     cc = controller(flow)
     assert 0 < cc.aggregation_cwnd <= cc.btl_bw * bbr.EXTRA_ACKED_MAX
+
+
+def test_an_ack_of_many_packets_is_taken_together_with_the_same_accounting() -> None:
+    """The fast path hands kachery-bbr all the packets of one ACK frame in one call (one rate sample, one
+    model update per ACK, as Linux BBR); aioquic hands them one at a time. The bytes in flight, the bytes
+    delivered and the round count must come out the same either way, the window within one ACK's bytes."""
+    from aioquic.quic.packet import QuicPacketType
+    from aioquic.quic.packet_builder import QuicSentPacket
+    from aioquic.tls import Epoch
+
+    def flight(cc: BbrCongestionControl, start: int, count: int, at: float) -> list[QuicSentPacket]:
+        packets = []
+        for n in range(start, start + count):
+            packet = QuicSentPacket(Epoch.ONE_RTT, True, True, True, n, QuicPacketType.ONE_RTT, sent_bytes=1200)
+            packet.sent_time = at + n * 1e-4
+            cc.on_packet_sent(packet=packet)
+            packets.append(packet)
+        return packets
+
+    one_by_one, together = BbrCongestionControl(max_datagram_size=1200), BbrCongestionControl(max_datagram_size=1200)
+    now = 0.0
+    for round_trip in range(6):
+        batch_a = flight(one_by_one, round_trip * 10, 10, now)
+        batch_b = flight(together, round_trip * 10, 10, now)
+        now += 0.05
+        for packet in batch_a:
+            one_by_one.on_packet_acked(now=now, packet=packet)
+        together.on_packets_acked(now, batch_b)
+        for cc in (one_by_one, together):
+            cc.on_rtt_measurement(now=now, rtt=0.05)
+        assert together.bytes_in_flight == one_by_one.bytes_in_flight == 0
+        assert together._delivered == one_by_one._delivered
+        assert together.round_count == one_by_one.round_count
+        # the window grows per ACK rather than per packet: at most one ACK's bytes apart, as in Linux
+        assert abs(together.congestion_window - one_by_one.congestion_window) <= 10 * 1200
+    assert together.btl_bw > 0 and not together._sent
