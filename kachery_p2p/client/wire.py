@@ -185,13 +185,15 @@ class Response:
 
     def read_exactly(self, count: int) -> bytes:
         """Exactly ``count`` bytes of the body; HTTPWireError if it ends first."""
-        data = bytearray()
-        while len(data) < count:
-            more = self.read(count - len(data))
+        parts = []
+        missing = count
+        while missing > 0:
+            more = self.read(missing)
             if not more:
-                raise HTTPWireError(f"the reply ended {count - len(data)} bytes short")
-            data += more
-        return bytes(data)
+                raise HTTPWireError(f"the reply ended {missing} bytes short")
+            parts.append(more)
+            missing -= len(more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)  # one copy at most
 
     def _unread(self, data: bytes) -> None:
         """Put back body bytes that a readline took too many of."""
