@@ -12,11 +12,12 @@ metrics between runs.
 For each path, in the same run: ``curl`` in B downloads the file from ``python -m http.server`` in A
 (kernel TCP), then fresh daemons in A and B (B bootstrapped to A, one channel: a new QUIC connection, as
 curl's is a new TCP connection) and B times ``kachery-p2p load --json URI`` of a new file of the same size
-stored in A. Figure = size / wall clock of each command (ours includes the CLI start and the provider
-search; ``transfer_mb_s`` and ``tcp_transfer_mb_s`` are first byte to last for both). Fairness: curl in B
-downloads from A (a server that sends until curl goes, so it outlasts ours); one second later B loads
-ours; both rates are taken over the time ours was transferring (from its first byte to done). Target:
-neither flow below a third of the link.
+stored in A. Figure = size / wall clock of each command, timed alike from outside (ours includes the CLI
+start and the provider search, curl's its start and connection; curl's own total is ``tcp_curl_seconds``;
+``found_ms`` is when ours had found A; ``transfer_mb_s`` and ``tcp_transfer_mb_s`` are first byte to last).
+Fairness: curl in B downloads from A (a server that sends until curl goes, so it outlasts ours); one second
+later B loads ours; both rates are taken over the time ours was transferring (from its first byte to done).
+Target: neither flow below a third of the link.
 
     .venv/bin/python -m bench wan [--mib 40] [--quick] [--rtts 20,80] [--losses 0,0.005,0.02] [--no-fair]
                                  [--cc reno,bbr]
@@ -89,14 +90,18 @@ def start_http(host: Any, directory: Path) -> subprocess.Popen[bytes]:
 
 
 def curl(host: Any, url: str, timeout: float, out: str = "/dev/null") -> dict[str, float]:
-    """Download ``url`` with curl inside ``host``: size, total seconds, and the first-to-last-byte rate."""
+    """Download ``url`` with curl inside ``host``: size, seconds (the command's wall clock from outside, as
+    ours is timed: process start-up included), curl's own total, and the first-to-last-byte rate."""
     fmt = "%{size_download} %{time_total} %{time_starttransfer}"
     argv = ["curl", "-sS", "--max-time", f"{timeout:g}", "-o", out, "-w", fmt, url]
+    started = time.monotonic()
     proc = host.run(argv, capture_output=True, text=True, timeout=timeout + 10)
+    wall = time.monotonic() - started
     if proc.returncode != 0:
         raise RuntimeError(f"curl {url} failed ({proc.returncode}): {proc.stderr.strip()}")
     size, total, start = (float(x) for x in proc.stdout.split())
-    return {"bytes": size, "seconds": total, "transfer_mb_s": size / 1e6 / max(1e-9, total - start)}
+    rate = size / 1e6 / max(1e-9, total - start)
+    return {"bytes": size, "seconds": wall, "curl_seconds": total, "transfer_mb_s": rate}
 
 
 def start_pair(lab: Any, path: Any, work: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -175,13 +180,15 @@ def path_rows(lab: Any, path: Any, work: Path, mib: int, cap: float, ccs: list[s
             "MB/s",
             tcp_mb_s,
             target="ratio>=1.0",
-            baseline_is=f"kernel TCP ({kernel_cc(path.a)}) http.server+curl, same path, same run",
+            baseline_is=f"kernel TCP ({kernel_cc(path.a)}) http.server+curl (wall clock, as ours), same path, same run",
             config=f"{mib} MiB, {path.mbit:g} Mbit/s tbf, RTT {path.rtt_ms:g} ms, {path.loss * 100:g}% loss each way"
             + (f", CAPPED at {cap:g} s" if load.timed_out else ""),
             controller=cc or "default",
             seconds=round(load.elapsed, 2),
             tcp_seconds=round(tcp["seconds"], 2),
+            tcp_curl_seconds=round(tcp["curl_seconds"], 2),
             ttfb_ms=round((load.first_byte or 0) * 1000, 1),
+            found_ms=round((load.first_line or 0) * 1000, 1),  # the command started, searched, found A
             transfer_mb_s=round(ours_transfer, 2) if ours_transfer else None,
             tcp_transfer_mb_s=round(tcp["transfer_mb_s"], 2),
             transfer_ratio=round(ours_transfer / tcp["transfer_mb_s"], 2) if ours_transfer else None,

@@ -1,5 +1,8 @@
 """Configuration as frozen dataclasses, built once at the entry points (CLI, Python client).
 
+The client's part (ClientConfig, the dirs, the control port) lives in client_config.py, so that client
+commands need not build the daemon's classes; every name of it is importable from here too.
+
 Only the functions named ``*_from_environ`` read the environment; everything below them gets values.
 """
 
@@ -9,19 +12,48 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .client_config import (  # the client's half (client_config.py), re-exported: import either
+    API_PORT_FILENAME,
+    API_TOKEN_FILENAME,
+    CHANNELS_FILENAME,
+    DEFAULT_API_PORT,
+    DEFAULT_UDP_PORT,
+    LOCK_FILENAME,
+    PROTOCOL_VERSION,
+    ClientConfig,
+    api_port_from_environ,
+    client_config_from_environ,
+    config_dir_from_environ,
+    parse_port,
+    recorded_api_port,
+    storage_dir_from_environ,
+)
 from .errors import ConfigError
-from .relay.limits import RelayLimits
 
-DEFAULT_API_PORT = 20431
-DEFAULT_UDP_PORT = 14507
-PROTOCOL_VERSION = "kachery-p2p/1"
-API_TOKEN_FILENAME = "api-token"
-# The running daemon's control port, written at start and removed at stop: clients that were not told a
-# port (no KACHERY_P2P_API_PORT) use it, so ``start-daemon --api-port N`` needs nothing else.
-API_PORT_FILENAME = "api-port"
-CHANNELS_FILENAME = "channels.json"
-LOCK_FILENAME = "daemon.lock"
+__all__ = [
+    "API_PORT_FILENAME",
+    "API_TOKEN_FILENAME",
+    "CHANNELS_FILENAME",
+    "DEFAULT_API_PORT",
+    "DEFAULT_UDP_PORT",
+    "LOCK_FILENAME",
+    "PROTOCOL_VERSION",
+    "ClientConfig",
+    "DaemonConfig",
+    "HostPort",
+    "api_port_from_environ",
+    "bootstrap_from_environ",
+    "client_config_from_environ",
+    "config_dir_from_environ",
+    "parse_port",
+    "recorded_api_port",
+    "storage_dir_from_environ",
+]
+
+if TYPE_CHECKING:  # the relay's limits load with the daemon, not with every client command
+    from .relay.limits import RelayLimits
 
 
 @dataclass(frozen=True)
@@ -54,28 +86,10 @@ class HostPort:
         return f"{prefix}{host}:{self.port}"
 
 
-def parse_port(text: str | int, *, what: str, allow_zero: bool = True) -> int:
-    """A TCP/UDP port number; ConfigError otherwise."""
-    try:
-        port = int(text)
-    except (TypeError, ValueError):
-        raise ConfigError(f"bad port in {what}: {text!r}") from None
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise ConfigError(f"bad port in {what}: {port} (must be 1-65535)")
-    return port
+def _default_relay_limits() -> RelayLimits:
+    from .relay.limits import RelayLimits
 
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """Where a client finds the daemon and its token."""
-
-    config_dir: Path
-    api_port: int = DEFAULT_API_PORT
-    api_host: str = "127.0.0.1"
-
-    @property
-    def token_path(self) -> Path:
-        return self.config_dir / API_TOKEN_FILENAME
+    return RelayLimits()
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,7 @@ class DaemonConfig:
     relay_tcp: bool = True  # reach relays over TLS/TCP when UDP gets no answer from them
     relay_tcp_ports: tuple[int, ...] = ()  # relay mode: more TCP ports (e.g. 443) beside the UDP port's
     port_mapping: bool = True  # ask the gateway for a mapping (PCP, NAT-PMP, UPnP IGD); never blocks start-up
-    relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    relay_limits: RelayLimits = field(default_factory=_default_relay_limits)
     public_address: HostPort | None = None
     multicast_group: str = "239.255.73.117"
     multicast_port: int = 21011
@@ -116,57 +130,7 @@ class DaemonConfig:
         return self.config_dir / API_PORT_FILENAME
 
 
-def config_dir_from_environ(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    value = env.get("KACHERY_P2P_CONFIG_DIR")
-    path = Path(value).expanduser() if value else Path.home() / ".kachery-p2p"
-    _must_be_a_directory(path, "KACHERY_P2P_CONFIG_DIR" if value else "the config dir")
-    return path
-
-
-def _must_be_a_directory(path: Path, what: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} {path} is not a directory")
-
-
-def storage_dir_from_environ(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    value = env.get("KACHERY_STORAGE_DIR")
-    path = Path(value).expanduser() if value else Path.home() / "kachery-storage"
-    _must_be_a_directory(path, "KACHERY_STORAGE_DIR" if value else "the storage dir")
-    return path
-
-
-def api_port_from_environ(environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    value = env.get("KACHERY_P2P_API_PORT")
-    if not value:
-        return DEFAULT_API_PORT
-    return parse_port(value, what="KACHERY_P2P_API_PORT", allow_zero=False)
-
-
 def bootstrap_from_environ(environ: Mapping[str, str] | None = None) -> tuple[HostPort, ...]:
     env = os.environ if environ is None else environ
     value = env.get("KACHERY_P2P_BOOTSTRAP", "")
     return tuple(HostPort.parse(item) for item in value.replace(",", " ").split() if item)
-
-
-def client_config_from_environ(environ: Mapping[str, str] | None = None) -> ClientConfig:
-    """KACHERY_P2P_API_PORT if set, else the port the running daemon recorded, else the default."""
-    env = os.environ if environ is None else environ
-    config_dir = config_dir_from_environ(env)
-    if env.get("KACHERY_P2P_API_PORT"):
-        port = api_port_from_environ(env)
-    else:
-        port = recorded_api_port(config_dir) or DEFAULT_API_PORT
-    return ClientConfig(config_dir=config_dir, api_port=port, api_host=env.get("KACHERY_P2P_API_HOST") or "127.0.0.1")
-
-
-def recorded_api_port(config_dir: Path) -> int | None:
-    """The control port the daemon of ``config_dir`` recorded, if it did and the file is sane."""
-    try:
-        text = (config_dir / API_PORT_FILENAME).read_text(encoding="ascii").strip()
-        port = int(text)
-    except (OSError, ValueError):
-        return None
-    return port if 1 <= port <= 65535 else None

@@ -11,8 +11,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..config import PROTOCOL_VERSION
-from ..error_codes import code_for
+from ..client_config import PROTOCOL_VERSION
 from ..errors import KacheryP2PError
 
 VERSION_MESSAGE = f"%(prog)s %(version)s [{PROTOCOL_VERSION}]"
@@ -70,6 +69,8 @@ class _FriendlyMain:
             click.echo("Aborted.", err=True)
             sys.exit(130)
         except KacheryP2PError as exc:
+            from ..error_codes import code_for  # the table loads only on an error
+
             _fail(str(exc), exc.exit_code, as_json, code_for(exc)[1])
         except KeyboardInterrupt:
             sys.exit(130)

@@ -20,7 +20,7 @@ ENV_HELP = ENVIRONMENT_HELP
 
 def _client() -> Any:
     from ..client.http import ControlClient
-    from ..config import client_config_from_environ
+    from ..client_config import client_config_from_environ
 
     return ControlClient(client_config_from_environ())
 
@@ -90,18 +90,3 @@ def rm_cmd(uris: tuple[str, ...], yes: bool) -> None:
         click.echo(f"Removed {item['uri']} ({', '.join(item['removed'])})")
     if result["notFound"]:
         raise NotFoundError(f"not in this node's store: {', '.join(result['notFound'])}")
-
-
-def store_path_or_stdin(path: str, basename: str | None) -> str:
-    """``kachery-p2p-store PATH`` or ``kachery-p2p-store -`` (stdin, spooled to a temp file first)."""
-    import shutil
-    import tempfile
-
-    from ..client.api import store_file
-
-    if path != "-":
-        return store_file(path, basename)
-    with tempfile.NamedTemporaryFile(prefix="kachery-p2p-stdin-") as spool:
-        shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
-        spool.flush()
-        return store_file(spool.name, basename if basename is not None else "")

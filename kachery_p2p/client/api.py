@@ -10,7 +10,6 @@ Three modes, chosen per call:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import client_config_from_environ, storage_dir_from_environ
+from ..client_config import client_config_from_environ, storage_dir_from_environ
 from ..errors import DaemonStoppedError, NotFoundError, StoreError, UsageError, VerificationError
 from ..ids import SHA1_EMPTY, FileUri, format_store_uri
 from . import legacy_dirs, local
@@ -141,6 +140,8 @@ def _find_path(
 
 def _load_chunk(client: ControlClient, root: Path, uri: FileUri, p2p: bool, timeout_sec: float | None) -> Path:
     """A ``?chunkOf=`` URI: the parent's byte range (local, or from peers), verified, then stored."""
+    import hashlib  # here, not at the top: a command that loads no chunk does not pay for it
+
     data = _bytes(uri, None, None, p2p, None, timeout_sec)
     if hashlib.sha1(data).hexdigest() != uri.hash:
         raise VerificationError(f"bytes {uri.chunk_of} do not hash to {uri.hash}")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, unquote
 
-from ..config import client_config_from_environ
+from ..client_config import client_config_from_environ
 from ..errors import DaemonError, FeedPermissionError, InvalidUriError, UsageError
 from ..feeds.names import (
     SubfeedName,

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..config import client_config_from_environ
+from ..client_config import client_config_from_environ
 from ..errors import FileFormatError, StoreError, UsageError
 from .http import ControlClient
 
@@ -67,6 +66,8 @@ def _write_through(dest: Path, blocks: Iterable[bytes]) -> None:
 
 
 def _replace_atomically(dest: Path, blocks: Iterable[bytes], mode: int | None) -> None:
+    import tempfile  # only --dest writes through a temp file (it costs every command ~5 ms to import)
+
     parent = dest.parent if str(dest.parent) else Path(".")
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=parent)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,10 +23,14 @@ if TYPE_CHECKING:  # the store's writer and links load only when offline mode or
 OFFLINE_ENV = "KACHERY_OFFLINE_STORAGE_DIR"
 
 
-@dataclass
 class _Settings:
-    nop2p: bool = False
-    file_server_urls: tuple[str, ...] = ()
+    """What ``_experimental_config`` set (a plain class: a dataclass cost every command start-up time)."""
+
+    __slots__ = ("file_server_urls", "nop2p")
+
+    def __init__(self) -> None:
+        self.nop2p = False
+        self.file_server_urls: tuple[str, ...] = ()
 
 
 settings = _Settings()

@@ -3,24 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import RemoteProtocolError
 from ..quic import messages
+from ..quic.settings import smoothed_rtt
 from ..store import PartialFile
 from ..transfer.plan import DownloadPlan, Piece
+from .session import PeerSession
 from .slow import Provider, request_while_alive
 
 PIECE_TIMEOUT = 60.0  # a piece stream that delivers no byte for this long is given up (slow is fine)
 WRITE_BLOCK = 1 << 20
 # Progress reported to the plan (for stealing) and the piece's state checked once per this many bytes.
 CHECK_BYTES = 64 * 1024
+# The next piece is asked for when, at the rate of its last round trips, the current one should end within
+# this many smoothed round trips (plus LEAD_EXTRA for the provider to start sending): a request's first bytes
+# come 1-2 smoothed RTTs after it is sent on a loaded path, so they follow the current piece's last.
+LEAD_RTTS = 2.0
+LEAD_EXTRA = 0.01
+UNKNOWN_RTT = 0.05
+
+
+def lead_time(session: PeerSession) -> float:
+    """How long before a piece's end the next one should be asked for, on ``session``'s path."""
+    conn = getattr(session.link, "conn", None)
+    rtt = smoothed_rtt(conn) if conn is not None else None
+    return LEAD_RTTS * (rtt or UNKNOWN_RTT) + LEAD_EXTRA
 
 
 async def fetch_piece(
     sha1: str, provider: Provider, piece: Piece, partial: PartialFile, plan: DownloadPlan, buffered: bool,
     count: Callable[[int], None],
+    early: Callable[[], None] | None = None,
+    lead: float = 0.0,
 ) -> bool:
     """Fetch one piece into the partial file. False when another copy got there first.
 
@@ -29,6 +48,8 @@ async def fetch_piece(
     and rewrites all of it, and the other copy writes nothing more. A copy that arrives second
     writes nothing, so it cannot touch bytes already verified. When another provider took the tail
     of the piece (``plan.steal``), the fetch ends where the tail begins and its stream is reset.
+    ``early()`` is called once, when at the rate this piece arrives its end is less than ``lead``
+    seconds away (the caller asks for its next piece then).
     """
     buffer = bytearray()
     written = piece.start
@@ -46,6 +67,18 @@ async def fetch_piece(
 
     end = plan.end_of(piece)  # refreshed at each check: a steal only moves it down, never below `checked`
     checked = piece.start  # bytes up to here were reported to the plan (plan.arrived)
+    marks: deque[tuple[float, int]] = deque()  # (time, bytes arrived) at checks: the rate of the last `lead` s
+
+    def near_end(have: int) -> None:
+        nonlocal early
+        now = time.monotonic()
+        marks.append((now, have))
+        while len(marks) > 2 and marks[1][0] <= now - lead:
+            marks.popleft()
+        since, had = marks[0]
+        if early is not None and now > since and (end - have) * (now - since) <= lead * (have - had):
+            early()
+            early = None
 
     def sink(data: bytes) -> None:
         nonlocal end, checked
@@ -63,6 +96,8 @@ async def fetch_piece(
             stop.set_result("taken")
             return
         end = plan.end_of(piece)
+        if early is not None:
+            near_end(have)
         if have >= end:
             keep = end - written - len(buffer)  # < 0: the split fell inside bytes buffered since the last check
             if keep >= 0:

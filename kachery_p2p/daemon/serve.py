@@ -78,7 +78,9 @@ class FileServer:
         raise RemoteProtocolError("unsupported request")
 
     async def _path(self, sha1: str) -> Path:
-        path = await asyncio.to_thread(self.store.find_local, FileUri(algorithm="sha1", hash=sha1))
+        # A few stats, made here like the caller's: a worker thread's answer costs a wait for the GIL
+        # on a daemon busy sending (read_file_range).
+        path = self.store.find_local(FileUri(algorithm="sha1", hash=sha1))
         if path is None:
             raise RemoteProtocolError("not here", code="not_found")
         return path

@@ -309,6 +309,9 @@ def fast_on_ack_received(
     if largest_acked > space.largest_acked_packet:
         space.largest_acked_packet = largest_acked
     cc = recovery._cc
+    # A controller that takes an ACK's packets together (kachery-bbr) gets them in one call.
+    acked_together = getattr(cc, "on_packets_acked", None)
+    in_flight: list[QuicSentPacket] = []
     packet_numbers: list[int] | None = None
     # Direct look-ups cost at most as many as there were packets in flight, over all ranges together: an
     # ACK frame of many wide disjoint ranges (a hostile peer's) then falls back to aioquic's bisection.
@@ -329,11 +332,16 @@ def fast_on_ack_received(
                 is_ack_eliciting = True
                 space.ack_eliciting_in_flight -= 1
             if packet.in_flight:
-                cc.on_packet_acked(packet=packet, now=now)
+                if acked_together is not None:
+                    in_flight.append(packet)
+                else:
+                    cc.on_packet_acked(packet=packet, now=now)
             largest_newly_acked = packet_number
             largest_sent_time = packet.sent_time
             for handler, args in packet.delivery_handlers:
                 handler(_ACKED, *args)
+    if in_flight and acked_together is not None:
+        acked_together(now, in_flight)
     if largest_newly_acked is None:
         return
     if largest_acked == largest_newly_acked and is_ack_eliciting:

@@ -14,7 +14,7 @@ MB = 1_000_000
 CHUNK = 20_000_000
 DT = 0.002
 RECHECK = 0.25  # download.py ENDGAME_RECHECK
-STREAMS = 4  # download.py STREAMS_PER_PROVIDER
+STREAMS = 4  # download_rounds.py STREAMS_PER_PROVIDER
 
 
 def chunks_of(size: int) -> list[tuple[int, int]]:
