@@ -316,6 +316,10 @@ def fast_on_ack_received(
     # Direct look-ups cost at most as many as there were packets in flight, over all ranges together: an
     # ACK frame of many wide disjoint ranges (a hostile peer's) then falls back to aioquic's bisection.
     budget = len(sent_packets)
+    # The acknowledged data of consecutive packets of one stream is delivered in one call (a contiguous
+    # range acknowledged at once moves the send buffer on as its pieces would, one after the other).
+    held_sender: QuicStreamSender | None = None
+    held_start = held_stop = 0
     for r in ack_rangeset:
         if len(r) <= budget:
             budget -= len(r)
@@ -339,7 +343,20 @@ def fast_on_ack_received(
             largest_newly_acked = packet_number
             largest_sent_time = packet.sent_time
             for handler, args in packet.delivery_handlers:
+                if handler is stream_data_delivery and not args[3]:
+                    if args[0] is held_sender and args[1] == held_stop:
+                        held_stop = args[2]  # contiguous with the data held back: one delivery for both
+                        continue
+                    if held_sender is not None:
+                        stream_data_delivery(_ACKED, held_sender, held_start, held_stop, False)
+                    held_sender, held_start, held_stop = args[0], args[1], args[2]
+                    continue
+                if held_sender is not None:  # every other handler runs in order, after the data before it
+                    stream_data_delivery(_ACKED, held_sender, held_start, held_stop, False)
+                    held_sender = None
                 handler(_ACKED, *args)
+    if held_sender is not None:
+        stream_data_delivery(_ACKED, held_sender, held_start, held_stop, False)
     if in_flight and acked_together is not None:
         acked_together(now, in_flight)
     if largest_newly_acked is None:

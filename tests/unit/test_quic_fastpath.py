@@ -412,3 +412,48 @@ def test_a_lone_stream_packet_is_what_the_general_builder_builds(
     fast_sender, sender = fast_stream.sender, general_stream.sender
     assert list(fast_sender._pending) == list(sender._pending)
     assert (fast_sender.highest_offset, fast_sender._pending_eof) == (sender.highest_offset, sender._pending_eof)
+
+
+def test_an_ack_of_contiguous_stream_data_is_one_delivery_with_the_same_outcome() -> None:
+    import sys
+
+    from aioquic.quic.packet_builder import QuicSentPacket
+    from aioquic.quic.recovery import QuicPacketSpace
+    from aioquic.quic.stream import QuicStream
+
+    from kachery_p2p.quic.fastpath_packets import stream_data_delivery
+
+    def ack(pieces: list[tuple[int, int, bool]], acked: list[int]) -> tuple[QuicStream, int]:
+        stream = QuicStream(stream_id=0, max_stream_data_remote=10**9)
+        stream.sender.write(b"d" * 10_000, end_stream=True)
+        space = QuicPacketSpace(is_application_data=True)
+        for number, (start, stop, fin) in enumerate(pieces):
+            packet = QuicSentPacket(Epoch.ONE_RTT, False, False, False, number, None, 0.5, 1000)  # type: ignore[arg-type]
+            packet.delivery_handlers.append((stream_data_delivery, (stream.sender, start, stop, fin)))
+            space.sent_packets[number] = packet
+        recovery = types.SimpleNamespace(_cc=None, peer_completed_address_validation=False, _detect_loss=lambda **_: 0)
+        ranges = RangeSet()
+        for number in acked:
+            ranges.add(number)
+        calls = 0
+
+        def count(frame: Any, event: str, _arg: Any) -> None:
+            nonlocal calls
+            if event == "call" and frame.f_code is stream_data_delivery.__code__:
+                calls += 1
+
+        sys.setprofile(count)
+        try:
+            fast_on_ack_received(recovery, ack_rangeset=ranges, ack_delay=0.0, now=1.0, space=space)  # type: ignore[arg-type]
+        finally:
+            sys.setprofile(None)
+        return stream, calls
+
+    pieces = [(n * 1000, n * 1000 + 1000, n == 9) for n in range(10)]
+    stream, calls = ack(pieces, list(range(10)))
+    assert calls == 2  # nine pieces of data in one delivery, then the FIN
+    assert stream.sender.is_finished and stream.sender._buffer_start == 10_000 and not stream.sender._buffer
+    stream, calls = ack(pieces, [0, 1, 2, 4, 5, 7])  # gaps: 0-3000, 4000-6000, 7000-8000 acknowledged
+    assert calls == 3
+    assert stream.sender._buffer_start == 3000 and list(stream.sender._acked) == [range(4000, 6000), range(7000, 8000)]
+    assert not stream.sender.is_finished
