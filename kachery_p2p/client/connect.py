@@ -3,26 +3,35 @@
 
 The pin is the SHA-256 of the daemon's certificate (DER), read from ``api-cert-sha256`` next to the
 token in the daemon's config dir (a shared filesystem, as in the original). A daemon presenting any
-other certificate is refused before the token is sent. ``ssl`` and ``hashlib`` are imported only for
-a remote daemon: a local command does not pay for them.
+other certificate is refused before the token is sent. ``socket``, ``ssl`` and ``hashlib`` are
+imported only for a remote daemon: a local command does not pay for them (it uses the C module
+``_socket`` directly; ``socket.py`` builds four enum classes at import, ~4 ms of every command).
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
+from typing import TYPE_CHECKING
 
 from ..client_config import ClientConfig
 from ..errors import DaemonAuthError
+
+if TYPE_CHECKING:
+    import socket
 
 FINGERPRINT_FILENAME = "api-cert-sha256"
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
-def open_socket(config: ClientConfig, timeout: float) -> socket.socket:
-    """A connected socket to the daemon's control endpoint (TLS, pinned, for a remote one)."""
+def open_socket(config: ClientConfig, timeout: float) -> _socket.socket | socket.socket:
+    """A connected socket to the daemon's control endpoint (TLS, pinned, for a remote one).
+
+    Raises what connect raises: ConnectionRefusedError, socket.gaierror (the same class as
+    ``_socket.gaierror``), TimeoutError, OSError.
+    """
     host = config.api_host.strip("[]")
     if config.api_host in LOOPBACK:
-        return socket.create_connection((host, config.api_port), timeout=timeout)
+        return _connect(host, config.api_port, timeout)
     path = config.config_dir / FINGERPRINT_FILENAME
     try:
         pinned = path.read_text(encoding="ascii").strip().lower()
@@ -31,7 +40,24 @@ def open_socket(config: ClientConfig, timeout: float) -> socket.socket:
             f"cannot read the daemon's certificate fingerprint {path} ({exc.strerror}): KACHERY_P2P_API_HOST="
             f"{config.api_host} needs a daemon started with --api-host and its config dir"
         ) from None
+    import socket
+
     return _pinned_tls(socket.create_connection((host, config.api_port), timeout=timeout), config, pinned)
+
+
+def _connect(host: str, port: int, timeout: float) -> _socket.socket:
+    """``socket.create_connection`` for the loopback endpoint: each address in turn, the last error raised."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"no address for {host}")
 
 
 def _pinned_tls(raw: socket.socket, config: ClientConfig, fingerprint: str) -> socket.socket:

@@ -7,8 +7,8 @@ Every request but ``/probe`` carries ``Authorization: Bearer <token>``, the toke
 
 from __future__ import annotations
 
+import _socket
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -66,7 +66,7 @@ class ControlClient:
             all_headers["Authorization"] = f"Bearer {self._read_token()}"
         try:
             sock = open_socket(self.config, timeout or self.timeout)  # client/connect.py: HTTPS when remote
-        except (ConnectionRefusedError, socket.gaierror) as exc:
+        except (ConnectionRefusedError, _socket.gaierror) as exc:  # the same class as socket.gaierror
             raise DaemonNotRunningError(
                 "the kachery-p2p daemon is not running (nothing answers on "
                 f"{self.config.api_host}:{self.config.api_port}): start it with kachery-p2p-start-daemon"

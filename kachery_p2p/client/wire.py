@@ -4,7 +4,8 @@ The control endpoint is the only server it talks to, so it does what that needs 
 request with a body given as bytes or as a file (sent with its Content-Length), and a reply framed by
 ``Transfer-Encoding: chunked``, by ``Content-Length``, or by the server closing the connection.
 ``http.client`` would do the same, but importing it (it parses headers with the ``email`` package)
-cost every ``kachery-p2p-*`` command about 40 ms of start-up; this module needs only ``socket``.
+cost every ``kachery-p2p-*`` command about 40 ms of start-up; this module needs a connected socket
+and nothing else.
 
 Errors: what the socket raises (``OSError``, ``TimeoutError``, ``ConnectionRefusedError``), and
 ``HTTPWireError`` when the server breaks the protocol (garbage status line, bad chunk, a body cut
@@ -13,15 +14,24 @@ short). Callers turn both into one clear line.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 MAX_LINE = 65536  # longest status or header line accepted
 MAX_HEADERS = 100
 SEND_BLOCK = 1 << 16
 RECV_BLOCK = 1 << 16
 MAX_RECV = 1 << 20  # largest single recv for a large read
+
+
+class Connection(Protocol):
+    """What a request needs of its socket (``socket.socket``, ``ssl.SSLSocket`` or ``_socket.socket``)."""
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class HTTPWireError(Exception):
@@ -31,7 +41,7 @@ class HTTPWireError(Exception):
 class Response:
     """The reply: ``status``, ``reason``, ``headers`` (lower-case names), and the body as a stream."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Connection) -> None:
         self._sock = sock
         self._buffer = bytearray()
         self._eof = False
@@ -175,13 +185,15 @@ class Response:
 
     def read_exactly(self, count: int) -> bytes:
         """Exactly ``count`` bytes of the body; HTTPWireError if it ends first."""
-        data = bytearray()
-        while len(data) < count:
-            more = self.read(count - len(data))
+        parts = []
+        missing = count
+        while missing > 0:
+            more = self.read(missing)
             if not more:
-                raise HTTPWireError(f"the reply ended {count - len(data)} bytes short")
-            data += more
-        return bytes(data)
+                raise HTTPWireError(f"the reply ended {missing} bytes short")
+            parts.append(more)
+            missing -= len(more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)  # one copy at most
 
     def _unread(self, data: bytes) -> None:
         """Put back body bytes that a readline took too many of."""
@@ -202,7 +214,7 @@ class Response:
 
 
 def request(
-    sock: socket.socket,
+    sock: Connection,
     method: str,
     host: str,
     path: str,

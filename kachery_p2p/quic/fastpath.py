@@ -90,6 +90,8 @@ EXPECTED_SOURCES = {
     "HeaderProtection._mask": "3f222c11466194ac",
     "QuicStreamReceiver.handle_frame": "c54bce9f11e6f2de",
     "RangeSet.add": "409fdd202a29b2cd",
+    "RangeSet.subtract": "790c2afeb0cba510",
+    "CryptoPair.key_phase": "e7a3f87d62e7b134",
     "QuicStreamSender.on_data_delivery": "675e1c2812ea3744",
     "QuicStreamSender.get_frame": "c9d68a424b94b52b",
 }
@@ -110,7 +112,10 @@ _OWNERS = {
 def _source_digest(name: str) -> str | None:
     owner, _, attr = name.partition(".")
     try:
-        return hashlib.sha256(inspect.getsource(getattr(_OWNERS[owner], attr)).encode()).hexdigest()[:16]
+        obj = getattr(_OWNERS[owner], attr)
+        if isinstance(obj, property):
+            obj = obj.fget
+        return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
     except (AttributeError, OSError, TypeError):
         return None
 

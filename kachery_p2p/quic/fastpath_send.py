@@ -20,6 +20,7 @@ from aioquic.quic.stream import QuicStream, QuicStreamSender
 from aioquic.tls import Epoch
 
 from .fastpath_packets import MIN_FIRST_FRAME, FastPacketBuilder, idle_timeout, write_stream_frame
+from .fastpath_stream import stream_packet
 
 _ONE_RTT = QuicPacketType.ONE_RTT
 _EPOCH_ONE_RTT = Epoch.ONE_RTT
@@ -146,12 +147,16 @@ class FastSendMixin(QuicConnection):
         Within one ``datagrams_to_send`` what this depends on changes only by those writers."""
         return True
 
+    def _fp_max_offset(self, stream: QuicStream) -> int:
+        """How far flow control lets ``stream`` send (aioquic's ``max_offset`` in ``_write_application``)."""
+        max_offset = stream.sender.highest_offset + self._remote_max_data - self._remote_max_data_used
+        if stream.max_stream_data_remote < max_offset:
+            return stream.max_stream_data_remote
+        return max_offset
+
     def _fp_write_stream(self, builder: FastPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> int:
         """aioquic's STREAM step of ``_write_application`` for one stream: the bytes newly sent."""
-        sender = stream.sender
-        max_offset = sender.highest_offset + self._remote_max_data - self._remote_max_data_used
-        if stream.max_stream_data_remote < max_offset:
-            max_offset = stream.max_stream_data_remote
+        max_offset = self._fp_max_offset(stream)
         used = write_stream_frame(builder, stream, max_offset)
         if used is None:
             used = self._write_stream_frame(builder=builder, space=space, stream=stream, max_offset=max_offset)
@@ -187,6 +192,20 @@ class FastSendMixin(QuicConnection):
                     break  # the congestion window has no room for any frame but an ACK
                 if not wrote and not limits and not self._fp_streams_to_write():
                     break  # (one that sent stream data goes on)
+            queue = self._streams_queue
+            if not ack_due and not limits and len(queue) == 1:  # a packet of one STREAM frame
+                stream = queue[0]
+                if stream.is_blocked or stream.sender.buffer_is_empty:
+                    break  # nothing to write: an empty packet
+                packet_number = builder._packet_number
+                used = stream_packet(builder, crypto, stream, self._fp_max_offset(stream))
+                if used is not None:
+                    self._remote_max_data_used += used
+                    if builder._packet_number == packet_number:
+                        break  # nothing fitted, or flow control holds the stream: an empty packet
+                    wrote = used > 0
+                    pacer.update_after_send(now=now)
+                    continue
             builder.start_packet(_ONE_RTT, crypto)
             if ack_due:
                 self._write_ack_frame(builder=builder, space=space, now=now)
@@ -194,7 +213,6 @@ class FastSendMixin(QuicConnection):
                 self._write_connection_limits(builder=builder, space=space)
                 for stream in streams.values():
                     self._write_stream_limits(builder=builder, space=space, stream=stream)
-            queue = self._streams_queue
             wrote = False
             if len(queue) == 1:  # one stream: no service order to keep
                 stream = queue[0]

@@ -23,7 +23,7 @@ MUST_NOT_LOAD = {
     "http.client", "email", "ssl", "asyncio", "aioquic", "cryptography", "aiohttp", "hashlib", "tempfile", "pickle",
     "sqlite3", "kachery_p2p.config", "kachery_p2p.daemon", "kachery_p2p.quic", "kachery_p2p.relay",
     "kachery_p2p.store.filestore", "kachery_p2p.cli.main", "kachery_p2p.cli.store_cmds", "kachery_p2p.cli.link",
-    "kachery_p2p.client.feeds",
+    "kachery_p2p.client.feeds", "socket", "selectors",
 }
 
 

@@ -350,3 +350,65 @@ def test_one_builder_serves_every_call_and_starts_over_clean() -> None:
     used.start_frame(QuicFrameType.STREAM_BASE, capacity=40).push_bytes(b"z" * 40)  # left mid-packet
     used.reuse(b"h" * 8, b"p" * 8, 9, False)
     assert build(used) == build(fresh())
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "offset", "size", "fin", "max_offset_left", "max_flight", "phase"),
+    [
+        (0, 0, 5000, False, 10**9, None, 0),  # first frame of a stream: no offset field
+        (4, 1234, 5000, False, 10**9, None, 0),  # 2-byte offset
+        (100, 70_000, 300, True, 10**9, None, 0),  # 2-byte stream id, 4-byte offset, the FIN fits
+        (8, 2**31, 5000, False, 10**9, None, 0),  # 8-byte offset
+        (0, 0, 5000, False, 700, None, 0),  # flow control cuts the frame
+        (0, 0, 5000, True, 10**9, 600, 0),  # the congestion window cuts it (the FIN does not fit)
+        (0, 0, 5000, False, 0, None, 0),  # flow control holds it: nothing
+        (0, 0, 5000, False, 10**9, 30, 0),  # no room for any data: nothing
+        (4, 1234, 5000, False, 10**9, None, 1),  # after a key update
+    ],
+)
+def test_a_lone_stream_packet_is_what_the_general_builder_builds(
+    stream_id: int, offset: int, size: int, fin: bool, max_offset_left: int, max_flight: int | None, phase: int
+) -> None:
+    from aioquic.quic.crypto import CryptoPair
+    from aioquic.quic.packet import QuicPacketType
+    from aioquic.quic.stream import QuicStream
+
+    from kachery_p2p.quic.fastpath_packets import write_stream_frame
+    from kachery_p2p.quic.fastpath_stream import stream_packet
+
+    def setup() -> tuple[FastPacketBuilder, CryptoPair, QuicStream]:
+        crypto = CryptoPair()
+        crypto.setup_initial(b"\x03" * 8, is_client=True, version=1)
+        if phase:
+            crypto.update_key()
+            crypto.encrypt_packet(b"\x41" + b"p" * 8 + b"\x00\x00", b"\x01" * 20, 0)  # the update happens
+            assert crypto.key_phase == 1
+        builder = FastPacketBuilder(
+            host_cid=b"h" * 8, peer_cid=b"p" * 8, version=1, is_client=True, max_datagram_size=1472, packet_number=7001
+        )
+        builder.max_flight_bytes = max_flight
+        stream = QuicStream(stream_id=stream_id, max_stream_data_remote=10**12)
+        sender = stream.sender
+        sender._buffer_start = sender._buffer_stop = sender.highest_offset = offset  # as if acknowledged so far
+        sender.write(random.Random(offset).randbytes(size), end_stream=fin)
+        return builder, crypto, stream
+
+    fast_builder, fast_crypto, fast_stream = setup()
+    used = stream_packet(fast_builder, fast_crypto, fast_stream, offset + max_offset_left)
+    general, general_crypto, general_stream = setup()
+    general.start_packet(QuicPacketType.ONE_RTT, general_crypto)
+    general_used = write_stream_frame(general, general_stream, offset + max_offset_left)
+    assert used == general_used
+    fast_datagrams, fast_packets = fast_builder.flush()
+    datagrams, packets = general.flush()
+    assert fast_datagrams == datagrams
+    assert [(p.packet_number, p.sent_bytes, p.in_flight, p.is_ack_eliciting) for p in fast_packets] == [
+        (p.packet_number, p.sent_bytes, p.in_flight, p.is_ack_eliciting) for p in packets
+    ]
+    assert [p.delivery_handlers[0][1][1:] for p in fast_packets] == [p.delivery_handlers[0][1][1:] for p in packets]
+    assert fast_builder.packet_number == general.packet_number
+    for attr in ("_flight_bytes", "_total_bytes", "_buffer_capacity", "_flight_capacity"):
+        assert getattr(fast_builder, attr) == getattr(general, attr), attr
+    fast_sender, sender = fast_stream.sender, general_stream.sender
+    assert list(fast_sender._pending) == list(sender._pending)
+    assert (fast_sender.highest_offset, fast_sender._pending_eof) == (sender.highest_offset, sender._pending_eof)
