@@ -61,8 +61,9 @@ def wait_for_channel_peer(node: Any, node_id: str, timeout: float = 60.0, path: 
 
 
 def lab_load(node: Any, uri: str, timeout: float) -> LoadRun:
-    """Time ``kachery-p2p load --json URI`` run inside ``node``'s namespace with its environment."""
-    argv = node.host.exec_argv([sys.executable, "-m", "kachery_p2p", "load", "--json", uri])
+    """Time ``kachery-p2p-load --json URI`` (the command a user types, from this venv) run inside ``node``'s
+    namespace with its environment."""
+    argv = node.host.exec_argv([str(Path(sys.executable).parent / "kachery-p2p-load"), "--json", uri])
     return timed_load(argv, node.env, timeout, popen=node.host.popen)
 
 

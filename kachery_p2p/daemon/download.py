@@ -263,8 +263,9 @@ class Download:
             """Fetch one piece and record it: "ok", "busy" (the provider's serving budget is in use),
             "failed" (the piece is queued again) or "fatal" (our disk: the download stops)."""
             try:
+                lead = lead_time(provider.session)
                 got = await fetch_piece(
-                    self.sha1, provider, piece, partial, plan, endgame, self._count, early, lead_time(provider.session)
+                    self.sha1, provider, piece, partial, plan, endgame, self.count_received, early, lead
                 )
                 size = plan.end_of(piece) - piece.start  # less than asked when its tail was stolen
                 timeline.piece(provider.node_id, now, time.monotonic(), size, True, not got)
@@ -375,7 +376,7 @@ class Download:
                 f"could not download {self.sha1}: every provider failed" + (f" (bad data from {bad})" if bad else "")
             )
 
-    def _count(self, size: int) -> None:
+    def count_received(self, size: int) -> None:
         self.last_byte_at = now = time.monotonic()
         if self.first_byte_at is None:
             self.first_byte_at = now

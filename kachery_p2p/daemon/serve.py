@@ -49,7 +49,13 @@ class FileServer:
             raise RemoteProtocolError("we share no channel", code="not_authorized")
         if isinstance(request, messages.Has):
             path = await self._path(request.sha1)
-            return {"ok": True, "size": path.stat().st_size}, None
+            size = path.stat().st_size
+            if 0 < size <= request.head and path == self.store.content_path(request.sha1):
+                data = await asyncio.to_thread(path.read_bytes)  # a stored file: a linked one is re-hashed
+                if len(data) == size:
+                    self.bytes_served += size
+                    return {"ok": True, "size": size, "head": size}, _once(data)
+            return {"ok": True, "size": size}, None
         if isinstance(request, messages.GetManifest):
             data = await self._manifest(request.sha1)
             return {"ok": True, "length": len(data)}, _once(data)

@@ -21,6 +21,8 @@ class Provider:
     first_session: PeerSession
     size: int
     resolve: Callable[[str], PeerSession | None] | None = None
+    # The whole file as sent with the answer to "has" (a small file, unverified until the caller checks it).
+    head: bytes | None = None
 
     @property
     def node_id(self) -> str:

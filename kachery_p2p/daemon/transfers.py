@@ -17,6 +17,7 @@ from ..ids import FileUri
 from ..quic import messages
 from .activity import ActivityPump
 from .download import Download, Provider
+from .download_head import store_head
 from .endpoint import LinkClosed
 from .files import RangeReader
 from .running import DownloadRegistry, RunningDownload, path_result
@@ -52,13 +53,17 @@ class Transfers:
 
     async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
         try:
-            reply, _ = await session.request({"op": "has", "sha1": sha1}, timeout=timeout)
+            header = {"op": "has", "sha1": sha1, "head": messages.HEAD_MAX}
+            reply, body = await session.request(header, timeout=timeout)
             size = messages.check_ok(reply)["size"]
         except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, KeyError):
             return None
         if not isinstance(size, int) or size < 0:
             return None
-        return Provider(session, size, self.peers.session_for)
+        # A small file comes whole with the answer (servers that do not know "head" send nothing): it is
+        # used only if its sha1 checks out (Download.run), else fetched as any other.
+        head = bytes(body) if reply.get("head") == size and len(body) == size <= messages.HEAD_MAX else None
+        return Provider(session, size, self.peers.session_for, head)
 
     async def find_providers(self, sha1: str, timeout: float) -> AsyncIterator[Provider]:
         """Ask every channel peer, including peers that connect while we wait, who has the file.
@@ -222,7 +227,7 @@ class Transfers:
             if path is None:
                 entry.phase = "downloading"
                 with self._counting(download):
-                    path = await download.run()
+                    path = await store_head(self.store, download) or await download.run()
         entry.phase = "done"
         entry.bad_providers = download.bad_providers
         return path
@@ -269,6 +274,9 @@ class Transfers:
                         return path
                     entry.phase = "downloading"
                     with self._counting(download):
+                        path = await store_head(self.store, download)  # a small file, whole and verified
+                        if path is not None:
+                            return path
                         fd, _size = await download.fetch_range(start, end if end is not None else 1 << 62)
                 return fd
             finally:

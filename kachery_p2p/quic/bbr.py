@@ -35,6 +35,8 @@ from typing import Any
 from aioquic.quic.congestion.base import K_INITIAL_WINDOW, QuicCongestionControl, register_congestion_control
 from aioquic.quic.packet_builder import QuicSentPacket
 
+from .ack_aggregation import AckAggregation
+
 NAME = "kachery-bbr"
 STARTUP_GAIN = 2.885  # 2 / ln 2
 DRAIN_GAIN = 1 / STARTUP_GAIN
@@ -54,10 +56,6 @@ MIN_PACKETS = 4
 PROBE_UP_INTERVAL = 2.0  # s between raises of the loss cap: a loss-based flow regrows its window that slowly
 HOST_DELAY = 0.01  # how late a busy host's event loop may acknowledge: the largest RTT believed over the minimum
 LAN_RTT = 0.003  # below this minimum RTT the window alone paces: timers would only cost CPU
-# ACK aggregation (Linux bbr_update_ack_aggregation): bytes acknowledged beyond what the bandwidth estimate
-# explains since an aggregation epoch began, the windowed max over 5-10 rounds, at most 100 ms of the estimate.
-EXTRA_ACKED_WIN_ROUNDS = 5
-EXTRA_ACKED_MAX = 0.1
 
 STARTUP, DRAIN, PROBE_BW, PROBE_RTT = "startup", "drain", "probe_bw", "probe_rtt"
 
@@ -109,13 +107,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self.inflight_hi = math.inf
         self._cycle_time = 0.0
         self._cwnd_target = 0
-        # ack aggregation: the current epoch, and the max excess of the last two 5-round windows
-        self._ack_epoch_start = 0.0
-        self._ack_epoch_acked = 0
-        self._extra_acked = [0, 0]
-        self._extra_acked_index = 0
-        self._extra_acked_rounds = 0
-        self.aggregation_cwnd = 0
+        self.aggregation = AckAggregation()  # bytes ACKed beyond the estimate: carried on top of the window
         self._refresh()
 
     # -- the model ------------------------------------------------------------------------------
@@ -199,7 +191,7 @@ class BbrCongestionControl(QuicCongestionControl):
             if self.btl_bw != btl_bw:
                 self._refresh()
         self._update_state(now)
-        self._update_ack_aggregation(now, acked)
+        self.aggregation.on_ack(now, acked, self.btl_bw, self.congestion_window)
         self._update_cwnd(acked)
 
     def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
@@ -273,12 +265,7 @@ class BbrCongestionControl(QuicCongestionControl):
         self.round_count += 1
         self._next_round_delivered = self._delivered
         self._round_lost = self._round_acked = 0
-        self._extra_acked_rounds += 1
-        if self._extra_acked_rounds >= EXTRA_ACKED_WIN_ROUNDS:
-            self._extra_acked_rounds = 0
-            self._extra_acked_index ^= 1
-            self._extra_acked[self._extra_acked_index] = 0
-            self.aggregation_cwnd = min(max(self._extra_acked), int(self.btl_bw * EXTRA_ACKED_MAX))
+        self.aggregation.new_round(self.btl_bw)
         # In startup the loss of a whole round is judged when it ends (rounds are short there: a few
         # random losses early in one must not end startup); at least 3 packets (BBRv2 asks 8).
         if self.state == STARTUP and self._too_lossy(lost, lost + acked, self._loss_threshold()):
@@ -334,31 +321,13 @@ class BbrCongestionControl(QuicCongestionControl):
                 self.congestion_window = max(self.congestion_window, self._prior_cwnd)
                 self._enter(PROBE_BW if self.filled_pipe else STARTUP, now)
 
-    def _update_ack_aggregation(self, now: float, acked: int) -> None:
-        """How many bytes ACKs delivered beyond what the bandwidth estimate explains (Linux BBR's ACK
-        aggregation estimate): the window carries that much more, so that ACKs held up and released in
-        bursts (a busy receiver's event loop, a host scheduling a user-space delay line) do not leave
-        the sender idle at 2 BDP. Without it a busy pair of daemons on a 100 Mbit/s, 20 ms path held
-        the window at 1.7x the measured rate x RTT and the rate at 0.7-0.8 of the link."""
-        expected = self.btl_bw * (now - self._ack_epoch_start)
-        if self._ack_epoch_acked <= expected:
-            self._ack_epoch_acked = 0
-            self._ack_epoch_start = now
-            expected = 0.0
-        self._ack_epoch_acked += acked
-        extra = min(int(self._ack_epoch_acked - expected), self.congestion_window)
-        index = self._extra_acked_index
-        if extra > self._extra_acked[index]:
-            self._extra_acked[index] = extra
-            self.aggregation_cwnd = min(max(self._extra_acked), int(self.btl_bw * EXTRA_ACKED_MAX))
-
     def _update_cwnd(self, acked: int) -> None:
         if self.state == PROBE_RTT:
             self.congestion_window = MIN_PACKETS * self._mss
             return
         target = self._cwnd_target
         if self.filled_pipe:
-            target += self.aggregation_cwnd
+            target += self.aggregation.extra
         cwnd = self.congestion_window
         if self.filled_pipe:
             cwnd = min(cwnd + acked, target)
@@ -366,7 +335,7 @@ class BbrCongestionControl(QuicCongestionControl):
             cwnd += acked  # grows like slow start while the pipe fills
         # The loss cap bounds what the path holds; ACKs held up on the way (the aggregation estimate) are
         # data the path already delivered, so they come on top of it as they do on top of the target.
-        cap = self.inflight_hi + self.aggregation_cwnd
+        cap = self.inflight_hi + self.aggregation.extra
         if cwnd > cap:
             cwnd = int(cap)
         floor = MIN_PACKETS * self._mss

@@ -51,7 +51,10 @@ def test_install_and_uninstall_service_in_a_unit_dir(tmp_path: Path) -> None:
     assert f"-u {name} -f" in result.stdout  # how to see its logs
     unit = path.read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    assert exec_start.startswith(f"ExecStart={sys.executable} -m kachery_p2p start-daemon ")
+    # the venv's interpreter (python or python3, whichever ran the command), not the base one it links to
+    interpreter, rest = exec_start.removeprefix("ExecStart=").split(" ", 1)
+    assert os.path.dirname(interpreter) == BIN and os.path.basename(interpreter).startswith("python")
+    assert rest.startswith("-m kachery_p2p start-daemon ")
     for part in ('--label "lab node 50%%"', "--bootstrap 127.0.0.1:14507", "--no-lan-discovery",
                  "--api-port 20999", " -v"):
         assert part in exec_start, exec_start

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from kachery_p2p.quic import bbr
+from kachery_p2p.quic import ack_aggregation, bbr
 from kachery_p2p.quic.bbr import NAME, PROBE_BW, PROBE_RTT, BbrCongestionControl
 from kachery_p2p.quic.simlink import Flow, make_net, run_shared, run_transfer
 
@@ -157,7 +157,7 @@ def test_a_wan_path_whose_hosts_acknowledge_in_bursts_stays_full() -> None:
     net.run(3.0, until_done=False)
     assert (flow.delivered - delivered) * 8 / (net.now - started) >= 0.96 * RATE
     cc = controller(flow)
-    assert 0 < cc.aggregation_cwnd <= cc.btl_bw * bbr.EXTRA_ACKED_MAX
+    assert 0 < cc.aggregation.extra <= cc.btl_bw * ack_aggregation.MAX_SECONDS
 
 
 def test_an_ack_of_many_packets_is_taken_together_with_the_same_accounting() -> None:

@@ -514,7 +514,8 @@ def test_a_streaming_copy_cannot_overwrite_a_completed_endgame_copy(tmp_path: Pa
 
             async def fetch(provider: Provider, buffered: bool) -> None:
                 assert piece is not None
-                got = await fetch_piece(download_.sha1, provider, piece, partial, plan, buffered, download_._count)
+                count = download_.count_received
+                got = await fetch_piece(download_.sha1, provider, piece, partial, plan, buffered, count)
                 if got and plan.piece_received(piece, provider.node_id) is not None:
                     liar_may_finish.set()
 
