@@ -8,6 +8,7 @@ signed ``auth`` message verifies (``quic.auth``). Both sides then know which cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -116,6 +117,11 @@ class PeerSession:
         self._tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
+        # Set while none of our channel updates is in flight: until the peer answers one, it may still
+        # refuse a request for a channel we just joined (see ``channels_settled``).
+        self._channels_sent = asyncio.Event()
+        self._channels_sent.set()
+        self._channel_updates = 0
         self._challenge: FrameCollector | None = None
         self._challenge_seen = False
         link.on_new_stream = self._on_new_stream
@@ -204,10 +210,27 @@ class PeerSession:
         nonce = new_nonce()
         binding = self._base_binding + nonce.encode()
         proofs = my_channel_proofs(self.identity, self.my_channels(), binding)
-        reply = messages.check_ok(
-            await self.request_header({"op": "channels", "nonce": nonce, "channelProofs": proofs})
-        )
+        self._channel_updates += 1
+        self._channels_sent.clear()
+        try:
+            reply = messages.check_ok(
+                await self.request_header({"op": "channels", "nonce": nonce, "channelProofs": proofs})
+            )
+        finally:
+            self._channel_updates -= 1
+            if not self._channel_updates:
+                self._channels_sent.set()
         self._set_peer_proofs(messages.parse_proofs(reply.get("channelProofs", [])), binding)
+
+    async def channels_settled(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the peer has answered every channel update we sent; True if
+        one was in flight, so that a request it refused for want of a shared channel is worth asking again
+        (a load right after a join raced the join's update to the peer, and found nobody)."""
+        if self._channels_sent.is_set():
+            return False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await within(self._channels_sent.wait(), timeout)
+        return True
 
     def _answer_channels(self, update: messages.ChannelsUpdate) -> dict[str, Any]:
         binding = self._base_binding + update.nonce.encode()

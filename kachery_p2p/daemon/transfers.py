@@ -55,6 +55,8 @@ class Transfers:
         try:
             header = {"op": "has", "sha1": sha1, "head": messages.HEAD_MAX}
             reply, body = await session.request(header, timeout=timeout)
+            if reply.get("code") == "not_authorized" and await session.channels_settled(timeout):
+                reply, body = await session.request(header, timeout=timeout)  # it has our channels now
             size = messages.check_ok(reply)["size"]
         except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, KeyError):
             return None

@@ -5,6 +5,7 @@ as before."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -91,3 +92,30 @@ def test_a_head_that_does_not_verify_is_never_stored(tmp_path: Path) -> None:
     assert download.bad_providers == [liar.node_id]
     assert not store.content_path(sha1).exists()
     assert not [p for p in store.root.rglob("*") if p.is_file() and p.stat().st_size == len(data)]
+
+
+def test_a_search_right_after_a_join_waits_for_the_peer_to_learn_of_it(tmp_path: Path) -> None:
+    """B joins A's channel and searches at once: A may still refuse ("we share no channel") because B's
+    channel update has not reached it. Before, B concluded A did not have the file (the WAN bench's 80 ms,
+    0.5 % loss row failed once that way); now B waits for its update to be answered and asks again."""
+    net = FakeNet(random.Random(4))
+    a, b = make_nodes(tmp_path, net, ("a", ["lab"]), ("b", []))
+    stored = a.store.store_bytes(os.urandom(3000))
+
+    async def scenario() -> Provider | None:
+        try:
+            session = await b.dial(a)
+            assert session.shared_channels == []
+            transfers = Transfers(b.store, SimpleNamespace(session_for=lambda node_id: None))  # type: ignore[arg-type]
+            b.channels.append("lab")
+            ask = asyncio.ensure_future(transfers._ask(session, stored.sha1, TIMEOUT))  # sent before the update
+            update = asyncio.ensure_future(session.exchange_channels())
+            provider = await ask
+            await update
+            return provider
+        finally:
+            a.close()
+            b.close()
+
+    provider = run(scenario)
+    assert provider is not None and provider.size == 3000
