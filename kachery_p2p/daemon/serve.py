@@ -54,7 +54,12 @@ class FileServer:
                 data = await asyncio.to_thread(path.read_bytes)  # a stored file: a linked one is re-hashed
                 if len(data) == size:
                     self.bytes_served += size
-                    return {"ok": True, "size": size, "head": size}, _once(data)
+                    blocks = _once(data)
+                    if self.on_range is not None:  # an upload like any other: listed, logged ("served ...")
+                        blocks = self.on_range(
+                            session.node_id or "", session.label, session.link.path.kind, request.sha1, size, blocks
+                        )
+                    return {"ok": True, "size": size, "head": size}, blocks
             return {"ok": True, "size": size}, None
         if isinstance(request, messages.GetManifest):
             data = await self._manifest(request.sha1)
