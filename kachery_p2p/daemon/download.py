@@ -28,6 +28,7 @@ from ..transfer.policy import Attempt, DownloadPolicy, fits_on_disk
 from ..transfer.timeline import Timeline
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
 from .download_manifest import provider_manifest, uri_manifest
+from .download_progress import progress_message
 from .download_rounds import STREAMS_PER_PROVIDER, run_rounds
 from .endpoint import LinkClosed
 from .piece_fetch import fetch_piece, lead_time
@@ -282,7 +283,15 @@ class Download:
                     return "busy"
                 log.info("piece %d-%d from %s failed: %s", piece.start, piece.end, short_node_id(provider.node_id), exc)
                 return "failed"
-            if got:
+            except BaseException:
+                # Cancelled (its round ended) or a bug: the piece goes back to the plan, or it would stay "in
+                # flight" with no one fetching it and the download would wait for it forever.
+                plan.piece_failed(piece, provider.node_id)
+                wake.set()
+                raise
+            if not got:
+                plan.piece_failed(piece, provider.node_id)  # this copy lost: no longer one of its fetchers
+            else:
                 pace.record(time.monotonic() - now, size, provider.node_id)
                 index = plan.piece_received(piece, provider.node_id)
                 if index is not None:
@@ -387,12 +396,4 @@ class Download:
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        message: dict[str, Any] = {
-            "bytesLoaded": plan.total_bytes if plan.finished else min(plan.bytes_loaded, plan.total_bytes),
-            "bytesTotal": plan.total_bytes,
-            "providers": len([p for p in self.providers if p.node_id not in plan.banned]),
-            "paths": sorted({p.session.link.path.kind for p in self.providers}),
-        }
-        if self.first_byte_at is not None:
-            message["firstByteSec"] = round(self.first_byte_at - self.started, 4)
-        await self.progress(message)
+        await self.progress(progress_message(plan, self.providers, self.started, self.first_byte_at))

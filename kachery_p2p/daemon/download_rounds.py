@@ -31,11 +31,13 @@ async def run_rounds(
             break
         plan.workers = len(live) * STREAMS_PER_PROVIDER
         workers[:] = [asyncio.ensure_future(worker(p)) for p in live for _ in range(STREAMS_PER_PROVIDER)]
-        all_done: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
         finished_wait: asyncio.Future[Any] = asyncio.ensure_future(finished.wait())
         try:
-            # Done when every chunk is verified, even if a vanished provider's streams still hang.
-            await asyncio.wait({all_done, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
+            # Done when every chunk is verified, even if a vanished provider's streams still hang; otherwise
+            # when every stream has ended, those of providers that joined during the round included (their
+            # pieces in flight were cancelled with the round's end when only the first streams were awaited).
+            while not finished.is_set() and (running := [task for task in workers if not task.done()]):
+                await asyncio.wait({*running, finished_wait}, return_when=asyncio.FIRST_COMPLETED)
             while verifying:
                 await asyncio.gather(*list(verifying))
         finally:
@@ -45,7 +47,6 @@ async def run_rounds(
                 for task in running:
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
-            await asyncio.gather(all_done, return_exceptions=True)
         for task in workers:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]

@@ -26,9 +26,14 @@ from .serve_budget import TRIM_AFTER, collect_and_trim
 
 
 def stream_send_reset(conn: QuicConnection, stream_id: int) -> bool:
-    """Was the stream's sending side reset (by us, or by aioquic on the peer's STOP_SENDING)?"""
+    """Was the stream's sending side reset (by us, or by aioquic on the peer's STOP_SENDING)? Also once
+    aioquic discarded the stream's state (the reset acknowledged, the peer's side ended): sending on it
+    then raises aioquic's ValueError."""
     stream = conn._streams.get(stream_id)
-    return stream is not None and getattr(stream.sender, "_reset_error_code", None) is not None
+    if stream is None:
+        discarded = getattr(conn, "_stream_is_discarded", None)
+        return bool(discarded is not None and discarded(stream_id))
+    return getattr(stream.sender, "_reset_error_code", None) is not None
 
 
 SEND_HIGH_WATER = 1 << 20

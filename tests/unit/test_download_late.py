@@ -107,3 +107,44 @@ def test_a_late_provider_sending_bad_bytes_is_dropped_and_the_file_verifies(stor
     path, download, _ = run_with_late(store, data, honest, liar)
     assert path.read_bytes() == data
     assert liar.node_id in download.bad_providers and honest.node_id not in download.bad_providers
+
+
+class FailingSession(SlowSession):
+    """A provider that answers "has" but fails every "get" after ``delay`` seconds."""
+
+    async def request(self, header: dict[str, Any], sink: Callable[[bytes], None] | None = None,
+                      timeout: float | None = None) -> tuple[dict[str, Any], bytes]:
+        if header["op"] == "has":
+            return {"ok": True, "size": self.size}, b""
+        await asyncio.sleep(self.delay)
+        return {"ok": False, "error": "internal", "message": "disk trouble"}, b""
+
+
+def test_a_late_provider_finishes_the_file_when_every_early_stream_fails(store: ContentStore) -> None:
+    """The early provider's streams all fail while the late provider's are mid-piece. Before, the round
+    (which waited only for the early provider's streams) ended then, cancelling the late provider's pieces
+    without giving them back to the plan: they stayed "in flight" with no one fetching them and the load
+    hung until the client gave up (an integration test timed out at 120 s that way in CI)."""
+    data = os.urandom(3 * MB)
+    failing = FailingSession("failing", data, 0.2)
+    good = SlowSession("good", data, 0.03)  # about 1 s: its streams are mid-piece when the others fail
+
+    async def scenario() -> Path:
+        uri = FileUri(algorithm="sha1", hash=hashlib.sha1(data).hexdigest())
+
+        async def progress(message: dict[str, Any]) -> None:
+            return None
+
+        download = Download(store, uri, [Provider(failing, failing.size)], progress)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(download.run())
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        download.add_provider(Provider(good, good.size))  # type: ignore[arg-type]
+        done, _ = await asyncio.wait({task}, timeout=30.0)
+        if not done:
+            task.cancel()
+            raise AssertionError("the download hung with the late provider's pieces lost")
+        return await task
+
+    path = asyncio.run(scenario())
+    assert path.read_bytes() == data
