@@ -124,8 +124,8 @@ async def fetch_piece(
     finally:
         if not request.done():
             request.cancel()  # resets the stream: the provider stops sending
-    if stop.done() and stop.result() == "taken":
-        return False
+    if (stop.done() and stop.result() == "taken") or not plan.is_open(piece, node_id):
+        return False  # another copy got there first (or the chunk was queued again): the plan forgot the piece
     if not stop.done():
         messages.check_ok(request.result())
     end = plan.end_of(piece)

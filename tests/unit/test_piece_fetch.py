@@ -114,3 +114,32 @@ def test_a_steal_after_an_endgame_copy_was_dropped_never_splits_below_what_arriv
     assert tail is not None
     # before: the progress stayed at 100 KiB and the split fell at ~140 KiB, inside what a had written
     assert tail.start >= 3 * mib, tail
+
+
+def test_a_stolen_piece_completed_by_another_copy_ends_as_taken_not_as_a_short_reply(tmp_path: Path) -> None:
+    """The tail of this fetch's piece is stolen, the fetch reaches the split, and before it resumes an
+    endgame copy from another provider completes the piece. The fetch lost the piece: it returns False.
+    Before, the piece's end had reverted to the whole piece once the plan forgot it, and the fetch failed
+    with "provider sent N of M bytes": its stream quit with a bogus failure (what exposed a hang in CI)."""
+    data = os.urandom(SIZE)
+    plan = DownloadPlan([(0, SIZE)], set(), min_piece_size=SIZE)
+    plan.pace = Pace(1.5, 2.0)
+    events: list[str] = []
+
+    def each(sent: int) -> None:
+        if not events and sent >= SIZE // 3:
+            tail = plan.steal("b" * 64, 1.0, 64 * 1024)
+            assert tail is not None
+            events.append("stolen")
+        elif events == ["stolen"]:
+            # once the fetch stopped at the split: a copy of the (cut) piece by "c" lands whole first
+            (piece,) = [p for p in list(plan._in_flight) if p.start == 0]
+            if plan.end_of(piece) <= sent:
+                assert plan.endgame_piece("c" * 64) == piece
+                assert plan.claim_write(piece, "c" * 64, take_over=True)
+                plan.piece_received(piece, "c" * 64)
+                events.append("taken")
+
+    got, _written, _end = fetch(tmp_path, data, PacketSession(data, each), plan)
+    assert events == ["stolen", "taken"]
+    assert got is False
