@@ -29,7 +29,7 @@ from ..transfer.timeline import Timeline
 from .download_checks import AttemptFailed, disk_full, liars_among, no_attempt_left, piece_hashes
 from .download_manifest import provider_manifest, uri_manifest
 from .download_progress import progress_message
-from .download_rounds import STREAMS_PER_PROVIDER, run_rounds
+from .download_rounds import STREAMS_PER_PROVIDER, Arrivals, run_rounds
 from .endpoint import LinkClosed
 from .piece_fetch import fetch_piece, lead_time
 from .slow import Provider
@@ -85,6 +85,8 @@ class Download:
         self._trusted: Manifest | None = None
         self._attempt_size: int | None = None
         self._join: Callable[[Provider], None] | None = None
+        # Providers the search may still find (Search.feed): waited for when all known so far failed.
+        self.arrivals = Arrivals()
 
     async def run(self) -> Path:
         """Download, verify and store the file. Size claims are tried in turn (``DownloadPolicy``): the
@@ -120,23 +122,21 @@ class Download:
         if any(p.node_id == provider.node_id for p in self._everyone):
             return False
         self._everyone.append(provider)
-        if self._policy is None:
+        if self._policy is None:  # not started yet (it starts with the others), or a range read
             if self._trusted is not None and provider.size != self._trusted.size:
                 return False  # a range read of proven chunks: only the manifest's size
-            self.providers.append(provider)  # not started yet (queued): it starts with the others
-            if self._join is not None:
-                self._join(provider)  # a range read under way
-            return True
-        if self._trusted is not None and provider.size != self._trusted.size:
+        elif self._trusted is not None and provider.size != self._trusted.size:
             self._policy.liars.add(provider.node_id)
             return False
-        self._policy.claims[provider.node_id] = provider.size
-        if provider.size == self._attempt_size and provider.node_id not in self._policy.liars:
-            self.providers.append(provider)
-            if self._join is not None:
-                self._join(provider)
-            return True
-        return False
+        else:
+            self._policy.claims[provider.node_id] = provider.size
+            if provider.size != self._attempt_size or provider.node_id in self._policy.liars:
+                return False
+        self.providers.append(provider)
+        if self._join is not None:
+            self._join(provider)
+        self.arrivals.arrived()
+        return True
 
     async def _attempt(self, attempt: Attempt, trusted: Manifest | None) -> tuple[Path, set[str]]:
         """One try at one claimed size (and, for a big file without a URI manifest, one provider's
@@ -361,8 +361,8 @@ class Download:
         workers: list[asyncio.Future[None]] = []
 
         def join(provider: Provider) -> None:  # a provider found while the download runs starts at once
-            if plan.finished or fatal or provider.node_id in plan.banned:
-                return
+            if plan.finished or fatal or provider.node_id in plan.banned or all(w.done() for w in workers):
+                return  # (between rounds: the next round starts its streams)
             timeline.joined(provider.node_id, time.monotonic())
             plan.workers += STREAMS_PER_PROVIDER
             workers.extend(asyncio.ensure_future(worker(provider)) for _ in range(STREAMS_PER_PROVIDER))
@@ -370,7 +370,7 @@ class Download:
 
         self._join = join
         try:
-            await run_rounds(self.providers, plan, worker, workers, finished, verifying, fatal)
+            await run_rounds(self.providers, plan, worker, workers, finished, verifying, fatal, self.arrivals)
         finally:
             self._join = None
             timeline.done(time.monotonic())

@@ -319,10 +319,15 @@ class Search:
             self.found.put_nowait(None)
 
     async def feed(self, download: Download, joined: Callable[[str], None] | None = None) -> None:
-        """Add each provider found to ``download``; ``joined`` is told the node id of each that joined it."""
-        while (provider := await self.found.get()) is not None:
-            if download.add_provider(provider) and joined is not None:
-                joined(provider.node_id)
+        """Add each provider found to ``download``; ``joined`` is told the node id of each that joined it.
+        Until the search ends, a download whose providers all failed waits for more (Download.arrivals)."""
+        download.arrivals.expect()
+        try:
+            while (provider := await self.found.get()) is not None:
+                if download.add_provider(provider) and joined is not None:
+                    joined(provider.node_id)
+        finally:
+            download.arrivals.ended()
 
     async def stop(self) -> None:
         self._task.cancel()

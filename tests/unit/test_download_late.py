@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from kachery_p2p.daemon.download import Download, Provider
+from kachery_p2p.errors import NotFoundError
 from kachery_p2p.ids import FileUri
 from kachery_p2p.store import ContentStore
 
@@ -148,3 +150,50 @@ def test_a_late_provider_finishes_the_file_when_every_early_stream_fails(store: 
 
     path = asyncio.run(scenario())
     assert path.read_bytes() == data
+
+
+def test_when_every_provider_failed_the_download_waits_for_one_the_search_finds_later(store: ContentStore) -> None:
+    """The only provider found at first fails every piece at once; another answers the search 0.3 s later.
+    Before, the download had already ended with "every provider failed" while the search was still going."""
+    data = os.urandom(MB)
+    failing = FailingSession("failing", data, 0.005)
+    good = SlowSession("good", data, 0.001)
+    uri = FileUri(algorithm="sha1", hash=hashlib.sha1(data).hexdigest())
+
+    async def progress(message: dict[str, Any]) -> None:
+        return None
+
+    async def scenario() -> tuple[Path, float]:
+        download = Download(store, uri, [Provider(failing, failing.size)], progress)  # type: ignore[arg-type]
+        download.arrivals.expect()  # the search goes on (the daemon's Search.feed)
+        task = asyncio.ensure_future(download.run())
+        await asyncio.sleep(0.3)
+        assert not task.done(), "the download gave up while the search was still going"
+        download.add_provider(Provider(good, good.size))  # type: ignore[arg-type]
+        download.arrivals.ended()
+        return await asyncio.wait_for(task, 30.0), good.bytes_sent
+
+    path, sent = asyncio.run(scenario())
+    assert path.read_bytes() == data and sent >= len(data)
+
+
+def test_when_the_search_ends_with_no_one_new_the_download_fails_at_once(store: ContentStore) -> None:
+    data = os.urandom(MB)
+    failing = FailingSession("failing", data, 0.005)
+    uri = FileUri(algorithm="sha1", hash=hashlib.sha1(data).hexdigest())
+
+    async def progress(message: dict[str, Any]) -> None:
+        return None
+
+    async def scenario() -> float:
+        download = Download(store, uri, [Provider(failing, failing.size)], progress)  # type: ignore[arg-type]
+        download.arrivals.expect()
+        task = asyncio.ensure_future(download.run())
+        await asyncio.sleep(0.2)
+        ended_at = time.monotonic()
+        download.arrivals.ended()
+        with pytest.raises(NotFoundError, match="every provider failed"):
+            await asyncio.wait_for(task, 30.0)
+        return time.monotonic() - ended_at
+
+    assert asyncio.run(scenario()) < 5.0  # not a hang: it ends with the search (before, at once)
