@@ -31,7 +31,7 @@ from .download_manifest import provider_manifest, uri_manifest
 from .download_progress import progress_message
 from .download_rounds import STREAMS_PER_PROVIDER, Arrivals, run_rounds
 from .endpoint import LinkClosed
-from .piece_fetch import fetch_piece, lead_time
+from .piece_fetch import fetch_piece, head_piece, lead_time
 from .slow import Provider
 
 log = logging.getLogger("kachery_p2p.download")
@@ -258,6 +258,11 @@ class Download:
                 finished.set()
             wake.set()
 
+        def verify_later(index: int | None) -> None:  # a chunk whose bytes all arrived
+            if index is not None:
+                verifying.add(task := asyncio.ensure_future(verify(index)))
+                task.add_done_callback(verifying.discard)
+
         async def one_piece(
             provider: Provider, piece: Piece, endgame: bool, now: float, early: Callable[[], None]
         ) -> str:
@@ -293,21 +298,16 @@ class Download:
                 plan.piece_failed(piece, provider.node_id)  # this copy lost: no longer one of its fetchers
             else:
                 pace.record(time.monotonic() - now, size, provider.node_id)
-                index = plan.piece_received(piece, provider.node_id)
-                if index is not None:
-                    task = asyncio.ensure_future(verify(index))
-                    verifying.add(task)
-                    task.add_done_callback(verifying.discard)
+                verify_later(plan.piece_received(piece, provider.node_id))
             wake.set()
             await self._report(plan)
             return "ok"
 
         async def work(provider: Provider, fetches: list[asyncio.Future[str]]) -> None:
-            """One stream's worth of pieces from ``provider``. The next piece is asked for when the current
-            one is about a round trip from its end (``fetch_piece``'s ``early``), so the provider never
-            waits for a request between pieces: with every stream of a provider asking only after its
-            piece ended, the streams (served round-robin, so ending together) left the path idle for a
-            round trip each time, 15 % of a 100 Mbit/s, 20 ms path. At most two pieces per stream."""
+            """One stream's worth of pieces from ``provider``. The next piece is asked for when the current one
+            is about a round trip from its end (``fetch_piece``'s ``early``), so the provider never waits for a
+            request between pieces: asking only after each piece ended left the path idle for a round trip
+            each time (15 % of a 100 Mbit/s, 20 ms path). At most two pieces per stream."""
             busy = 0
             while not plan.finished and provider.node_id not in plan.banned and not fatal:
                 now = time.monotonic()
@@ -358,6 +358,7 @@ class Download:
                 if fetches:
                     await asyncio.gather(*fetches, return_exceptions=True)
 
+        verify_later(head_piece(plan, partial, self.providers, self.count_received))  # bytes sent with "has"
         workers: list[asyncio.Future[None]] = []
 
         def join(provider: Provider) -> None:  # a provider found while the download runs starts at once

@@ -118,6 +118,9 @@ async def fetch_piece(
     session = provider.session
     header = {"op": "get", "sha1": sha1, "start": piece.start, "end": plan.end_of(piece)}
     request = asyncio.ensure_future(request_while_alive(session, header, sink, PIECE_TIMEOUT))
+    # Its error is read below when it matters; when the piece ended otherwise (taken, complete, cancelled)
+    # in the same loop turn as the request failed, it is dropped here, not logged by asyncio at collection.
+    request.add_done_callback(lambda done: done.cancelled() or done.exception())
     try:
         waiters: set[asyncio.Future[Any]] = {request, stop}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -141,3 +144,23 @@ async def fetch_piece(
         return True
     flush()
     return plan.claim_write(piece, node_id)
+
+
+def head_piece(
+    plan: DownloadPlan, partial: PartialFile, providers: list[Provider], count: Callable[[int], None]
+) -> int | None:
+    """The first bytes of a larger file that a provider sent with its answer to "has" (``Provider.head``),
+    written as the download's first piece: the file's first bytes are here a round trip before any piece
+    asked for could be. They are verified with their chunk like any other piece (and their provider charged
+    if the chunk fails). The index of the chunk they complete, if they do (to verify now), else None."""
+    for provider in providers:
+        head = provider.head
+        if not head or len(head) >= provider.size:
+            continue  # none, or a whole small file (store_head: checked against the sha1 itself)
+        piece = plan.take_front(len(head), provider.node_id)
+        if piece is None:
+            return None  # the first chunk is verified already (resumed), or not wanted (a range read)
+        partial.write_at(0, memoryview(head)[: piece.size])
+        count(piece.size)
+        return plan.piece_received(piece, provider.node_id)
+    return None

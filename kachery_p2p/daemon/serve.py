@@ -50,17 +50,16 @@ class FileServer:
         if isinstance(request, messages.Has):
             path = await self._path(request.sha1)
             size = path.stat().st_size
-            if 0 < size <= request.head and path == self.store.content_path(request.sha1):
-                data = await asyncio.to_thread(path.read_bytes)  # a stored file: a linked one is re-hashed
-                if len(data) == size:
-                    self.bytes_served += size
-                    blocks = _once(data)
-                    if self.on_range is not None:  # an upload like any other: listed, logged ("served ...")
-                        blocks = self.on_range(
-                            session.node_id or "", session.label, session.link.path.kind, request.sha1, size, blocks
-                        )
-                    return {"ok": True, "size": size, "head": size}, blocks
-            return {"ok": True, "size": size}, None
+            head, peer = min(size, request.head), session.node_id or ""
+            # A linked file's bytes are re-hashed before any is sent: no head for it. Nor when the peer's
+            # serving budget is in use: the asker then fetches the bytes as usual.
+            if head == 0 or path != self.store.content_path(request.sha1) or not self.budget.try_reserve(peer, head):
+                return {"ok": True, "size": size}, None
+            blocks = budgeted(read_file_range(path, 0, head, block=SERVE_BLOCK), self.budget, peer, head)
+            self.bytes_served += head
+            if self.on_range is not None:  # an upload like any other: listed, logged ("served ...")
+                blocks = self.on_range(peer, session.label, session.link.path.kind, request.sha1, size, blocks)
+            return {"ok": True, "size": size, "head": head}, blocks
         if isinstance(request, messages.GetManifest):
             data = await self._manifest(request.sha1)
             return {"ok": True, "length": len(data)}, _once(data)

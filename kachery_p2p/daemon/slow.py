@@ -21,7 +21,8 @@ class Provider:
     first_session: PeerSession
     size: int
     resolve: Callable[[str], PeerSession | None] | None = None
-    # The whole file as sent with the answer to "has" (a small file, unverified until the caller checks it).
+    # The file's first bytes as sent with the answer to "has": all of a small file, or a larger file's first
+    # piece (unverified until the caller checks it).
     head: bytes | None = None
 
     @property
@@ -63,3 +64,5 @@ async def request_while_alive(
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        elif not task.cancelled():
+            task.exception()  # read: a failure as the caller stopped waiting is not logged at collection

@@ -51,9 +51,9 @@ class Transfers:
         self.downloads = DownloadRegistry()
         self.activity = ActivityPump()  # downloads and uploads in progress (kachery-p2p-transfers)
 
-    async def _ask(self, session: PeerSession, sha1: str, timeout: float) -> Provider | None:
+    async def _ask(self, session: PeerSession, sha1: str, timeout: float, head: int = 0) -> Provider | None:
         try:
-            header = {"op": "has", "sha1": sha1, "head": messages.HEAD_MAX}
+            header = {"op": "has", "sha1": sha1, **({"head": head} if head else {})}
             reply, body = await session.request(header, timeout=timeout)
             if reply.get("code") == "not_authorized" and await session.channels_settled(timeout):
                 reply, body = await session.request(header, timeout=timeout)  # it has our channels now
@@ -62,13 +62,16 @@ class Transfers:
             return None
         if not isinstance(size, int) or size < 0:
             return None
-        # A small file comes whole with the answer (servers that do not know "head" send nothing): it is
-        # used only if its sha1 checks out (Download.run), else fetched as any other.
-        head = bytes(body) if reply.get("head") == size and len(body) == size <= messages.HEAD_MAX else None
-        return Provider(session, size, self.peers.session_for, head)
+        # The file's first bytes come with the answer (servers that do not know "head" send none): the whole
+        # of a small file, used only if its sha1 checks out (store_head), or a larger file's first piece,
+        # verified with its chunk like any other piece (head_piece). Unverified either way until then.
+        sent = reply.get("head")
+        fits = type(sent) is int and 0 < sent == len(body) <= min(size, head)
+        return Provider(session, size, self.peers.session_for, bytes(body) if fits else None)
 
-    async def find_providers(self, sha1: str, timeout: float) -> AsyncIterator[Provider]:
-        """Ask every channel peer, including peers that connect while we wait, who has the file.
+    async def find_providers(self, sha1: str, timeout: float, head: int = 0) -> AsyncIterator[Provider]:
+        """Ask every channel peer, including peers that connect while we wait, who has the file (and for
+        its first ``head`` bytes with the answer: a download's).
 
         Ends at the timeout, or earlier once every peer has answered and no connection to a new
         peer is under way (waiting longer could not find anything more)."""
@@ -82,7 +85,7 @@ class Transfers:
                 for session in self.peers.channel_peers():
                     if session.node_id not in asked:
                         asked.add(session.node_id or "")
-                        ask = self._ask(session, sha1, max(0.1, deadline - time.monotonic()))
+                        ask = self._ask(session, sha1, max(0.1, deadline - time.monotonic()), head)
                         pending.add(asyncio.ensure_future(ask))
                 now = time.monotonic()
                 if now >= deadline:
@@ -130,7 +133,7 @@ class Transfers:
     async def _collect(self, sha1: str, timeout: float, rest: list[Search] | None = None) -> list[Provider]:
         """Providers that answer until shortly after the first. With ``rest``, the search goes on: it is
         put there for the caller (who stops it), to add later providers to the running download."""
-        search = Search(self.find_providers(sha1, timeout))
+        search = Search(self.find_providers(sha1, timeout, messages.HEAD_MAX))
         providers: list[Provider] = []
         deadline = time.monotonic() + timeout
         first_at: float | None = None

@@ -8,8 +8,9 @@ Authentication (see ``quic.auth``):
     server -> client:  {"ok": true, "label", "channelProofs": [...]}   (or an error, then close)
 
 Requests, each on a new bidirectional stream opened by either side once authenticated:
-    {"op": "has", "sha1", "head"?}            -> {"ok": true, "size", "manifestSha1"?, "head"?} + the whole
-                                                 file when "head" asked for and size <= min(head, HEAD_MAX)
+    {"op": "has", "sha1", "head"?}            -> {"ok": true, "size", "manifestSha1"?, "head"?} + the file's
+                                                 first n = min(head, HEAD_MAX, size) bytes as "head": n when
+                                                 "head" was asked for (the whole file when n == size)
     {"op": "manifest", "sha1"}                -> {"ok": true, "length"} + manifest JSON bytes
     {"op": "get", "sha1", "start", "end"}     -> {"ok": true, "length"} + bytes [start, end)
     {"op": "channels", "nonce", "channelProofs"} -> {"ok": true, "channelProofs"}
@@ -107,14 +108,17 @@ class Auth:
     channel_proofs: tuple[str, ...]
 
 
-# A file this small comes back with the answer to "has" when asked ("head"): one round trip instead of two.
-HEAD_MAX = 16 * 1024
+# The first bytes of a file come back with the answer to "has" when asked ("head"): a file this small in one
+# round trip instead of two, and a larger one's first piece a round trip earlier. More than a fresh
+# connection's first flight (RFC 9002: 10 packets), and small enough that asking every channel peer at once
+# wastes little when several of them answer.
+HEAD_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
 class Has:
     sha1: str
-    head: int = 0  # the asker takes the whole file with the answer if it is at most this many bytes
+    head: int = 0  # the asker takes up to this many of the file's first bytes with the answer
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,24 @@ class DownloadPlan:
             return piece
         return None
 
+    def take_front(self, size: int, provider: str) -> Piece | None:
+        """Hand out the file's first ``size`` bytes to ``provider`` as a piece of their own: bytes that are
+        already here (a provider's answer carried them). None unless the first chunk is still to fetch
+        whole; the piece is cut to the first chunk."""
+        if not self._queue or size <= 0:
+            return None
+        first = self._queue[0]
+        chunk = self._chunks[first.chunk]
+        if first.start != 0 or chunk.start != 0 or first.end != chunk.end or chunk.pinned:
+            return None
+        piece = Piece(first.chunk, 0, min(size, first.end), first.generation)
+        if piece.end < first.end:
+            self._queue[0] = Piece(first.chunk, piece.end, first.end, first.generation)
+        else:
+            self._queue.popleft()
+        self._in_flight[piece] = {provider}
+        return piece
+
     def endgame_piece(
         self, provider: str, now: float | None = None, min_age: float | Callable[[Piece], float] = 0.0
     ) -> Piece | None:

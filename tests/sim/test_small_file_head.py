@@ -1,7 +1,8 @@
-"""A small file comes whole with a provider's answer to "has" (messages.HEAD_MAX): a small load takes one
-round trip to the provider instead of two (has, then get). Real sessions and FileServer over the in-memory
-network; the head is used only if its sha1 checks out, and servers or clients that do not know "head" work
-as before."""
+"""A file's first bytes come with a provider's answer to "has" (messages.HEAD_MAX): a small load takes one
+round trip to the provider instead of two (has, then get), and a larger file's first piece is here a round
+trip earlier. Real sessions and FileServer over the in-memory network; a whole small file is used only if its
+sha1 checks out, a larger file's first bytes only as a piece verified with its chunk, and servers or clients
+that do not know "head" work as before."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import asyncio
 import hashlib
 import os
 import random
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from test_session_sim import TIMEOUT, FakeNet, make_nodes, no_progress, run
 
 from kachery_p2p.daemon.download import Download, Provider
@@ -20,6 +23,7 @@ from kachery_p2p.daemon.download_head import store_head
 from kachery_p2p.daemon.transfers import Transfers
 from kachery_p2p.ids import FileUri
 from kachery_p2p.quic import messages
+from kachery_p2p.store import ManifestBuilder
 
 
 def test_a_small_file_is_stored_from_the_answer_to_has_without_a_get(tmp_path: Path) -> None:
@@ -34,7 +38,7 @@ def test_a_small_file_is_stored_from_the_answer_to_has_without_a_get(tmp_path: P
         try:
             session = await b.dial(a)
             transfers = Transfers(b.store, SimpleNamespace(session_for=lambda node_id: None))  # type: ignore[arg-type]
-            provider = await transfers._ask(session, stored.sha1, TIMEOUT)
+            provider = await transfers._ask(session, stored.sha1, TIMEOUT, messages.HEAD_MAX)
             assert provider is not None and provider.head == data
 
             async def progress(message: dict[str, Any]) -> None:
@@ -51,7 +55,7 @@ def test_a_small_file_is_stored_from_the_answer_to_has_without_a_get(tmp_path: P
     assert messages_seen and messages_seen[-1]["bytesLoaded"] == messages_seen[-1]["bytesTotal"] == len(data)
 
 
-def test_the_server_sends_a_head_only_when_asked_and_only_for_a_small_file(tmp_path: Path) -> None:
+def test_the_server_sends_the_first_bytes_only_when_asked_and_at_most_head_max(tmp_path: Path) -> None:
     net = FakeNet(random.Random(2))
     a, b = make_nodes(tmp_path, net, ("a", ["lab"]), ("b", ["lab"]))
     small = a.store.store_bytes(os.urandom(500))
@@ -61,7 +65,7 @@ def test_the_server_sends_a_head_only_when_asked_and_only_for_a_small_file(tmp_p
         try:
             session = await b.dial(a)
             asks = [
-                {"op": "has", "sha1": small.sha1},  # a client that does not know "head"
+                {"op": "has", "sha1": small.sha1},  # a client that does not know "head" (or a search: find)
                 {"op": "has", "sha1": small.sha1, "head": 100},  # asks for less than the file
                 {"op": "has", "sha1": big.sha1, "head": 10**9},  # capped at HEAD_MAX
                 {"op": "has", "sha1": small.sha1, "head": messages.HEAD_MAX},
@@ -71,10 +75,118 @@ def test_the_server_sends_a_head_only_when_asked_and_only_for_a_small_file(tmp_p
             a.close()
             b.close()
 
-    plain, too_small, too_big, whole = run(scenario)
-    for reply, body in (plain, too_small, too_big):
-        assert reply["ok"] and "head" not in reply and body == b""
+    plain, first_100, capped, whole = run(scenario)
+    assert plain[0]["ok"] and "head" not in plain[0] and plain[1] == b""
+    assert first_100[0]["head"] == 100 and first_100[1] == a.store.content_path(small.sha1).read_bytes()[:100]
+    big_bytes = a.store.content_path(big.sha1).read_bytes()
+    assert capped[0]["head"] == messages.HEAD_MAX and capped[1] == big_bytes[: messages.HEAD_MAX]
     assert whole[0]["head"] == 500 and whole[1] == a.store.content_path(small.sha1).read_bytes()
+    assert a.server.budget.used == 0  # what was reserved to send them is back
+
+
+def _spy(node: Any, requests: list[messages.Request], head_bytes: Callable[[bytes], bytes] | None = None) -> None:
+    """Record the requests ``node`` serves; with ``head_bytes``, replace what it sends with "has"."""
+    serve = node.server.handle
+
+    async def spy(session: Any, request: messages.Request) -> Any:
+        requests.append(request)
+        reply, blocks = await serve(session, request)
+        if head_bytes is not None and isinstance(request, messages.Has) and blocks is not None:
+            sent = b"".join([block async for block in blocks])
+            return reply, _blocks(head_bytes(sent))
+        return reply, blocks
+
+    node.server.handle = spy
+
+
+async def _blocks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@pytest.mark.parametrize("manifest", [False, True])
+def test_a_larger_files_first_bytes_are_its_first_piece_and_never_fetched_again(tmp_path: Path, manifest: bool) -> None:
+    """The first HEAD_MAX bytes come with the answer to "has"; the download asks only for the rest, and the
+    provider sends no byte twice. With a URI manifest of small chunks, the first chunk is the head plus
+    what is fetched after it."""
+    net = FakeNet(random.Random(5))
+    a, b = make_nodes(tmp_path, net, ("a", ["lab"]), ("b", ["lab"]))
+    data = random.Random(5).randbytes(600_000)
+    stored = a.store.store_bytes(data)
+    uri = FileUri.parse(f"sha1://{stored.sha1}/x")
+    if manifest:  # four chunks of 192 KiB (the first is the head and pieces after it), the manifest stored in A
+        builder = ManifestBuilder(192 * 1024)
+        builder.update(data)
+        built = builder.finish()[1]
+        assert built is not None
+        uri = FileUri.parse(f"sha1://{stored.sha1}/x?manifest={a.store.store_bytes(built.to_json_bytes()).sha1}")
+    requests: list[messages.Request] = []
+    _spy(a, requests)
+
+    async def scenario() -> tuple[Path, Download]:
+        try:
+            session = await b.dial(a)
+            transfers = Transfers(b.store, SimpleNamespace(session_for=lambda node_id: None))  # type: ignore[arg-type]
+            provider = await transfers._ask(session, stored.sha1, TIMEOUT, messages.HEAD_MAX)
+            assert provider is not None and provider.head == data[: messages.HEAD_MAX]
+            download = Download(b.store, uri, [provider], no_progress)
+            assert await store_head(b.store, download) is None  # not a whole file: a piece
+            return await download.run(), download
+        finally:
+            a.close()
+            b.close()
+
+    path, download = run(scenario)
+    assert path == b.store.content_path(stored.sha1) and path.read_bytes() == data
+    gets = [r for r in requests if isinstance(r, messages.GetRange) and r.sha1 == stored.sha1]
+    assert gets and min(r.start for r in gets) == messages.HEAD_MAX
+    assert sum(r.end - r.start for r in gets) == len(data) - messages.HEAD_MAX
+    assert download.bytes_received == len(data) and not download.bad_providers
+
+
+def test_first_bytes_that_lie_are_charged_to_their_provider_and_the_file_comes_right(tmp_path: Path) -> None:
+    """A provider whose answer to "has" carries other bytes (its pieces are honest): the first chunk fails,
+    is fetched again from one provider, and the liar is found and dropped; nothing false is stored."""
+    net = FakeNet(random.Random(6))
+    liar, honest, b = make_nodes(tmp_path, net, ("liar", ["lab"]), ("honest", ["lab"]), ("b", ["lab"]))
+    data = random.Random(6).randbytes(700_000)
+    stored = liar.store.store_bytes(data)
+    honest.store.store_bytes(data)
+    _spy(liar, [], head_bytes=lambda sent: bytes(255 - x for x in sent))
+
+    async def scenario() -> tuple[Path, Download]:
+        try:
+            sessions = [await b.dial(liar), await b.dial(honest)]
+            transfers = Transfers(b.store, SimpleNamespace(session_for=lambda node_id: None))  # type: ignore[arg-type]
+            providers = [await transfers._ask(s, stored.sha1, TIMEOUT, messages.HEAD_MAX) for s in sessions]
+            assert all(p is not None and p.head is not None for p in providers)
+            download = Download(b.store, FileUri.parse(f"sha1://{stored.sha1}/x"), providers, no_progress)  # type: ignore[arg-type]
+            return await download.run(), download
+        finally:
+            for node in (liar, honest, b):
+                node.close()
+
+    path, download = run(scenario)
+    assert path.read_bytes() == data
+    assert download.bad_providers == [liar.identity.node_id]
+
+
+def test_first_bytes_longer_than_asked_for_or_than_announced_are_ignored(tmp_path: Path) -> None:
+    net = FakeNet(random.Random(7))
+    a, b = make_nodes(tmp_path, net, ("a", ["lab"]), ("b", ["lab"]))
+    stored = a.store.store_bytes(os.urandom(5000))
+    _spy(a, [], head_bytes=lambda sent: sent + b"x")  # one byte more than its reply's "head" says
+
+    async def scenario() -> list[Provider | None]:
+        try:
+            session = await b.dial(a)
+            transfers = Transfers(b.store, SimpleNamespace(session_for=lambda node_id: None))  # type: ignore[arg-type]
+            return [await transfers._ask(session, stored.sha1, TIMEOUT, head) for head in (100, 0)]
+        finally:
+            a.close()
+            b.close()
+
+    for provider in run(scenario):
+        assert provider is not None and provider.size == 5000 and provider.head is None
 
 
 def test_a_head_that_does_not_verify_is_never_stored(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from kachery_p2p.daemon.download import Download, Provider
 from kachery_p2p.daemon.endpoint import LinkClosed
 from kachery_p2p.errors import NotFoundError
 from kachery_p2p.ids import FileUri
+from kachery_p2p.quic.messages import HEAD_MAX
 from kachery_p2p.store import ContentStore, ManifestBuilder
 
 BLOCK = 16 * 1024
@@ -135,8 +136,19 @@ def test_a_range_read_of_many_chunks_ends_and_blames_no_honest_provider(
     run_scenario(seed, 192 * 1024, tmp_path, monkeypatch, read_range=True)
 
 
+# The first bytes in hand with the answer to "has" (Provider.head: a liar's are false too) for the providers
+# known at the start: they become the first piece (head_piece), fetched after them, failed and blamed like any.
+@pytest.mark.parametrize(("seed", "chunk_size"), [*((s, None) for s in range(300, 306)),
+                                                  *((s, 192 * 1024) for s in range(400, 406))])
+def test_a_download_with_first_bytes_in_hand_ends_and_blames_no_honest_provider(
+    seed: int, chunk_size: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_scenario(seed, chunk_size, tmp_path, monkeypatch, heads=True)
+
+
 def run_scenario(
-    seed: int, chunk_size: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_range: bool = False
+    seed: int, chunk_size: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_range: bool = False,
+    heads: bool = False,
 ) -> None:
     monkeypatch.setattr(download_module, "MAX_PIECE", 256 * 1024)
     monkeypatch.setattr(download_module, "MIN_PIECE", 32 * 1024)
@@ -148,7 +160,9 @@ def run_scenario(
     async def progress(message: dict[str, Any]) -> None:
         return None
 
-    download = Download(store, uri, [Provider(s, s.size) for s in first], progress)  # type: ignore[arg-type]
+    head = HEAD_MAX if heads else 0
+    download = Download(store, uri, [Provider(s, s.size, None, s.data[:head] or None) for s in first],  # type: ignore[arg-type]
+                        progress)
 
     rng = random.Random(seed + 7)
     start = rng.randrange(len(data))

@@ -5,6 +5,7 @@ receiver's CPU per MB), and a tail stolen in the middle still ends the fetch exa
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 from collections.abc import Callable
@@ -143,3 +144,42 @@ def test_a_stolen_piece_completed_by_another_copy_ends_as_taken_not_as_a_short_r
     got, _written, _end = fetch(tmp_path, data, PacketSession(data, each), plan)
     assert events == ["stolen", "taken"]
     assert got is False
+
+
+def test_a_request_that_fails_as_its_piece_is_taken_leaves_no_unretrieved_error(tmp_path: Path) -> None:
+    """The piece is taken by another copy (the sink sees it) and the provider's reply fails in the same loop
+    turn: the fetch ends as "taken", and the request's error is consumed, not logged by asyncio as "Task
+    exception was never retrieved" with a traceback (the daemon log showed these after endgame stops)."""
+    data = os.urandom(4 * CHECK_BYTES)
+    plan = DownloadPlan([(0, len(data))], set())
+    unretrieved: list[dict[str, Any]] = []
+
+    class FailingSession(PacketSession):
+        async def request(self, header: dict[str, Any], sink: Callable[[bytes], None] | None = None,
+                          timeout: float | None = None) -> tuple[dict[str, Any], bytes]:
+            assert sink is not None
+            await asyncio.sleep(0)
+            plan.piece_failed(piece, self.node_id)  # another copy won: the plan forgot this one's piece
+            sink(data[:CHECK_BYTES])  # the sink sees it: "taken"
+            raise ConnectionResetError("the provider's stream broke")  # and the reply fails at once
+
+    async def scenario() -> bool:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: unretrieved.append(context))
+        try:
+            return await fetch_piece(sha1, provider, piece, partial, plan, False, lambda n: None)
+        finally:
+            await asyncio.sleep(0)
+            gc.collect()  # a task whose error nobody retrieved reports it when collected
+
+    store = ContentStore(tmp_path / "store")
+    sha1 = hashlib.sha1(data).hexdigest()
+    provider = Provider(FailingSession(data), len(data))  # type: ignore[arg-type]
+    piece = plan.next_piece(provider.node_id, 0.0)
+    assert piece is not None
+    partial = store.open_partial(sha1, len(data), None)
+    try:
+        assert asyncio.run(scenario()) is False
+        gc.collect()
+    finally:
+        partial.close()
+    assert not unretrieved, unretrieved

@@ -383,3 +383,34 @@ def test_a_stale_endgame_copy_is_not_taken_for_the_refetch() -> None:
     plan.piece_received(stale, "y")
     assert plan.bytes_received == before, "the stale copy was counted"
     assert plan.is_open(refetch), "z's re-fetch was closed by y's stale copy"
+
+
+def test_bytes_already_here_become_the_first_piece_and_the_rest_is_fetched_after_them() -> None:
+    plan = DownloadPlan([(0, 1000), (1000, 2000)], set(), piece_size=300)
+    head = plan.take_front(120, "a")
+    assert head == Piece(0, 0, 120)
+    assert plan.piece_received(head, "a") is None  # the chunk still misses bytes
+    pieces = []
+    while (piece := plan.next_piece("b")) is not None:
+        pieces.append(piece)
+    assert pieces[0].start == 120 and [(p.start, p.end) for p in pieces][:4] == [(120, 420), (420, 720), (720, 1000),
+                                                                                    (1000, 1300)]
+    for piece in pieces:
+        plan.piece_received(piece, "b")
+    assert plan.bytes_received == 2000
+    assert plan.piece_sources(0) == {(0, 120): "a", (120, 420): "b", (420, 720): "b", (720, 1000): "b"}
+
+
+def test_bytes_already_here_are_cut_to_the_first_chunk_and_refused_once_it_is_not_whole_to_fetch() -> None:
+    plan = DownloadPlan([(0, 100), (100, 300)], set())
+    head = plan.take_front(250, "a")
+    assert head == Piece(0, 0, 100)
+    assert plan.piece_received(head, "a") == 0  # the whole first chunk: verify it now
+    assert plan.take_front(50, "a") is None  # its first chunk is out already
+    assert DownloadPlan([(0, 100), (100, 300)], {0}).take_front(50, "a") is None  # verified (resumed)
+    assert DownloadPlan([(0, 100)], set()).take_front(0, "a") is None
+    failed = DownloadPlan([(0, 100), (100, 300)], set())
+    first = failed.next_piece("a")
+    assert first is not None and failed.piece_received(first, "a") == 0
+    failed.chunk_failed(0)  # pinned now: fetched again from one provider, not from bytes in hand
+    assert failed.take_front(50, "b") is None
