@@ -31,7 +31,7 @@ from .download_manifest import provider_manifest, uri_manifest
 from .download_progress import progress_message
 from .download_rounds import STREAMS_PER_PROVIDER, Arrivals, run_rounds
 from .endpoint import LinkClosed
-from .piece_fetch import fetch_piece, head_piece, lead_time
+from .piece_fetch import fetch_piece, lead_time, start_head_piece
 from .slow import Provider
 
 log = logging.getLogger("kachery_p2p.download")
@@ -59,14 +59,8 @@ def new_plan(chunks: list[tuple[int, int]], verified: set[int]) -> DownloadPlan:
 
 
 class Download:
-    def __init__(
-        self, store: ContentStore, uri: FileUri, providers: list[Provider], progress: Progress
-    ) -> None:
-        self.store = store
-        self.uri = uri
-        self.sha1 = uri.sha1
-        self.providers = providers
-        self.progress = progress
+    def __init__(self, store: ContentStore, uri: FileUri, providers: list[Provider], progress: Progress) -> None:
+        self.store, self.uri, self.sha1, self.providers, self.progress = store, uri, uri.sha1, providers, progress
         self.bad_providers: list[str] = []
         self._last_progress = 0.0
         self.started = time.monotonic()
@@ -258,10 +252,11 @@ class Download:
                 finished.set()
             wake.set()
 
-        def verify_later(index: int | None) -> None:  # a chunk whose bytes all arrived
+        def verify_later(index: int | None) -> None:  # a piece ended: verify the chunk whose bytes all arrived
             if index is not None:
                 verifying.add(task := asyncio.ensure_future(verify(index)))
                 task.add_done_callback(verifying.discard)
+            wake.set()
 
         async def one_piece(
             provider: Provider, piece: Piece, endgame: bool, now: float, early: Callable[[], None]
@@ -358,7 +353,7 @@ class Download:
                 if fetches:
                     await asyncio.gather(*fetches, return_exceptions=True)
 
-        verify_later(head_piece(plan, partial, self.providers, self.count_received))  # bytes sent with "has"
+        heading = start_head_piece(plan, partial, self.providers, self.count_received, verify_later)
         workers: list[asyncio.Future[None]] = []
 
         def join(provider: Provider) -> None:  # a provider found while the download runs starts at once
@@ -374,6 +369,8 @@ class Download:
             await run_rounds(self.providers, plan, worker, workers, finished, verifying, fatal, self.arrivals)
         finally:
             self._join = None
+            if heading is not None:
+                heading.cancel()  # the first bytes that come with "has", if still on their way
             timeline.done(time.monotonic())
             log.info("pieces of %s (%d bytes%s): %s", self.sha1, plan.total_bytes,
                      "" if plan.finished else f", stopped with {plan.bytes_pending} to hand out and"

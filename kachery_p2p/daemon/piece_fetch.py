@@ -13,6 +13,8 @@ from ..quic import messages
 from ..quic.settings import smoothed_rtt
 from ..store import PartialFile
 from ..transfer.plan import DownloadPlan, Piece
+from .deadline import within
+from .link import LinkClosed
 from .session import PeerSession
 from .slow import Provider, request_while_alive
 
@@ -146,21 +148,54 @@ async def fetch_piece(
     return plan.claim_write(piece, node_id)
 
 
-def head_piece(
-    plan: DownloadPlan, partial: PartialFile, providers: list[Provider], count: Callable[[int], None]
-) -> int | None:
-    """The first bytes of a larger file that a provider sent with its answer to "has" (``Provider.head``),
-    written as the download's first piece: the file's first bytes are here a round trip before any piece
-    asked for could be. They are verified with their chunk like any other piece (and their provider charged
-    if the chunk fails). The index of the chunk they complete, if they do (to verify now), else None."""
+def start_head_piece(
+    plan: DownloadPlan, partial: PartialFile, providers: list[Provider], count: Callable[[int], None],
+    received: Callable[[int | None], None],
+) -> asyncio.Task[None] | None:
+    """The first bytes of a larger file that a provider sends with its answer to "has" (``Provider.head_coming``)
+    become the download's first piece, in flight from that provider while the other pieces are asked for: the
+    path does not idle for the round trip of the first requests. The task that writes them when they are all
+    here; ``received`` gets the index of the chunk they complete (to verify), or None. Verified with their
+    chunk like any piece (their provider charged if it fails); if they never come whole, the piece is
+    fetched again as any other. Other providers' first bytes are not used: they are stopped."""
+    chosen = next((p for p in providers if p.head_coming is not None), None)
+    piece = plan.take_front(chosen.head_coming.size, chosen.node_id) if chosen and chosen.head_coming else None
     for provider in providers:
-        head = provider.head
-        if not head or len(head) >= provider.size:
-            continue  # none, or a whole small file (store_head: checked against the sha1 itself)
-        piece = plan.take_front(len(head), provider.node_id)
-        if piece is None:
-            return None  # the first chunk is verified already (resumed), or not wanted (a range read)
-        partial.write_at(0, memoryview(head)[: piece.size])
-        count(piece.size)
-        return plan.piece_received(piece, provider.node_id)
-    return None
+        if provider.head_coming is not None and (provider is not chosen or piece is None):
+            _drop_head(provider)  # (no piece: the first chunk is verified already, resumed, or not wanted)
+    if chosen is None or piece is None:
+        return None
+    return asyncio.ensure_future(_receive_head(plan, partial, chosen, piece, count, received))
+
+
+def _drop_head(provider: Provider) -> None:
+    if provider.head_coming is not None:
+        provider.head_coming.stop()
+        provider.head_coming = None
+
+
+async def _receive_head(
+    plan: DownloadPlan, partial: PartialFile, provider: Provider, piece: Piece, count: Callable[[int], None],
+    received: Callable[[int | None], None],
+) -> None:
+    coming = provider.head_coming
+    assert coming is not None
+    try:
+        data = await within(asyncio.shield(coming.body), PIECE_TIMEOUT)  # not cancelled: stop() resets the stream
+        if len(data) != coming.size:
+            raise RemoteProtocolError(f"provider sent {len(data)} of the {coming.size} first bytes it announced")
+    except BaseException as exc:
+        _drop_head(provider)
+        plan.piece_failed(piece, provider.node_id)  # asked for again, as any piece that did not arrive
+        received(None)
+        if isinstance(exc, (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, OSError)):
+            return
+        raise
+    # Whole, like an endgame copy that arrived whole: it takes the piece over from a copy being written.
+    if not plan.claim_write(piece, provider.node_id, take_over=True):
+        plan.piece_failed(piece, provider.node_id)  # another copy got there first
+        received(None)
+        return
+    partial.write_at(piece.start, memoryview(data)[: piece.size])
+    count(piece.size)
+    received(plan.piece_received(piece, provider.node_id))

@@ -261,6 +261,26 @@ class PeerSession:
             raise
         return collector.header.result(), body
 
+    async def request_early(
+        self, header: dict[str, Any], timeout: float, max_body: int
+    ) -> tuple[dict[str, Any], asyncio.Future[bytes], Callable[[], None]]:
+        """Send a request; return its response header as soon as it arrives, with the body still to come (a
+        future, failed if the stream breaks or the body is over ``max_body``) and how to stop it (a reset)."""
+        collector = FrameCollector(max_body=max_body)
+        stream_id = self.link.open_stream(collector)
+        self.link.send(stream_id, encode_frame(header), end=True)
+        try:
+            reply = await within(collector.header, timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self.link.reset(stream_id)
+            raise
+
+        def stop() -> None:
+            if not collector.done.done():
+                self.link.reset(stream_id)
+
+        return reply, collector.done, stop
+
     # -- requests we serve --------------------------------------------------------------------------
     def _on_new_stream(self, stream_id: int) -> FrameCollector | None:
         is_uni = bool(stream_id & 2)

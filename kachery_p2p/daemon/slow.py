@@ -14,6 +14,15 @@ from .session import PeerSession
 
 
 @dataclass
+class HeadComing:
+    """A larger file's first ``size`` bytes, on their way as the body of the answer to "has"."""
+
+    size: int
+    body: asyncio.Future[bytes]
+    stop: Callable[[], None]  # resets the answer's stream: the provider stops sending them
+
+
+@dataclass
 class Provider:
     """A peer that has the file. Its session is looked up at each use, so a provider reached through
     a relay moves to the direct path as soon as one opens."""
@@ -21,9 +30,10 @@ class Provider:
     first_session: PeerSession
     size: int
     resolve: Callable[[str], PeerSession | None] | None = None
-    # The file's first bytes as sent with the answer to "has": all of a small file, or a larger file's first
-    # piece (unverified until the caller checks it).
+    # The file's first bytes sent with the answer to "has" (unverified until the caller checks them): all of
+    # a small file, here once the answer is; or a larger file's first piece, still on its way.
     head: bytes | None = None
+    head_coming: HeadComing | None = None
 
     @property
     def node_id(self) -> str:

@@ -22,6 +22,7 @@ from .endpoint import LinkClosed
 from .files import RangeReader
 from .running import DownloadRegistry, RunningDownload, path_result
 from .session import PeerSession
+from .slow import HeadComing
 
 if TYPE_CHECKING:
     from ..store import ContentStore
@@ -52,22 +53,35 @@ class Transfers:
         self.activity = ActivityPump()  # downloads and uploads in progress (kachery-p2p-transfers)
 
     async def _ask(self, session: PeerSession, sha1: str, timeout: float, head: int = 0) -> Provider | None:
+        """Does the peer have the file, and (``head``) its first bytes with the answer (servers that do not
+        know "head" send none): all of a small file, waited for here and used only if its sha1 checks out
+        (store_head); or a larger file's first piece, not waited for: it streams in while the download
+        starts, and is verified with its chunk like any piece (piece_fetch.start_head_piece)."""
+        header = {"op": "has", "sha1": sha1, **({"head": head} if head else {})}
         try:
-            header = {"op": "has", "sha1": sha1, **({"head": head} if head else {})}
-            reply, body = await session.request(header, timeout=timeout)
+            reply, body, stop = await session.request_early(header, timeout, head)
             if reply.get("code") == "not_authorized" and await session.channels_settled(timeout):
-                reply, body = await session.request(header, timeout=timeout)  # it has our channels now
+                reply, body, stop = await session.request_early(header, timeout, head)  # it has our channels now
             size = messages.check_ok(reply)["size"]
         except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError, KeyError):
             return None
         if not isinstance(size, int) or size < 0:
+            stop()
             return None
-        # The file's first bytes come with the answer (servers that do not know "head" send none): the whole
-        # of a small file, used only if its sha1 checks out (store_head), or a larger file's first piece,
-        # verified with its chunk like any other piece (head_piece). Unverified either way until then.
+        provider = Provider(session, size, self.peers.session_for)
         sent = reply.get("head")
-        fits = type(sent) is int and 0 < sent == len(body) <= min(size, head)
-        return Provider(session, size, self.peers.session_for, bytes(body) if fits else None)
+        if type(sent) is not int or not 0 < sent <= min(size, head):
+            return provider
+        if sent < size:
+            provider.head_coming = HeadComing(sent, body, stop)
+            return provider
+        try:
+            data = await within(body, timeout)
+        except (RemoteProtocolError, LinkClosed, asyncio.TimeoutError):
+            stop()
+            return provider
+        provider.head = data if len(data) == size else None
+        return provider
 
     async def find_providers(self, sha1: str, timeout: float, head: int = 0) -> AsyncIterator[Provider]:
         """Ask every channel peer, including peers that connect while we wait, who has the file (and for

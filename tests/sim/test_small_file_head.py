@@ -84,12 +84,15 @@ def test_the_server_sends_the_first_bytes_only_when_asked_and_at_most_head_max(t
     assert a.server.budget.used == 0  # what was reserved to send them is back
 
 
-def _spy(node: Any, requests: list[messages.Request], head_bytes: Callable[[bytes], bytes] | None = None) -> None:
+def _spy(node: Any, requests: list[messages.Request], head_bytes: Callable[[bytes], bytes] | None = None,
+         on_get: Callable[[], None] = lambda: None) -> None:
     """Record the requests ``node`` serves; with ``head_bytes``, replace what it sends with "has"."""
     serve = node.server.handle
 
     async def spy(session: Any, request: messages.Request) -> Any:
         requests.append(request)
+        if isinstance(request, messages.GetRange):
+            on_get()
         reply, blocks = await serve(session, request)
         if head_bytes is not None and isinstance(request, messages.Has) and blocks is not None:
             sent = b"".join([block async for block in blocks])
@@ -106,9 +109,10 @@ async def _blocks(data: bytes) -> AsyncIterator[bytes]:
 @pytest.mark.parametrize("manifest", [False, True])
 def test_a_larger_files_first_bytes_are_its_first_piece_and_never_fetched_again(tmp_path: Path, manifest: bool) -> None:
     """The first HEAD_MAX bytes come with the answer to "has"; the download asks only for the rest, and the
-    provider sends no byte twice. With a URI manifest of small chunks, the first chunk is the head plus
-    what is fetched after it."""
-    net = FakeNet(random.Random(5))
+    provider sends no byte twice. The answer is used as soon as its header is here: the other pieces are
+    asked for while those first bytes still stream in (a 40 ms round trip, a fresh connection's window: they
+    take several). With a URI manifest of small chunks, the first chunk is the head plus what follows it."""
+    net = FakeNet(random.Random(5), delay=0.02)
     a, b = make_nodes(tmp_path, net, ("a", ["lab"]), ("b", ["lab"]))
     data = random.Random(5).randbytes(600_000)
     stored = a.store.store_bytes(data)
@@ -120,17 +124,23 @@ def test_a_larger_files_first_bytes_are_its_first_piece_and_never_fetched_again(
         assert built is not None
         uri = FileUri.parse(f"sha1://{stored.sha1}/x?manifest={a.store.store_bytes(built.to_json_bytes()).sha1}")
     requests: list[messages.Request] = []
-    _spy(a, requests)
+    events: list[str] = []
+    _spy(a, requests, on_get=lambda: events.append("a get served"))
 
     async def scenario() -> tuple[Path, Download]:
         try:
             session = await b.dial(a)
             transfers = Transfers(b.store, SimpleNamespace(session_for=lambda node_id: None))  # type: ignore[arg-type]
             provider = await transfers._ask(session, stored.sha1, TIMEOUT, messages.HEAD_MAX)
-            assert provider is not None and provider.head == data[: messages.HEAD_MAX]
+            assert provider is not None and provider.head is None and provider.head_coming is not None
+            coming = provider.head_coming
+            assert coming.size == messages.HEAD_MAX and not coming.body.done()  # the answer, not yet its bytes
+            coming.body.add_done_callback(lambda _body: events.append("first bytes here"))
             download = Download(b.store, uri, [provider], no_progress)
             assert await store_head(b.store, download) is None  # not a whole file: a piece
-            return await download.run(), download
+            path = await download.run()
+            assert coming.body.result() == data[: messages.HEAD_MAX]
+            return path, download
         finally:
             a.close()
             b.close()
@@ -141,6 +151,7 @@ def test_a_larger_files_first_bytes_are_its_first_piece_and_never_fetched_again(
     assert gets and min(r.start for r in gets) == messages.HEAD_MAX
     assert sum(r.end - r.start for r in gets) == len(data) - messages.HEAD_MAX
     assert download.bytes_received == len(data) and not download.bad_providers
+    assert events.index("a get served") < events.index("first bytes here")
 
 
 def test_first_bytes_that_lie_are_charged_to_their_provider_and_the_file_comes_right(tmp_path: Path) -> None:
@@ -158,7 +169,7 @@ def test_first_bytes_that_lie_are_charged_to_their_provider_and_the_file_comes_r
             sessions = [await b.dial(liar), await b.dial(honest)]
             transfers = Transfers(b.store, SimpleNamespace(session_for=lambda node_id: None))  # type: ignore[arg-type]
             providers = [await transfers._ask(s, stored.sha1, TIMEOUT, messages.HEAD_MAX) for s in sessions]
-            assert all(p is not None and p.head is not None for p in providers)
+            assert all(p is not None and p.head_coming is not None for p in providers)
             download = Download(b.store, FileUri.parse(f"sha1://{stored.sha1}/x"), providers, no_progress)  # type: ignore[arg-type]
             return await download.run(), download
         finally:
@@ -170,23 +181,36 @@ def test_first_bytes_that_lie_are_charged_to_their_provider_and_the_file_comes_r
     assert download.bad_providers == [liar.identity.node_id]
 
 
-def test_first_bytes_longer_than_asked_for_or_than_announced_are_ignored(tmp_path: Path) -> None:
+def test_first_bytes_other_than_announced_are_not_used_and_fetched_again(tmp_path: Path) -> None:
+    """A provider that sends one byte more than its answer's "head" says: a whole small file that is not
+    used (its length is wrong), a larger file's first piece that is fetched again; the file comes right."""
     net = FakeNet(random.Random(7))
     a, b = make_nodes(tmp_path, net, ("a", ["lab"]), ("b", ["lab"]))
-    stored = a.store.store_bytes(os.urandom(5000))
-    _spy(a, [], head_bytes=lambda sent: sent + b"x")  # one byte more than its reply's "head" says
+    data = os.urandom(5000)
+    stored = a.store.store_bytes(data)
+    requests: list[messages.Request] = []
+    _spy(a, requests, head_bytes=lambda sent: sent + b"x")
 
-    async def scenario() -> list[Provider | None]:
+    async def scenario() -> tuple[list[Provider | None], Path]:
         try:
             session = await b.dial(a)
             transfers = Transfers(b.store, SimpleNamespace(session_for=lambda node_id: None))  # type: ignore[arg-type]
-            return [await transfers._ask(session, stored.sha1, TIMEOUT, head) for head in (100, 0)]
+            asked = [await transfers._ask(session, stored.sha1, TIMEOUT, head) for head in (0, messages.HEAD_MAX)]
+            prefix = await transfers._ask(session, stored.sha1, TIMEOUT, 100)
+            assert prefix is not None and prefix.head_coming is not None and prefix.head_coming.size == 100
+            download = Download(b.store, FileUri.parse(f"sha1://{stored.sha1}/x"), [prefix], no_progress)
+            return asked, await download.run()
         finally:
             a.close()
             b.close()
 
-    for provider in run(scenario):
+    asked, path = run(scenario)
+    for provider in asked:
         assert provider is not None and provider.size == 5000 and provider.head is None
+        assert provider.head_coming is None
+    assert path.read_bytes() == data
+    # the rest was asked for at once; the first 100 bytes again once they came wrong
+    assert sorted((r.start, r.end) for r in requests if isinstance(r, messages.GetRange)) == [(0, 100), (100, 5000)]
 
 
 def test_a_head_that_does_not_verify_is_never_stored(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from kachery_p2p.daemon import download as download_module
 from kachery_p2p.daemon import piece_fetch
 from kachery_p2p.daemon.download import Download, Provider
 from kachery_p2p.daemon.endpoint import LinkClosed
+from kachery_p2p.daemon.slow import HeadComing
 from kachery_p2p.errors import NotFoundError
 from kachery_p2p.ids import FileUri
 from kachery_p2p.quic.messages import HEAD_MAX
@@ -136,6 +137,30 @@ def test_a_range_read_of_many_chunks_ends_and_blames_no_honest_provider(
     run_scenario(seed, 192 * 1024, tmp_path, monkeypatch, read_range=True)
 
 
+def first_bytes(session: ChaosSession, rng: random.Random) -> HeadComing:
+    """The first bytes that come after the answer to "has", as its provider behaves: after a while, or (a
+    faulty one, at times) never, or the stream breaks; a liar's are false."""
+    body: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    size = min(HEAD_MAX, session.size)
+    loop = asyncio.get_running_loop()
+
+    def settle(outcome: bytes | Exception) -> None:  # as the stream's collector does (unless stopped before)
+        if body.done():
+            return
+        if isinstance(outcome, Exception):
+            body.set_exception(outcome)
+            body.exception()
+        else:
+            body.set_result(outcome)
+
+    if session.kind in FAULTY and rng.random() < 0.35:
+        if session.kind != "staller":
+            loop.call_later(rng.uniform(0.0, 0.01), settle, LinkClosed("the stream broke"))
+    else:
+        loop.call_later(rng.uniform(0.0, 0.02), settle, session.data[:size])
+    return HeadComing(size, body, lambda: None if body.done() else body.cancel())
+
+
 # The first bytes in hand with the answer to "has" (Provider.head: a liar's are false too) for the providers
 # known at the start: they become the first piece (head_piece), fetched after them, failed and blamed like any.
 @pytest.mark.parametrize(("seed", "chunk_size"), [*((s, None) for s in range(300, 306)),
@@ -160,9 +185,7 @@ def run_scenario(
     async def progress(message: dict[str, Any]) -> None:
         return None
 
-    head = HEAD_MAX if heads else 0
-    download = Download(store, uri, [Provider(s, s.size, None, s.data[:head] or None) for s in first],  # type: ignore[arg-type]
-                        progress)
+    download = Download(store, uri, [Provider(s, s.size) for s in first], progress)  # type: ignore[arg-type]
 
     rng = random.Random(seed + 7)
     start = rng.randrange(len(data))
@@ -178,6 +201,9 @@ def run_scenario(
             os.close(fd)
 
     async def run() -> Path | bytes | None:
+        if heads:
+            for provider in download.providers:
+                provider.head_coming = first_bytes(provider.first_session, rng)  # type: ignore[arg-type]
         download.arrivals.expect()  # the search goes on, as in the daemon (Search.feed)
         task = asyncio.ensure_future(fetch())
         for session in late:

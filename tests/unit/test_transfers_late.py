@@ -52,6 +52,14 @@ class Peer:
         return {"ok": True, "length": len(body)}, b""
 
 
+    async def request_early(self, header: dict[str, Any], timeout: float,
+                            max_body: int) -> tuple[dict[str, Any], asyncio.Future[bytes], Callable[[], None]]:
+        reply, body = await self.request(header, timeout=timeout)
+        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        done.set_result(body)
+        return reply, done, lambda: None
+
+
 class Peers:
     def __init__(self, sessions: list[Peer]) -> None:
         self.sessions = sessions
