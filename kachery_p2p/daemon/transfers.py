@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ..store import ContentStore
     from .peers import PeerTable
 
+log = logging.getLogger("kachery_p2p.transfers")
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 FIND_TIMEOUT = 5.0
 # After the first provider answers, others are waited for only this long: the download starts, and
@@ -234,9 +236,7 @@ class Transfers:
         try:
             return await self._load_with(entry, download)
         finally:
-            if feeder is not None:
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
+            await _stop_feeder(feeder)
 
     async def _load_with(self, entry: RunningDownload, download: Download) -> Path:
         uri = entry.uri
@@ -299,9 +299,7 @@ class Transfers:
                         fd, _size = await download.fetch_range(start, end if end is not None else 1 << 62)
                 return fd
             finally:
-                if feeder is not None:
-                    feeder.cancel()
-                    await asyncio.gather(feeder, return_exceptions=True)
+                await _stop_feeder(feeder)
                 for search in rest:
                     await search.stop()
 
@@ -315,6 +313,17 @@ class Transfers:
             raise UsageError(f"bad range: start {start} is after end {last} (file size {size})")
         reader.end = last
         return last - start, reader.stream(entry)
+
+
+async def _stop_feeder(feeder: asyncio.Future[None] | None) -> None:
+    """Stop the task that adds late providers to a running download; a failure of its own is logged (it
+    would otherwise pass unseen: the download goes on without the providers it would have added)."""
+    if feeder is None:
+        return
+    feeder.cancel()
+    (outcome,) = await asyncio.gather(feeder, return_exceptions=True)
+    if isinstance(outcome, Exception):
+        log.error("adding late providers to a download failed", exc_info=outcome)
 
 
 async def _no_progress(message: dict[str, Any]) -> None:

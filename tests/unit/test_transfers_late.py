@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kachery_p2p.daemon import transfers as transfers_module
 from kachery_p2p.daemon.transfers import Transfers
 from kachery_p2p.ids import FileUri
 from kachery_p2p.store import CHUNK_SIZE, ContentStore
@@ -126,3 +127,24 @@ def test_a_range_read_takes_a_provider_that_answers_late(tmp_path: Path, store: 
     assert got == data[start:end]
     # before: the late provider was never used, and the early one sent the whole chunk (~20 s here)
     assert late.sent > early.sent, (late.sent, early.sent)
+
+
+def test_a_failure_of_the_task_adding_late_providers_is_logged_not_swallowed(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken() -> None:
+        raise RuntimeError("the search broke")
+
+    async def waiting() -> None:
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        failed = asyncio.ensure_future(broken())
+        await asyncio.sleep(0)
+        await transfers_module._stop_feeder(failed)  # failed before it was stopped
+        await transfers_module._stop_feeder(asyncio.ensure_future(waiting()))  # stopped while waiting: not an error
+        await transfers_module._stop_feeder(None)
+
+    with caplog.at_level("ERROR", logger="kachery_p2p.transfers"):
+        asyncio.run(scenario())
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "late providers" in errors[0].getMessage()
+    assert errors[0].exc_info is not None and "the search broke" in str(errors[0].exc_info[1])
