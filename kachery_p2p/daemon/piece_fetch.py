@@ -159,7 +159,8 @@ def start_head_piece(
     chunk like any piece (their provider charged if it fails); if they never come whole, the piece is
     fetched again as any other. Other providers' first bytes are not used: they are stopped."""
     chosen = next((p for p in providers if p.head_coming is not None), None)
-    piece = plan.take_front(chosen.head_coming.size, chosen.node_id) if chosen and chosen.head_coming else None
+    coming = chosen.head_coming if chosen is not None else None
+    piece = plan.take_front(coming.size, chosen.node_id, time.monotonic()) if chosen and coming else None
     for provider in providers:
         if provider.head_coming is not None and (provider is not chosen or piece is None):
             _drop_head(provider)  # (no piece: the first chunk is verified already, resumed, or not wanted)

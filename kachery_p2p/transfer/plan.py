@@ -229,10 +229,10 @@ class DownloadPlan:
             return piece
         return None
 
-    def take_front(self, size: int, provider: str) -> Piece | None:
-        """Hand out the file's first ``size`` bytes to ``provider`` as a piece of their own: bytes that are
-        already here (a provider's answer carried them). None unless the first chunk is still to fetch
-        whole; the piece is cut to the first chunk."""
+    def take_front(self, size: int, provider: str, now: float | None = None) -> Piece | None:
+        """Hand out the file's first ``size`` bytes to ``provider`` as a piece of their own: bytes its answer
+        to "has" carries (here, or on their way; from ``now`` on, for endgame copies). None unless the first
+        chunk is still to fetch whole; the piece is cut to the first chunk."""
         if not self._queue or size <= 0:
             return None
         first = self._queue[0]
@@ -245,6 +245,8 @@ class DownloadPlan:
         else:
             self._queue.popleft()
         self._in_flight[piece] = {provider}
+        if now is not None:
+            self._handed_at[piece] = now
         return piece
 
     def endgame_piece(

@@ -233,3 +233,30 @@ def run_scenario(
         assert result.read_bytes() == data
     elif result is not None:
         assert result == data[start:end]
+
+
+def test_first_bytes_that_never_come_are_fetched_from_another_provider_before_the_piece_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider answers "has" and then sends none of its first bytes (its stream stalls; its pieces flow).
+    The piece they stand for is copied by another provider's stream in the endgame, as a stalled piece is,
+    instead of holding the download until the head's 60 s limit."""
+    monkeypatch.setattr(download_module, "MAX_PIECE", 256 * 1024)
+    monkeypatch.setattr(download_module, "MIN_PIECE", 32 * 1024)
+    data = random.Random(9).randbytes(1_000_000)
+    uri = FileUri(algorithm="sha1", hash=hashlib.sha1(data).hexdigest())
+    staller = ChaosSession("head-staller", data, "good", random.Random(1))
+    other = ChaosSession("other", data, "good", random.Random(2))
+    store = ContentStore(tmp_path / "store")
+
+    async def progress(message: dict[str, Any]) -> None:
+        return None
+
+    async def run() -> Path:
+        providers = [Provider(staller, len(data)), Provider(other, len(data))]  # type: ignore[arg-type]
+        never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        providers[0].head_coming = HeadComing(HEAD_MAX, never, lambda: None)
+        return await asyncio.wait_for(Download(store, uri, providers, progress).run(), DEADLINE)
+
+    path = asyncio.run(run())  # before: hung until the head's limit (PIECE_TIMEOUT, 60 s), past DEADLINE
+    assert path.read_bytes() == data
