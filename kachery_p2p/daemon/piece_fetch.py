@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from .deadline import within
 from .link import LinkClosed
 from .session import PeerSession
 from .slow import Provider, request_while_alive
+
+log = logging.getLogger("kachery_p2p.download")
 
 PIECE_TIMEOUT = 60.0  # a piece stream that delivers no byte for this long is given up (slow is fine)
 WRITE_BLOCK = 1 << 20
@@ -166,7 +169,14 @@ def start_head_piece(
             _drop_head(provider)  # (no piece: the first chunk is verified already, resumed, or not wanted)
     if chosen is None or piece is None:
         return None
-    return asyncio.ensure_future(_receive_head(plan, partial, chosen, piece, count, received))
+    task = asyncio.ensure_future(_receive_head(plan, partial, chosen, piece, count, received))
+    task.add_done_callback(_log_failure)
+    return task
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("the first bytes of a download could not be written: %s", error, exc_info=error)
 
 
 def _drop_head(provider: Provider) -> None:
@@ -197,6 +207,12 @@ async def _receive_head(
         plan.piece_failed(piece, provider.node_id)  # another copy got there first
         received(None)
         return
-    partial.write_at(piece.start, memoryview(data)[: piece.size])
+    try:
+        partial.write_at(piece.start, memoryview(data)[: piece.size])
+    except BaseException:
+        # (our disk: the piece is fetched again, and a full disk then stops the download as any piece's write)
+        plan.piece_failed(piece, provider.node_id)
+        received(None)
+        raise
     count(piece.size)
     received(plan.piece_received(piece, provider.node_id))

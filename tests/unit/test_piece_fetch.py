@@ -13,8 +13,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from kachery_p2p.daemon.piece_fetch import CHECK_BYTES, fetch_piece
-from kachery_p2p.daemon.slow import Provider
+import pytest
+
+from kachery_p2p.daemon.piece_fetch import CHECK_BYTES, fetch_piece, start_head_piece
+from kachery_p2p.daemon.slow import HeadComing, Provider
+from kachery_p2p.errors import StoreError
+from kachery_p2p.quic.messages import HEAD_MAX
 from kachery_p2p.store import ContentStore
 from kachery_p2p.transfer.plan import DownloadPlan, Pace
 
@@ -183,3 +187,34 @@ def test_a_request_that_fails_as_its_piece_is_taken_leaves_no_unretrieved_error(
     finally:
         partial.close()
     assert not unretrieved, unretrieved
+
+
+def test_first_bytes_that_cannot_be_written_go_back_to_the_plan_and_the_failure_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write of the head piece that fails (our disk) must not leave that piece claimed and in flight for
+    ever: it is handed out again (the next write then stops the download as any piece's would), and the
+    failure is logged rather than lost in a task nobody awaits."""
+    plan = DownloadPlan([(0, 300_000)], set())
+    provider = Provider(PacketSession(b""), 300_000)  # type: ignore[arg-type]
+    outcomes: list[int | None] = []
+
+    class FullDisk:
+        def write_at(self, offset: int, data: Any) -> None:
+            raise StoreError("no space left on device")
+
+    async def scenario() -> None:
+        body: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        body.set_result(os.urandom(HEAD_MAX))
+        provider.head_coming = HeadComing(HEAD_MAX, body, lambda: None)
+        task = start_head_piece(plan, FullDisk(), [provider], lambda n: None, outcomes.append)  # type: ignore[arg-type]
+        assert task is not None
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)  # its done callbacks
+
+    with caplog.at_level("ERROR", logger="kachery_p2p.download"):
+        asyncio.run(scenario())
+    assert outcomes == [None]
+    again = plan.next_piece("b" * 64)
+    assert again is not None and again.start == 0  # asked for again
+    assert any("no space left" in r.getMessage() for r in caplog.records)
